@@ -1,0 +1,149 @@
+"""``ModelConfig``: the typed description of one point of the architecture space.
+
+Every field is validated in ``__post_init__``; errors are ``ValueError`` naming the
+field, the bad value and what is allowed. Sweep files address these fields as
+``model.<field>`` (the six canonical axes map onto ``erase_axis``, ``content_gate``
+(+ ``content_rank``, ``content_target``), ``write_gate``, ``hybrid_ratio``,
+``chunk_size`` and ``covariance``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+DECAYS = ("channel", "scalar", "none")
+ERASE_AXES = ("key", "value")
+ERASE_GATES = ("channel", "head")
+WRITE_GATES = ("scalar", "per_value")
+COVARIANCES = ("reset", "propagate")
+CONTENT_TARGETS = ("erase", "decay")
+INITS = ("default", "matched")
+BACKENDS = ("auto", "triton", "torch", "reference")
+CHUNK_SIZES = (16, 32, 64, 128)
+
+
+def parse_hybrid_ratio(ratio: str) -> tuple[int, int]:
+    """"H:A" -> (H, A): H recurrent layers then A attention layers per block."""
+    parts = str(ratio).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(
+            f"model.hybrid_ratio={ratio!r} must look like 'H:A' with non-negative integers, "
+            "e.g. '1:0' (purely recurrent), '3:1', '1:1'"
+        )
+    h, a = int(parts[0]), int(parts[1])
+    if h + a == 0:
+        raise ValueError(f"model.hybrid_ratio={ratio!r} has no layers; H + A must be >= 1")
+    return h, a
+
+
+@dataclass
+class ModelConfig:
+    """A hybrid LM of gated-delta mixers and sliding-window attention.
+
+    Sizes: ``d_model``; ``n_heads`` heads per mixer with key dim
+    ``dk = d_model * expand_k / n_heads`` and value dim ``dv = d_model * expand_v / n_heads``.
+    Attention layers use ``n_heads`` heads of ``d_model / n_heads``.
+    """
+
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 2
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    mlp_hidden: Optional[int] = None  # SwiGLU hidden width; None = 8/3 d_model rounded up to 32
+    # --- the mixer's design axes ---
+    decay: str = "channel"           # channel-wise (KDA/GDN-2), scalar per head (GDN), none (DeltaNet)
+    erase_axis: str = "key"          # where the erase mask b acts
+    erase_gate: str = "channel"      # b per channel of the erase axis, or one beta per head (b = beta*1)
+    write_gate: str = "per_value"    # w per value channel, or one scalar per head
+    tie_gates: bool = False          # w = beta, the erase gate's own beta (KDA/GDN); needs head/scalar
+    covariance: str = "reset"        # delta rule (reset) or Bayesian covariance propagation
+    content_gate: bool = False       # CARVE's state-readout gate
+    content_rank: int = 4
+    content_target: str = "erase"
+    chunk_size: int = 64             # WY chunk; a model property when the content gate is on
+    conv_size: int = 4
+    # --- hybrid stack ---
+    hybrid_ratio: str = "1:0"
+    window: int = 128                # sliding-window attention span (tokens, incl. itself)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    # --- construction ---
+    init: str = "default"            # matched: every parameter seeded by (seed, its name)
+    seed: int = 0
+    backend: str = "auto"            # kernel backend, see carvelab.kernels.dispatch
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "content_rank", "conv_size", "window"):
+            _positive_int(name, getattr(self, name))
+        for name in ("expand_k", "expand_v", "rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model.{name}={value!r} must be a positive number")
+        if self.mlp_hidden is not None:
+            _positive_int("mlp_hidden", self.mlp_hidden)
+        for name, allowed in (
+            ("decay", DECAYS), ("erase_axis", ERASE_AXES), ("erase_gate", ERASE_GATES),
+            ("write_gate", WRITE_GATES), ("covariance", COVARIANCES),
+            ("content_target", CONTENT_TARGETS), ("init", INITS), ("backend", BACKENDS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name}={getattr(self, name)!r} is not allowed; choose one of {list(allowed)}")
+        for name in ("tie_gates", "content_gate", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
+        if self.chunk_size not in CHUNK_SIZES:
+            raise ValueError(f"model.chunk_size={self.chunk_size!r} is not allowed; choose one of {list(CHUNK_SIZES)}")
+        for name, expand in (("expand_k", self.expand_k), ("expand_v", self.expand_v)):
+            total = self.d_model * expand
+            if total != int(total) or int(total) % self.n_heads:
+                raise ValueError(
+                    f"model.d_model * model.{name} = {total} must be an integer divisible by "
+                    f"model.n_heads={self.n_heads} (it is split into equal heads)"
+                )
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        parse_hybrid_ratio(self.hybrid_ratio)
+        if self.tie_gates and (self.erase_gate != "head" or self.write_gate != "scalar"):
+            raise ValueError(
+                "model.tie_gates=true needs model.erase_gate='head' and model.write_gate='scalar' "
+                f"(got erase_gate={self.erase_gate!r}, write_gate={self.write_gate!r})"
+            )
+        if self.content_gate and self.content_target == "decay" and self.decay == "none":
+            raise ValueError("model.content_target='decay' needs a decay; model.decay='none' has none")
+
+    # ---------------------------------------------------------------- derived sizes
+    @property
+    def head_dim_k(self) -> int:
+        return int(self.d_model * self.expand_k) // self.n_heads
+
+    @property
+    def head_dim_v(self) -> int:
+        return int(self.d_model * self.expand_v) // self.n_heads
+
+    @property
+    def mlp_width(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return -(-int(8 * self.d_model / 3) // 32) * 32
+
+    def layer_kinds(self) -> list[str]:
+        """"recurrent" / "attention" for each of the n_layers, repeating the H:A block."""
+        h, a = parse_hybrid_ratio(self.hybrid_ratio)
+        block = ["recurrent"] * h + ["attention"] * a
+        return [block[i % len(block)] for i in range(self.n_layers)]
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"model.{name}={value!r} must be a positive integer")

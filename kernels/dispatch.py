@@ -1,0 +1,73 @@
+"""The one entry point the model layers call: ``gated_delta(..., backend=...)``.
+
+Backends:
+    reference  token-by-token specification (kernels/reference.py), any device
+    torch      chunked WY path (kernels/chunk.py); value-axis erase is routed to the
+               per-column chunked solve, which is exact but dv times the inverse work
+    triton     Triton kernels (chunked WY for the key axis, fused recurrent for the
+               value axis); CUDA tensors, or CPU tensors under TRITON_INTERPRET=1
+    auto       triton on CUDA tensors, torch on CPU tensors
+
+``resolve_backend`` tells which implementation a call will actually use, so a trial can
+record it; no backend ever falls back to another silently.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from carvelab.kernels._args import RecurrenceOutput
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+
+# Names of the implementations ``resolve_backend`` can answer.
+IMPLEMENTATIONS = (
+    "reference", "torch_chunk", "torch_chunk_value", "triton_chunk", "triton_recurrent",
+)
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device, erase_axis: str) -> str:
+    """Map a requested backend to the implementation that will run (see IMPLEMENTATIONS)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; choose one of {list(BACKENDS)}")
+    device = torch.device(device)
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "reference":
+        return "reference"
+    if backend == "torch":
+        return "torch_chunk" if erase_axis == "key" else "torch_chunk_value"
+    if device.type != "cuda" and not triton_interpreted():
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
+            f"got tensors on {device}"
+        )
+    return "triton_chunk" if erase_axis == "key" else "triton_recurrent"
+
+
+def gated_delta(
+    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None, backend="auto",
+) -> RecurrenceOutput:
+    """Run the unified recurrence with the chosen backend; arguments as in the reference."""
+    impl = resolve_backend(backend, q.device, erase_axis)
+    kwargs = dict(
+        erase_axis=erase_axis, covariance=covariance, content=content, chunk_size=chunk_size,
+        initial_state=initial_state, initial_cov=initial_cov, scale=scale,
+    )
+    if impl == "reference":
+        from carvelab.kernels.reference import gated_delta_reference as fn
+    elif impl == "torch_chunk":
+        from carvelab.kernels.chunk import chunk_gated_delta as fn
+    elif impl == "torch_chunk_value":
+        from carvelab.kernels.chunk import chunk_gated_delta_value as fn
+    elif impl == "triton_chunk":
+        from carvelab.kernels.triton_chunk import triton_chunk_gated_delta as fn
+    else:
+        from carvelab.kernels.triton_recurrent import triton_recurrent_gated_delta as fn
+    return fn(q, k, v, g, b, w, r, **kwargs)

@@ -1,0 +1,1 @@
+"""carvelab.search_space."""
