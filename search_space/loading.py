@@ -1,0 +1,93 @@
+"""Trial-config loading: YAML (+ ``key=value`` overrides) -> a validated ``TrialConfig``.
+
+A trial config file::
+
+    preset: gdn2            # optional: a named model preset, the base of `model`
+    model: {d_model: 64}    # ModelConfig fields, on top of the preset
+    task: {name: mqar}      # TaskConfig fields
+    train: {steps: 200}     # TrainConfig fields
+
+OmegaConf structured configs in struct mode do the type checking (unknown keys raise);
+the dataclasses' own validation does the rest. Every error is a ``ConfigError`` naming
+the file and the key path.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from carvelab.carve_models.config import ModelConfig
+from carvelab.search_space.trial_config import TrialConfig
+from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
+
+TOP_KEYS = ("preset", "model", "task", "train")
+
+
+def _allowed_keys(schema: Any, full_key: str) -> list[str]:
+    node = schema
+    for part in full_key.split(".")[:-1]:
+        node = getattr(node, part, None)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def to_dataclass(cls_instance: Any, data: Mapping, where: str) -> Any:
+    """Merge ``data`` into the structured schema of ``cls_instance`` and build the dataclass."""
+    schema = OmegaConf.structured(cls_instance)
+    OmegaConf.set_struct(schema, True)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(dict(data)))
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        allowed = _allowed_keys(cls_instance, key)
+        raise ConfigError(f"{where}: unknown key {key!r}; allowed keys here: {allowed}") from None
+    except ValidationError as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        msg = str(exc).split("\n")[0]
+        raise ConfigError(f"{where}: {key}: {msg}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # the dataclasses' own validation
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def base_model(preset: Any, where: str) -> ModelConfig:
+    if preset is None:
+        return ModelConfig()
+    from carvelab.carve_models.presets import preset_config
+
+    try:
+        return preset_config(str(preset))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: preset: {exc}") from None
+
+
+def trial_config_from_dict(data: Mapping, where: str = "<config>") -> TrialConfig:
+    """Validate a plain mapping (already merged with overrides) into a ``TrialConfig``."""
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key {unknown[0]!r}; allowed: {list(TOP_KEYS)}")
+    for key in ("model", "task", "train"):
+        if data.get(key) is not None and not isinstance(data[key], Mapping):
+            raise ConfigError(f"{where}: {key} must be a mapping of fields, got {data[key]!r}")
+    model = base_model(data.get("preset"), where)
+    body = {k: v for k, v in data.items() if k != "preset" and v is not None}
+    return to_dataclass(TrialConfig(model=model), body, where)
+
+
+def load_trial_config(source: str | Path | Mapping, overrides: list[str] | tuple[str, ...] = ()) -> TrialConfig:
+    """Load a trial config from a YAML file or a mapping, with ``dotted.key=value`` overrides."""
+    if isinstance(source, Mapping):
+        data, where = dict(source), "<config>"
+    else:
+        data, where = read_yaml(source), str(source)
+    return trial_config_from_dict(deep_merge(data, parse_overrides(overrides)), where)
+
+
+def trial_config_to_dict(cfg: TrialConfig) -> dict:
+    """The fully resolved config as plain data (re-loadable by ``load_trial_config``)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,348 @@
+"""Sweep files -> validated ``SweepSpec``; points of the space -> ``TrialConfig``.
+
+Everything is checked before anything starts: unknown keys, bad values, unknown dotted
+paths, axis values a model cannot take, and axes that can have no effect. Errors are
+``ConfigError`` naming the file, the key path, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from carvelab.search_space import sweep_spec as S
+from carvelab.search_space.loading import load_trial_config, to_dataclass
+from carvelab.search_space.trial_config import TaskConfig, TrainConfig, TrialConfig
+from carvelab.carve_models.config import ModelConfig
+from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MAX_TRIALS = 100_000
+MAX_SECONDS = 30 * 24 * 3600.0
+_SECTIONS = {"model": ModelConfig, "task": TaskConfig, "train": TrainConfig}
+
+
+def bundled_sweeps() -> list[str]:
+    folder = resources.files("carvelab.search_space") / "sweeps"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def find_sweep_file(name_or_path: str | Path) -> Path:
+    """A path to an existing file, or the name of a bundled sweep."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if NAME_RE.match(str(name_or_path)) and str(name_or_path) in bundled_sweeps():
+        return Path(str(resources.files("carvelab.search_space") / "sweeps" / f"{name_or_path}.yaml"))
+    raise ConfigError(
+        f"{name_or_path}: no such sweep file, and not a bundled sweep; bundled: {bundled_sweeps()}"
+    )
+
+
+def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, ...] = ()) -> S.SweepSpec:
+    """Load, merge overrides into, and validate a sweep file (or mapping)."""
+    if isinstance(source, Mapping):
+        data, where, folder = dict(source), "<sweep>", Path.cwd()
+    else:
+        path = find_sweep_file(source)
+        data, where, folder = read_yaml(path), str(path), path.parent
+    data = deep_merge(data, parse_overrides(overrides))
+    raw: S.SweepFile = to_dataclass(S.SweepFile(), data, where)
+    return _validate(raw, where, folder)
+
+
+# ----------------------------------------------------------------------------- paths
+def param_path(name: str, where: str, prefix: str = "space") -> str:
+    """Canonical axis or dotted trial-config path -> dotted path; unknown names are errors."""
+    if name in S.AXES:
+        return S.AXES[name]
+    section, _, fld = name.partition(".")
+    cls = _SECTIONS.get(section)
+    if cls is None or fld not in [f.name for f in dataclasses.fields(cls)]:
+        allowed = sorted(S.AXES) + ["model.<field>", "task.<field>", "train.<field>"]
+        hint = ""
+        if cls is not None:
+            hint = f"; fields of {section}: {[f.name for f in dataclasses.fields(cls)]}"
+        raise ConfigError(f"{where}: {prefix}.{name}: unknown axis or path; allowed: {allowed}{hint}")
+    return name
+
+
+def nested(path: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path.split(".")):
+        out = {part: out}
+    return out
+
+
+def _normalise(path: str, value: Any) -> Any:
+    if path == "model.content_gate" and isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.lower() == "on"
+    return value
+
+
+# ----------------------------------------------------------------------------- points
+def point_config(spec: S.SweepSpec, point: Mapping[str, Any], seed: int) -> TrialConfig:
+    """The trial config of one point (``{name or path: value}``) and replicate seed.
+
+    Raises ``ConfigError`` when the combination is infeasible.
+    """
+    data = dict(spec.base)
+    for name, value in point.items():
+        path = S.AXES.get(name, name)
+        data = deep_merge(data, nested(path, _normalise(path, value)))
+    data = deep_merge(data, {"train": {"seed": seed}, "model": {"seed": seed}})
+    return load_trial_config(data)
+
+
+def grid_points(spec: S.SweepSpec) -> list[dict]:
+    """Every combination of the space's values (grid mode), in file order."""
+    names = [p.name for p in spec.params]
+    values = [grid_values(p) for p in spec.params]
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+def grid_values(p: S.ParamSpec) -> list:
+    if p.type == "categorical":
+        return list(p.choices)
+    if p.type == "int":
+        step = int(p.step or 1)
+        return list(range(int(p.low), int(p.high) + 1, step))
+    raise ConfigError(f"space.{p.name}: grid mode needs a finite set of values; {p.type} ranges have none")
+
+
+def ablation_points(spec: S.SweepSpec) -> list[tuple[str, dict]]:
+    """(label, point) for the baseline then each one-factor change."""
+    out = [("baseline", {})]
+    for change in spec.changes:
+        label = ",".join(f"{k}={v}" for k, v in change.items())
+        out.append((label, dict(change)))
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
+    if not NAME_RE.match(raw.name or ""):
+        raise ConfigError(f"{where}: name={raw.name!r} must be 1-100 characters of letters, digits, '_', '.', '-'")
+    _choice(where, "mode", raw.mode, S.MODES)
+    base = _resolve_base(raw.base, where, folder)
+    objectives = _validate_objectives(raw.objectives, where)
+    _validate_sampler(raw.sampler, raw, where)
+    pruner = _validate_pruner(raw.pruner, objectives, where)
+    seeds = _validate_seeds(raw.seeds, where)
+    _validate_budget(raw.budget, raw.mode, where)
+    _validate_resources(raw.resources, where)
+    params = [_param(name, value, base, where) for name, value in raw.space.items()]
+    changes = _validate_changes(raw, base, where)
+    spec = S.SweepSpec(
+        name=raw.name, base=base, mode=raw.mode, params=params, changes=changes,
+        objectives=objectives, sampler=raw.sampler, pruner=pruner, seeds=seeds, budget=raw.budget,
+        resources=raw.resources, tracking=raw.tracking, storage=raw.storage, source=where,
+    )
+    _check_effective_axes(spec, where)
+    if raw.mode == "grid":
+        points = grid_points(spec)
+        if points and not any(_feasible(spec, p) for p in points):
+            raise ConfigError(f"{where}: space: every grid point is infeasible (e.g. {points[0]})")
+    return spec
+
+
+def _choice(where: str, key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: {key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _resolve_base(base: Any, where: str, folder: Path) -> dict:
+    if base is None:
+        raise ConfigError(f"{where}: base is required: a preset name (e.g. gdn2) or a trial config mapping")
+    if isinstance(base, str):
+        if base.endswith((".yaml", ".yml")):
+            path = Path(base) if Path(base).is_absolute() else folder / base
+            data = read_yaml(path)
+        else:
+            data = {"preset": base}
+    elif isinstance(base, Mapping):
+        data = dict(base)
+    else:
+        raise ConfigError(f"{where}: base={base!r} must be a preset name, a .yaml path or a mapping")
+    try:
+        load_trial_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: base: {str(exc).split(': ', 1)[-1]}") from None
+    return data
+
+
+def _validate_objectives(objectives: list, where: str) -> list:
+    if not objectives:
+        raise ConfigError(f"{where}: objectives must list at least one {{metric, direction}}")
+    seen = set()
+    for i, obj in enumerate(objectives):
+        _choice(where, f"objectives[{i}].metric", obj.metric, S.METRICS)
+        _choice(where, f"objectives[{i}].direction", obj.direction, S.DIRECTIONS)
+        if obj.metric in seen:
+            raise ConfigError(f"{where}: objectives[{i}].metric={obj.metric!r} is listed twice")
+        seen.add(obj.metric)
+    if not any(o.metric in S.INTERMEDIATE_METRICS for o in objectives):
+        raise ConfigError(
+            f"{where}: objectives: at least one must be a quality metric {list(S.INTERMEDIATE_METRICS)}"
+        )
+    return list(objectives)
+
+
+def _validate_sampler(sampler: S.SamplerSpec, raw: S.SweepFile, where: str) -> None:
+    _choice(where, "sampler.name", sampler.name, S.SAMPLERS)
+    if sampler.n_startup_trials < 0 or sampler.population_size < 2:
+        raise ConfigError(f"{where}: sampler.n_startup_trials must be >= 0 and sampler.population_size >= 2")
+    if sampler.name == "grid" and raw.mode == "search":
+        bad = [k for k, v in raw.space.items() if isinstance(v, Mapping) and v.get("type") in ("float", "log_float")]
+        if bad:
+            raise ConfigError(f"{where}: sampler.name='grid' needs finite values; space.{bad[0]} is a continuous range")
+
+
+def _validate_pruner(pruner: S.PrunerSpec, objectives: list, where: str) -> S.PrunerSpec:
+    _choice(where, "pruner.name", pruner.name, S.PRUNERS)
+    if pruner.metric is None:
+        quality = [o.metric for o in objectives if o.metric in S.INTERMEDIATE_METRICS]
+        pruner = dataclasses.replace(pruner, metric=quality[0])
+    _choice(where, "pruner.metric", pruner.metric, S.INTERMEDIATE_METRICS)
+    for key in ("warmup_steps",):
+        if getattr(pruner, key) < 0:
+            raise ConfigError(f"{where}: pruner.{key}={getattr(pruner, key)} must be >= 0")
+    for key in ("min_peers", "min_dominators", "min_resource"):
+        if getattr(pruner, key) < 1:
+            raise ConfigError(f"{where}: pruner.{key}={getattr(pruner, key)} must be >= 1")
+    if pruner.reduction_factor < 2:
+        raise ConfigError(f"{where}: pruner.reduction_factor={pruner.reduction_factor} must be >= 2")
+    return pruner
+
+
+def _validate_seeds(seeds: list, where: str) -> list:
+    if not seeds:
+        raise ConfigError(f"{where}: seeds must list at least one integer seed")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds={list(seeds)} has duplicates")
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"{where}: seeds={list(seeds)} must be non-negative")
+    return list(seeds)
+
+
+def _validate_budget(budget: S.BudgetSpec, mode: str, where: str) -> None:
+    if budget.trials is not None and not 1 <= budget.trials <= MAX_TRIALS:
+        raise ConfigError(f"{where}: budget.trials={budget.trials} must be between 1 and {MAX_TRIALS}")
+    if budget.seconds is not None and not 0 < budget.seconds <= MAX_SECONDS:
+        raise ConfigError(f"{where}: budget.seconds={budget.seconds} must be in (0, {MAX_SECONDS:.0f}] (30 days)")
+    if mode == "search" and budget.trials is None and budget.seconds is None:
+        raise ConfigError(f"{where}: budget: mode 'search' needs budget.trials and/or budget.seconds")
+
+
+def _validate_resources(res: S.ResourcesSpec, where: str) -> None:
+    if not 0 < res.cpus_per_trial <= 1024:
+        raise ConfigError(f"{where}: resources.cpus_per_trial={res.cpus_per_trial} must be in (0, 1024]")
+    gpus = res.gpus_per_trial
+    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise ConfigError(
+            f"{where}: resources.gpus_per_trial={gpus} must be 0, a fraction in (0, 1] or a whole number"
+        )
+    if not 1 <= res.concurrency <= 10_000:
+        raise ConfigError(f"{where}: resources.concurrency={res.concurrency} must be between 1 and 10000")
+    if res.trial_timeout_s is not None and res.trial_timeout_s <= 0:
+        raise ConfigError(f"{where}: resources.trial_timeout_s={res.trial_timeout_s} must be > 0")
+    if res.max_retries < 0:
+        raise ConfigError(f"{where}: resources.max_retries={res.max_retries} must be >= 0")
+
+
+def _apply(base: dict, path: str, value: Any, key: str, where: str) -> None:
+    try:
+        load_trial_config(deep_merge(base, nested(path, _normalise(path, value))))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {key}={value!r}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _param(name: str, value: Any, base: dict, where: str) -> S.ParamSpec:
+    path = param_path(name, where)
+    if isinstance(value, (list, tuple)):
+        value = {"type": "categorical", "choices": list(value)}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: space.{name}={value!r} must be a list of values or a mapping with 'type'")
+    extra = set(value) - {"type", "choices", "low", "high", "step"}
+    if extra:
+        raise ConfigError(f"{where}: space.{name}: unknown key {sorted(extra)[0]!r}; allowed: type, choices, low, high, step")
+    kind = value.get("type", "categorical")
+    _choice(where, f"space.{name}.type", kind, S.PARAM_TYPES)
+    if kind == "categorical":
+        choices = value.get("choices")
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise ConfigError(f"{where}: space.{name}.choices must be a non-empty list")
+        choices = [_normalise(path, c) for c in choices]
+        if len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(f"{where}: space.{name}.choices={choices} has duplicates")
+        for i, c in enumerate(choices):
+            if not isinstance(c, (str, int, float, bool)) or c is None:
+                raise ConfigError(f"{where}: space.{name}[{i}]={c!r} must be a string, number or boolean")
+            _apply(base, path, c, f"space.{name}[{i}]", where)
+        return S.ParamSpec(name=name, path=path, type=kind, choices=choices)
+    low, high, step = value.get("low"), value.get("high"), value.get("step")
+    for key, v in (("low", low), ("high", high)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise ConfigError(f"{where}: space.{name}.{key}={v!r} must be a number")
+    if not low < high:
+        raise ConfigError(f"{where}: space.{name}: low={low} must be < high={high}")
+    if kind == "log_float" and low <= 0:
+        raise ConfigError(f"{where}: space.{name}.low={low} must be > 0 for log_float")
+    if kind == "int" and (int(low) != low or int(high) != high):
+        raise ConfigError(f"{where}: space.{name}: int range needs integer low/high, got {low}, {high}")
+    if step is not None and (not isinstance(step, (int, float)) or step <= 0):
+        raise ConfigError(f"{where}: space.{name}.step={step!r} must be a positive number")
+    for key, v in (("low", low), ("high", high)):
+        _apply(base, path, int(v) if kind == "int" else float(v), f"space.{name}.{key}", where)
+    return S.ParamSpec(name=name, path=path, type=kind, low=low, high=high, step=step)
+
+
+def _validate_changes(raw: S.SweepFile, base: dict, where: str) -> list:
+    changes = [dict(c) for c in raw.ablation.changes]
+    if raw.mode != "ablation":
+        if changes:
+            raise ConfigError(f"{where}: ablation.changes is only used with mode 'ablation' (mode is {raw.mode!r})")
+        return []
+    if not changes:
+        raise ConfigError(f"{where}: ablation.changes must list at least one change, e.g. [{{erase_axis: value}}]")
+    if raw.space:
+        raise ConfigError(f"{where}: space must be empty in mode 'ablation' (the changes are the space)")
+    out = []
+    for i, change in enumerate(changes):
+        if not change:
+            raise ConfigError(f"{where}: ablation.changes[{i}] is empty")
+        merged: dict = dict(base)
+        for name, value in change.items():
+            path = param_path(name, where, prefix=f"ablation.changes[{i}]")
+            merged = deep_merge(merged, nested(path, _normalise(path, value)))
+        try:
+            load_trial_config(merged)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: ablation.changes[{i}]={change}: {str(exc).split(': ', 1)[-1]}") from None
+        out.append({name: _normalise(S.AXES.get(name, name), v) for name, v in change.items()})
+    return out
+
+
+def _feasible(spec: S.SweepSpec, point: dict) -> bool:
+    try:
+        point_config(spec, point, spec.seeds[0])
+        return True
+    except ConfigError:
+        return False
+
+
+def _check_effective_axes(spec: S.SweepSpec, where: str) -> None:
+    """Refuse axes that can have no effect (contradictory with the rest of the sweep)."""
+    names = {p.path: p for p in spec.params}
+    gate = names.get("model.content_gate")
+    base_gate = load_trial_config(spec.base).model.content_gate
+    gate_can_be_on = base_gate or (gate is not None and gate.type == "categorical" and True in gate.choices)
+    for dep in ("model.content_rank", "model.content_target"):
+        if dep in names and not gate_can_be_on:
+            raise ConfigError(
+                f"{where}: space.{names[dep].name} has no effect: the content gate is off in base and "
+                "never switched on by space.content_gate"
+            )

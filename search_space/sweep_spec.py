@@ -1,0 +1,154 @@
+"""The sweep file schema (OmegaConf structured configs, struct mode).
+
+A sweep file::
+
+    name: quickstart
+    base: {preset: gdn2, model: {d_model: 32}, task: {name: mqar}, train: {steps: 100}}
+    mode: search                 # search | grid | ablation
+    space:                       # canonical axes and dotted paths into the trial config
+      erase_axis: [key, value]
+      content_gate: [off, on]
+      train.lr: {type: log_float, low: 1.0e-3, high: 1.0e-2}
+    ablation: {changes: [{erase_axis: value}, {content_gate: on}]}   # mode: ablation
+    objectives: [{metric: val_accuracy, direction: maximize}, {metric: params, direction: minimize}]
+    sampler: {name: tpe, seed: 0}
+    pruner: {name: pareto, metric: val_accuracy, warmup_steps: 20}
+    seeds: [0]
+    budget: {trials: 16, seconds: 600}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0, concurrency: 2}
+    tracking: {uri: null, experiment: null}   # null = sqlite:///<sweep_dir>/mlflow.db
+    storage: null                             # null = sqlite:///<sweep_dir>/optuna.db
+
+Loading and validation live in ``carvelab.search_space.sweep_loading``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+MODES = ("search", "grid", "ablation")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+PRUNERS = ("none", "median", "successive_halving", "hyperband", "pareto")
+DIRECTIONS = ("maximize", "minimize")
+PARAM_TYPES = ("categorical", "int", "float", "log_float")
+
+# Canonical axes -> the trial-config field they set.
+AXES = {
+    "erase_axis": "model.erase_axis",
+    "content_gate": "model.content_gate",
+    "content_rank": "model.content_rank",
+    "content_target": "model.content_target",
+    "write_gate": "model.write_gate",
+    "hybrid_ratio": "model.hybrid_ratio",
+    "chunk_size": "model.chunk_size",
+    "covariance": "model.covariance",
+}
+
+# Metrics a trial reports; cost metrics are known before training starts.
+COST_METRICS = ("params", "flops_per_token", "state_bytes")
+METRICS = ("val_accuracy", "val_loss", "val_ppl", "train_loss", "tokens_per_s", "peak_mem_mb", "wall_s") + COST_METRICS
+# Metrics whose intermediate values are reported during training (prunable).
+INTERMEDIATE_METRICS = ("val_accuracy", "val_loss", "val_ppl", "train_loss")
+
+
+@dataclass
+class ObjectiveSpec:
+    metric: str = "val_accuracy"
+    direction: str = "maximize"
+
+
+@dataclass
+class SamplerSpec:
+    name: str = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 4     # tpe/gp: random trials before the model is used
+    population_size: int = 8      # nsga2
+
+
+@dataclass
+class PrunerSpec:
+    name: str = "none"
+    metric: Optional[str] = None  # the intermediate metric pruned on; default: first objective
+    warmup_steps: int = 0         # never prune before this training step
+    min_peers: int = 3            # pareto/median: other trials with a report at that step
+    min_dominators: int = 1       # pareto: how many peers must dominate
+    reduction_factor: int = 3     # successive_halving / hyperband
+    min_resource: int = 1         # successive_halving / hyperband, in evaluations
+
+
+@dataclass
+class BudgetSpec:
+    trials: Optional[int] = None  # training trials (every seed counts)
+    seconds: Optional[float] = None  # wall clock of the sweep; running trials finish
+
+
+@dataclass
+class ResourcesSpec:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0   # fractional GPUs are really fractional (0.25 = 4 per GPU)
+    concurrency: int = 1
+    trial_timeout_s: Optional[float] = None
+    max_retries: int = 1          # re-runs of a trial whose worker process died
+
+
+@dataclass
+class TrackingSpec:
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+
+
+@dataclass
+class AblationSpec:
+    changes: List[Dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SweepFile:
+    """Raw schema of a sweep file (types checked by OmegaConf, values by sweep_loading)."""
+
+    name: str = ""
+    base: Any = None
+    mode: str = "search"
+    space: Dict[str, Any] = field(default_factory=dict)
+    ablation: AblationSpec = field(default_factory=AblationSpec)
+    objectives: List[ObjectiveSpec] = field(default_factory=lambda: [ObjectiveSpec()])
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    storage: Optional[str] = None
+
+
+@dataclass
+class ParamSpec:
+    """One dimension of the space, after validation. ``path`` is a dotted trial-config path."""
+
+    name: str                     # as written in the sweep file (axis name or dotted path)
+    path: str
+    type: str
+    choices: Optional[list] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    step: Optional[float] = None
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep: what the scheduler consumes."""
+
+    name: str
+    base: dict                    # a trial-config mapping (loadable by load_trial_config)
+    mode: str
+    params: List[ParamSpec]
+    changes: List[Dict[str, Any]]  # ablation: one-factor changes as {path: value}
+    objectives: List[ObjectiveSpec]
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    seeds: List[int]
+    budget: BudgetSpec
+    resources: ResourcesSpec
+    tracking: TrackingSpec
+    storage: Optional[str]
+    source: str = "<sweep>"

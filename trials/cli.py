@@ -1,0 +1,88 @@
+"""The ``carvelab`` command.
+
+    carvelab --version
+    carvelab train CONFIG.yaml [key=value ...]     one trial in-process (no Ray)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import metadata
+
+logger = logging.getLogger("carvelab")
+
+
+def version() -> str:
+    try:
+        return metadata.version("carvelab")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def format_table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "value")) -> str:
+    width = max(len(header[0]), *(len(k) for k, _ in rows)) if rows else len(header[0])
+    lines = [f"{header[0]:<{width}}  {header[1]}", f"{'-' * width}  {'-' * max(5, len(header[1]))}"]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # installed with optuna
+
+    from carvelab.search_space.loading import load_trial_config
+    from carvelab.trials.trial import run_trial
+
+    config = load_trial_config(args.config, args.overrides)
+    with tqdm(total=config.train.steps, desc="train", unit="step", disable=args.quiet) as bar:
+        result = run_trial(config, on_step=lambda step: bar.update(step - bar.n))
+    rows = [("status", result.status), ("reason", result.reason or "-"), ("steps", str(result.steps)),
+            ("backend", result.backend)]
+    rows += [(k, _fmt(v)) for k, v in sorted(result.metrics.items())]
+    print(format_table(rows))
+    return 0 if result.status != "failed" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carvelab",
+        description="Sweep, prune and compare gated delta-rule architectures.",
+    )
+    parser.add_argument("--version", action="version", version=f"carvelab {version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser("train", help="train and evaluate one trial config in this process")
+    train.add_argument("config", help="trial config YAML (see trials/configs/)")
+    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=50")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from carvelab.search_space.yaml_io import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"carvelab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The sweep driver: Optuna ask-and-tell, Ray fan-out, MLflow records, crash recovery.
+
+Order of writes for a finished trial (so a driver killed at any point loses nothing):
+1. ``results/trial-N.json`` (atomic), 2. the MLflow child run (metrics, tags, status),
+3. Optuna ``tell``. On start, a RUNNING Optuna trial with a result file is finished from
+it; one without is marked FAIL (reason ``driver_died``), its MLflow run KILLED, and its
+point and seed are re-queued (training resumes from its checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from carvelab.search_space.sweep_loading import point_config
+from carvelab.search_space.sweep_spec import SweepSpec
+from carvelab.search_space.yaml_io import ConfigError
+from carvelab.trials import study as st
+from carvelab.trials.pruning import dominates
+from carvelab.trials.sweep_dir import SweepDir
+from carvelab.trials.tracking import MlflowTracker, flatten, redact
+
+logger = logging.getLogger(__name__)
+MAX_CONSECUTIVE_INFEASIBLE = 200
+MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    sweep_dir: str
+    storage: str
+    tracking_uri: str
+    parent_run_id: Optional[str]
+    counts: dict = field(default_factory=dict)
+    front_size: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass
+class _Inflight:
+    handle: object
+    trial: optuna.trial.Trial
+    run_id: Optional[str]
+
+
+class SweepDriver:
+    def __init__(self, spec: SweepSpec, root: str | Path = "carvelab_sweeps", address: Optional[str] = None,
+                 on_update: Optional[Callable[[dict], None]] = None):
+        self.spec = spec
+        self.dir = SweepDir(root, spec.name)
+        self.address = address
+        self.on_update = on_update or (lambda counts: None)
+        self.counts = {"running": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0, "front": 0}
+        self.logged: dict[int, set] = {}
+        self.fronts: dict[int, list[float]] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def _open(self) -> None:
+        self.dir.bind(self.spec)
+        self.storage = self.spec.storage or self.dir.optuna_url
+        self.tracking_uri = self.spec.tracking.uri or self.dir.mlflow_uri
+        self.tracker = MlflowTracker(self.tracking_uri, self.spec.tracking.experiment or self.spec.name,
+                                     self.dir.artifact_location)
+        self.parent = self.tracker.start_parent(self.spec.name, {
+            "carvelab.mode": self.spec.mode, "carvelab.storage": redact(self.storage) or "",
+            "carvelab.sweep_dir": str(self.dir.path)})
+        self.tracker.log_artifact(self.parent, self.dir.path / "sweep.yaml")
+        self.study = st.open_study(self.spec, self.storage)
+        self.dists = st.space_distributions(self.spec)
+
+    def run(self) -> SweepSummary:
+        from carvelab.trials import scheduler
+
+        t0 = time.monotonic()
+        self._open()
+        started = scheduler.start_ray(self.address)
+        status = "KILLED"
+        try:
+            self.executor = scheduler.RayExecutor(self.spec.resources, self.spec.pruner,
+                                                  self.spec.objectives, self.spec.sampler.seed)
+            self._recover()
+            self._preload()
+            st.plan_remaining(self.study, self.spec)
+            self._loop(t0)
+            status = "FINISHED"
+        finally:
+            self.tracker.set_tags(self.parent, {f"carvelab.count.{k}": v for k, v in self.counts.items()})
+            self.tracker.finish(self.parent, status)
+            if started:
+                scheduler.stop_ray()
+        return SweepSummary(self.spec.name, str(self.dir.path), redact(self.storage), redact(self.tracking_uri),
+                            self.parent, dict(self.counts), self.counts["front"], time.monotonic() - t0)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self, t0: float) -> None:
+        inflight: dict[int, _Inflight] = {}
+        deadline = t0 + self.spec.budget.seconds if self.spec.budget.seconds else math.inf
+        infeasible_run = 0
+        while True:
+            while len(inflight) < self.spec.resources.concurrency and time.monotonic() < deadline \
+                    and self._may_start():
+                launched = self._launch()
+                if launched is None:
+                    infeasible_run += 1
+                    if infeasible_run >= MAX_CONSECUTIVE_INFEASIBLE:
+                        raise ConfigError(f"{self.spec.source}: {infeasible_run} consecutive sampled points were "
+                                          "infeasible; the space is (almost) entirely infeasible")
+                    continue
+                infeasible_run = 0
+                inflight[launched.trial.number] = launched
+            self.counts["running"] = len(inflight)
+            self.on_update(dict(self.counts))
+            if not inflight:
+                return
+            done = self.executor.wait([i.handle for i in inflight.values()], timeout=0.5)
+            self._log_reports()
+            for handle, result, exc in done:
+                self._finish(inflight.pop(handle.trial), result, exc)
+            self._cancel_overdue(inflight)
+
+    def _may_start(self) -> bool:
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if self.spec.mode != "search" and not waiting:
+            return False
+        if self.spec.budget.trials is not None:
+            used = sum(st.consumed_training(t) for t in self.study.get_trials(deepcopy=False))
+            if used >= self.spec.budget.trials:
+                return False
+        if self.spec.mode == "search" and self.spec.sampler.name == "grid" and not waiting:
+            grid = 1
+            for dist in self.dists.values():
+                grid *= len(dist.choices) if hasattr(dist, "choices") else 1
+            done = sum(st.consumed_training(t) for t in self.study.get_trials(deepcopy=False))
+            return done < grid * len(self.spec.seeds)
+        return True
+
+    def _launch(self) -> Optional[_Inflight]:
+        trial = self.study.ask(self.dists)
+        point = dict(trial.params)
+        if "seed" not in trial.user_attrs:
+            trial.set_user_attr("seed", self.spec.seeds[0])
+            for seed in self.spec.seeds[1:]:
+                st.enqueue(self.study, point, seed, replicate_of=trial.number)
+        seed = int(trial.user_attrs["seed"])
+        try:
+            config = point_config(self.spec, point, seed)
+        except ConfigError as exc:
+            detail = str(exc).split(": ", 1)[-1]
+            trial.set_user_attr("reason", "infeasible")
+            trial.set_user_attr("detail", detail[:2000])
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.counts["infeasible"] += 1
+            logger.info("trial %d infeasible: %s", trial.number, detail)
+            return None
+        ckpt = self.dir.checkpoint_dir(st.point_key(point, seed))
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(ckpt)))
+        config_dict = dataclasses.asdict(config)
+        tags = {"carvelab.sweep": self.spec.name, "seed": str(seed), "state": "running",
+                "label": trial.user_attrs.get("label", ""), "optuna_study": self.spec.name}
+        run_id = self.tracker.start_child(trial.number, flatten(config_dict), tags)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        handle = self.executor.submit(config_dict, trial.number)
+        return _Inflight(handle, trial, run_id)
+
+    # ------------------------------------------------------------------ results
+    def _log_reports(self) -> None:
+        for trial_number, step, metrics, _decision in self.executor.drain():
+            run_id = self._run_id(trial_number)
+            if run_id and step not in self.logged.setdefault(trial_number, set()):
+                self.tracker.log_metrics(run_id, step, metrics)
+                self.logged[trial_number].add(step)
+
+    def _run_id(self, number: int) -> Optional[str]:
+        return self.study._storage.get_trial(self._trial_id(number)).user_attrs.get("mlflow_run_id")
+
+    def _trial_id(self, number: int) -> int:
+        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+
+    def _finish(self, item: _Inflight, result: Optional[dict], exc: Optional[BaseException]) -> None:
+        from carvelab.trials.scheduler import failure_reason
+
+        if exc is not None:
+            payload = {"status": "failed", "reason": failure_reason(exc), "steps": 0, "metrics": {},
+                       "history": [], "traceback": str(exc)}
+        else:
+            payload = result
+        self.dir.save_result(item.trial.number, payload)
+        self._record(item.trial.number, payload)
+
+    def _record(self, number: int, payload: dict) -> None:
+        """MLflow then Optuna, for a result already saved to disk."""
+        run_id = self._run_id(number)
+        status, reason = payload["status"], payload.get("reason")
+        if run_id:
+            logged = self.logged.setdefault(number, set())
+            for step, metrics in payload.get("history", []):
+                if step not in logged:
+                    self.tracker.log_metrics(run_id, step, metrics)
+                    logged.add(step)
+            if payload.get("traceback"):
+                self.dir.failure_path(number).parent.mkdir(parents=True, exist_ok=True)
+                self.dir.failure_path(number).write_text(payload["traceback"])
+                self.tracker.log_text(run_id, payload["traceback"], "traceback.txt")
+            self.tracker.set_tags(run_id, {"state": status, "reason": reason or "",
+                                           "backend": payload.get("backend", "")})
+            self.tracker.finish(run_id, MLFLOW_STATUS[status])
+        trial = optuna.trial.Trial(self.study, self._trial_id(number))
+        values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]
+        if status == "completed" and any(v is None or not math.isfinite(float(v)) for v in values):
+            status, reason = "failed", "missing_objective"
+        trial.set_user_attr("state", status)
+        trial.set_user_attr("steps", int(payload.get("steps", 0)))
+        if reason:
+            trial.set_user_attr("reason", reason)
+        if status == "completed":
+            self.study.tell(trial, [float(v) for v in values])
+            self._update_front(number, values)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
+        self.counts[status] += 1
+        quality = payload["metrics"].get(self.spec.pruner.metric)
+        self.executor.complete(number, status, None if quality is None else float(quality))
+        logger.info("trial %d %s%s", number, status, f" ({reason})" if reason else "")
+
+    def _update_front(self, number: int, values: list) -> None:
+        signs = [1.0 if o.direction == "maximize" else -1.0 for o in self.spec.objectives]
+        self.fronts[number] = [s * float(v) for s, v in zip(signs, values)]
+        vecs = list(self.fronts.values())
+        self.counts["front"] = sum(not any(dominates(o, v) for o in vecs) for v in vecs)
+
+    def _cancel_overdue(self, inflight: dict) -> None:
+        limit = self.spec.resources.trial_timeout_s
+        if not limit:
+            return
+        now = time.monotonic()
+        for item in list(inflight.values()):
+            if now - item.handle.started > limit:
+                logger.warning("trial %d exceeded %.0fs; cancelling", item.trial.number, limit)
+                self.executor.cancel(item.handle)
+                payload = {"status": "failed", "reason": "timeout", "steps": 0, "metrics": {}, "history": [],
+                           "traceback": f"trial exceeded resources.trial_timeout_s={limit}"}
+                inflight.pop(item.trial.number)
+                self.dir.save_result(item.trial.number, payload)
+                self._record(item.trial.number, payload)
+
+    # ------------------------------------------------------------------ resume
+    def _recover(self) -> None:
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            payload = self.dir.load_result(t.number)
+            if payload is not None:
+                logger.info("finishing trial %d from its saved result", t.number)
+                self._record(t.number, payload)
+                continue
+            child = self.tracker.find_child(t.number)
+            if child is not None and child["status"] == "RUNNING":
+                self.tracker.set_tags(child["run_id"], {"state": "failed", "reason": "driver_died"})
+                self.tracker.finish(child["run_id"], "KILLED")
+            trial = optuna.trial.Trial(self.study, t._trial_id)
+            trial.set_user_attr("reason", "driver_died")
+            self.study.tell(trial, state=TrialState.FAIL)
+            st.enqueue(self.study, dict(t.params), int(t.user_attrs.get("seed", self.spec.seeds[0])),
+                       t.user_attrs.get("label", ""), requeued_from=t.number)
+            logger.info("trial %d was running when the driver stopped; re-queued", t.number)
+
+    def _preload(self) -> None:
+        for number, payload in sorted(self.dir.all_results().items()):
+            if payload.get("history"):
+                self.executor.preload(number, payload["history"])
+        for t in self.study.get_trials(deepcopy=False):
+            state = t.user_attrs.get("state")
+            if t.state == TrialState.COMPLETE:
+                self._update_front(t.number, t.values)
+            if state in self.counts and t.state != TrialState.RUNNING:
+                self.counts[state] += 1
+            elif t.state == TrialState.FAIL and st.reason(t) == "infeasible":
+                self.counts["infeasible"] += 1
+
+
+def run_sweep(spec: SweepSpec, root: str | Path = "carvelab_sweeps", address: Optional[str] = None,
+              on_update: Optional[Callable[[dict], None]] = None) -> SweepSummary:
+    return SweepDriver(spec, root, address, on_update).run()

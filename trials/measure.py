@@ -1,0 +1,59 @@
+"""Throughput and peak-memory measurement of a training loop."""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+
+
+def rss_high_water_mb() -> float:
+    """The process's resident-set high-water mark in MiB (Linux reports KiB, macOS bytes).
+
+    It is process-wide: in a reused worker process it covers every trial it ran so far.
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class Meter:
+    """Counts tokens and time over the steps after the first ``skip`` (compile/warm-up)."""
+
+    def __init__(self, device: torch.device, skip: int):
+        self.device = device
+        self.skip = skip
+        self.tokens = 0
+        self.seconds = 0.0
+        self._t0 = 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def stop(self, step: int, tokens: int) -> None:
+        self._sync()
+        if step >= self.skip:
+            self.seconds += time.perf_counter() - self._t0
+            self.tokens += tokens
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    def peak_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return rss_high_water_mb()
+
+    def state(self) -> dict:
+        return {"tokens": self.tokens, "seconds": self.seconds}
+
+    def load_state(self, state: dict) -> None:
+        self.tokens, self.seconds = state["tokens"], state["seconds"]

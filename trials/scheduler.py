@@ -1,0 +1,168 @@
+"""Ray execution of trials; the only module that imports Ray.
+
+- ``start_ray``: joins ``address`` or starts a local Ray bound to 127.0.0.1.
+- ``PruningBroker``: a Ray actor that receives workers' intermediate metrics and answers
+  CONTINUE / STOP from the sweep's pruner; the driver drains the reports to log them.
+- ``RayExecutor``: submits trials as Ray tasks with the declared resources (fractional
+  GPUs stay fractional), waits for them, cancels the ones past their timeout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+
+def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
+              num_gpus: Optional[float] = None) -> bool:
+    """Connect to ``address`` or start a local Ray on 127.0.0.1. Returns True if we started it."""
+    # Without this every listener of a local Ray binds to the machine's public interface.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"TRITON_CACHE_DIR": triton_cache_dir()}}
+    if address:
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
+        return False
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env,
+             logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
+def triton_cache_dir() -> str:
+    """A persistent per-node Triton cache, so a second trial of the same shapes compiles nothing."""
+    return os.environ.get("TRITON_CACHE_DIR") or os.path.expanduser("~/.cache/carvelab/triton")
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class _Broker:
+    """Actor body: the pruner plus a log of reports for the driver."""
+
+    def __init__(self, pruner_spec, objectives, seed: int = 0):
+        from carvelab.trials.pruning import make_pruner
+
+        self.pruner = make_pruner(pruner_spec, objectives, seed)
+        self.pending: list[tuple[int, int, dict, str]] = []
+
+    def report(self, trial: int, step: int, metrics: dict) -> str:
+        decision = self.pruner.decide(trial, step, metrics)
+        self.pending.append((trial, step, metrics, decision))
+        return decision
+
+    def preload(self, trial: int, history: list) -> None:
+        """Rebuild pruner state from a finished trial's history (resume)."""
+        for step, metrics in history:
+            self.pruner.decide(trial, int(step), metrics)
+
+    def complete(self, trial: int, state: str, value: Optional[float]) -> None:
+        self.pruner.complete(trial, state, value)
+
+    def drain(self) -> list:
+        out, self.pending = self.pending, []
+        return out
+
+
+class _BrokerReporter:
+    """The Reporter a worker hands to run_trial: forwards to the broker actor."""
+
+    def __init__(self, broker, trial: int):
+        self.broker, self.trial = broker, trial
+
+    def report(self, step: int, metrics: dict) -> str:
+        import ray
+
+        return ray.get(self.broker.report.remote(self.trial, step, metrics))
+
+
+def _run_remote(config_dict: dict, trial: int, broker, threads: int) -> dict:
+    import torch
+
+    from carvelab.search_space.loading import load_trial_config
+    from carvelab.trials.trial import run_trial
+
+    torch.set_num_threads(max(1, threads))
+    config = load_trial_config(config_dict)
+    result = run_trial(config, _BrokerReporter(broker, trial))
+    return dataclasses.asdict(result)
+
+
+@dataclasses.dataclass
+class Handle:
+    trial: int
+    ref: Any
+    started: float
+
+
+class RayExecutor:
+    def __init__(self, resources, pruner_spec, objectives, seed: int = 0):
+        import ray
+
+        self.ray = ray
+        self.res = resources
+        self.broker = ray.remote(_Broker).options(num_cpus=0).remote(pruner_spec, objectives, seed)
+        self.task = ray.remote(_run_remote)
+
+    def submit(self, config_dict: dict, trial: int) -> Handle:
+        opts = dict(num_cpus=self.res.cpus_per_trial, max_retries=self.res.max_retries,
+                    retry_exceptions=False)
+        if self.res.gpus_per_trial:
+            opts["num_gpus"] = self.res.gpus_per_trial
+        threads = int(self.res.cpus_per_trial)
+        ref = self.task.options(**opts).remote(config_dict, trial, self.broker, threads)
+        return Handle(trial, ref, time.monotonic())
+
+    def wait(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, Optional[dict], Optional[BaseException]]]:
+        """Finished handles with (result, None) or (None, exception)."""
+        if not handles:
+            time.sleep(timeout)
+            return []
+        by_ref = {h.ref: h for h in handles}
+        ready, _ = self.ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout)
+        out = []
+        for ref in ready:
+            try:
+                out.append((by_ref[ref], self.ray.get(ref), None))
+            except Exception as exc:  # the trial's own exception, wrapped by Ray
+                out.append((by_ref[ref], None, exc))
+        return out
+
+    def cancel(self, handle: Handle) -> None:
+        self.ray.cancel(handle.ref, force=True)
+
+    def drain(self) -> list:
+        return self.ray.get(self.broker.drain.remote())
+
+    def complete(self, trial: int, state: str, value: Optional[float]) -> None:
+        self.broker.complete.remote(trial, state, value)
+
+    def preload(self, trial: int, history: list) -> None:
+        self.ray.get(self.broker.preload.remote(trial, history))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Map an exception from ``ray.get`` to a failure reason tag."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.TaskCancelledError):
+        return "timeout"
+    if isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ActorDiedError)):
+        return "worker_died"
+    if isinstance(exc, rex.OutOfMemoryError):
+        return "oom"
+    cause = getattr(exc, "cause", None) or exc
+    name = type(cause).__name__
+    if "OutOfMemory" in name or isinstance(cause, MemoryError):
+        return "oom"
+    return "exception"

@@ -1,0 +1,171 @@
+"""The Optuna side of a sweep: study, sampler, distributions, planned points, recovery.
+
+Only the driver writes the study (ask-and-tell). Each Optuna trial is one training run of
+one point of the space with one replicate seed; the point, seed and (ablation) label are
+kept as user attributes so a trial can be re-queued exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Optional
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
+)
+from optuna.trial import TrialState
+
+from carvelab.search_space.sweep_loading import ablation_points, grid_points
+from carvelab.search_space.sweep_spec import SweepSpec
+
+logger = logging.getLogger(__name__)
+
+# Failure reasons that are not a verdict on the point: such trials are re-queued.
+REQUEUE_REASONS = ("driver_died",)
+# Failures that never consumed a training run.
+NO_TRAINING_REASONS = ("infeasible", "driver_died")
+
+
+def point_key(point: dict, seed: int) -> str:
+    return json.dumps({"point": point, "seed": seed}, sort_keys=True, default=str)
+
+
+def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
+    out: dict[str, BaseDistribution] = {}
+    for p in spec.params:
+        if p.type == "categorical":
+            out[p.name] = CategoricalDistribution(p.choices)
+        elif p.type == "int":
+            out[p.name] = IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
+        else:
+            out[p.name] = FloatDistribution(float(p.low), float(p.high), log=p.type == "log_float",
+                                            step=None if p.type == "log_float" else p.step)
+    return out
+
+
+def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The declared sampler; ``seed_offset`` keeps a resumed sweep from replaying its start."""
+    s = spec.sampler
+    seed = s.seed + seed_offset
+    if spec.mode != "search":
+        return optuna.samplers.RandomSampler(seed=seed)  # every trial is enqueued
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    from carvelab.search_space.sweep_loading import grid_values
+
+    return optuna.samplers.GridSampler({p.name: grid_values(p) for p in spec.params}, seed=seed)
+
+
+def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = [o.direction for o in spec.objectives]
+    try:
+        existing = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        existing = None
+    offset = len(existing.trials) if existing is not None else 0
+    study = optuna.create_study(
+        study_name=spec.name, storage=storage, directions=directions, load_if_exists=True,
+        sampler=make_sampler(spec, offset),
+    )
+    if study.directions and [d.name.lower() for d in study.directions] != directions:
+        raise ValueError(
+            f"the Optuna study {spec.name!r} in {storage} has directions "
+            f"{[d.name.lower() for d in study.directions]}, the sweep declares {directions}"
+        )
+    study.set_metric_names([o.metric for o in spec.objectives])
+    return study
+
+
+def base_value(spec: SweepSpec, name: str) -> Any:
+    """The base trial config's value of a space name (axis or dotted path)."""
+    import dataclasses
+
+    from carvelab.search_space.loading import load_trial_config
+    from carvelab.search_space.sweep_spec import AXES
+
+    node: Any = dataclasses.asdict(load_trial_config(spec.base))
+    for part in AXES.get(name, name).split("."):
+        node = node[part]
+    return node
+
+
+def space_distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
+    """Distributions of every param a trial of this sweep carries.
+
+    Ablation: each changed name gets a categorical over its base value and its changes,
+    so every ablation trial records the full point (base values for unchanged names).
+    """
+    if spec.mode != "ablation":
+        return distributions(spec)
+    values: dict[str, list] = {}
+    for change in spec.changes:
+        for name, value in change.items():
+            values.setdefault(name, [base_value(spec, name)])
+            if value not in values[name]:
+                values[name].append(value)
+    return {name: CategoricalDistribution(v) for name, v in values.items()}
+
+
+def planned(spec: SweepSpec) -> list[tuple[dict, int, str]]:
+    """(full point, seed, label) for grid and ablation modes, in order; empty for search."""
+    if spec.mode == "grid":
+        return [(p, s, "") for p in grid_points(spec) for s in spec.seeds]
+    if spec.mode == "ablation":
+        names = list(space_distributions(spec))
+        out = []
+        for label, change in ablation_points(spec):
+            point = {n: change.get(n, base_value(spec, n)) for n in names}
+            out += [(point, s, label) for s in spec.seeds]
+        return out
+    return []
+
+
+def seed_of(trial, spec: SweepSpec) -> int:
+    return int(trial.user_attrs.get("seed", spec.seeds[0]))
+
+
+def enqueue(study: optuna.Study, point: dict, seed: int, label: str = "", **extra: Any) -> None:
+    study.enqueue_trial(dict(point), user_attrs={"seed": seed, "label": label, **extra},
+                        skip_if_exists=False)
+
+
+def reason(trial) -> Optional[str]:
+    return trial.user_attrs.get("reason")
+
+
+def consumed_training(trial) -> bool:
+    """Whether this trial counts against budget.trials."""
+    if trial.state == TrialState.FAIL:
+        return reason(trial) not in NO_TRAINING_REASONS
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def _fixed_point(trial) -> dict:
+    """Params of a finished/running trial, or the fixed params of a waiting (enqueued) one."""
+    if trial.state == TrialState.WAITING:
+        return dict(trial.system_attrs.get("fixed_params", {}))
+    return dict(trial.params)
+
+
+def plan_remaining(study: optuna.Study, spec: SweepSpec) -> int:
+    """Enqueue the planned (point, seed) pairs that are neither done nor waiting. Returns how many."""
+    seen = set()
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.FAIL and reason(t) in REQUEUE_REASONS:
+            continue
+        seen.add(point_key(_fixed_point(t), seed_of(t, spec)))
+    count = 0
+    for point, seed, label in planned(spec):
+        if point_key(point, seed) not in seen:
+            enqueue(study, point, seed, label)
+            seen.add(point_key(point, seed))
+            count += 1
+    return count

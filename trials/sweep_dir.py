@@ -1,0 +1,110 @@
+"""The on-disk layout of one sweep (``<root>/<name>/``) and its durable trial results.
+
+    sweep.yaml            the validated spec as it was first run (a resume must match it)
+    optuna.db             default Optuna storage
+    mlflow.db, mlartifacts/   default MLflow backend and artifact store
+    results/trial-N.json  each finished trial's result, written before it is told to
+                          Optuna or MLflow (recovery after a driver crash reads it)
+    checkpoints/<key>/    per-(point, seed) training checkpoints (a re-queued trial resumes)
+    failures/trial-N.txt  tracebacks of failed trials
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from carvelab.search_space.sweep_spec import SweepSpec
+from carvelab.search_space.yaml_io import ConfigError
+
+# Parts of a spec that define *what* is swept; budgets, resources and tracking may change on resume.
+_IDENTITY = ("name", "base", "mode", "params", "changes", "objectives", "seeds")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class SweepDir:
+    def __init__(self, root: str | Path, name: str):
+        self.path = Path(root).expanduser().resolve() / name
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.path / 'optuna.db'}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.path / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.path / "mlartifacts").as_uri()
+
+    def result_path(self, number: int) -> Path:
+        return self.path / "results" / f"trial-{number}.json"
+
+    def checkpoint_dir(self, key: str) -> Path:
+        return self.path / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def failure_path(self, number: int) -> Path:
+        return self.path / "failures" / f"trial-{number}.txt"
+
+    # ------------------------------------------------------------------ spec snapshot
+    def bind(self, spec: SweepSpec) -> bool:
+        """Create the directory for ``spec`` or check that it belongs to it. True if it existed."""
+        snapshot = self.path / "sweep.yaml"
+        identity = {k: _plain(getattr(spec, k)) for k in _IDENTITY}
+        if snapshot.exists():
+            stored = yaml.safe_load(snapshot.read_text())
+            stored_identity = {k: stored.get(k) for k in _IDENTITY}
+            if json.dumps(stored_identity, sort_keys=True, default=str) != json.dumps(identity, sort_keys=True, default=str):
+                changed = [k for k in _IDENTITY if json.dumps(stored_identity[k], sort_keys=True, default=str)
+                           != json.dumps(identity[k], sort_keys=True, default=str)]
+                raise ConfigError(
+                    f"{self.path}: a sweep named {spec.name!r} already exists there with a different "
+                    f"{', '.join(changed)}; resuming would mix two experiments. Use another name "
+                    "or output directory (nothing was changed)."
+                )
+            return True
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(snapshot, yaml.safe_dump(_plain(dataclasses.asdict(spec)), sort_keys=False))
+        return False
+
+    # ------------------------------------------------------------------ results
+    def save_result(self, number: int, payload: dict) -> None:
+        atomic_write(self.result_path(number), json.dumps(payload, default=_json_default))
+
+    def load_result(self, number: int) -> Optional[dict]:
+        path = self.result_path(number)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def all_results(self) -> dict[int, dict]:
+        folder = self.path / "results"
+        if not folder.exists():
+            return {}
+        out = {}
+        for p in folder.glob("trial-*.json"):
+            out[int(p.stem.split("-")[1])] = json.loads(p.read_text())
+        return out
+
+
+def _plain(obj):
+    return json.loads(json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj,
+                                 default=_json_default))
+
+
+def _json_default(o):
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, float):
+        return repr(o)
+    return str(o)

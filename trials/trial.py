@@ -1,0 +1,210 @@
+"""One trial as a pure function: ``run_trial(config, reporter) -> TrialResult``.
+
+Builds the model of ``config.model`` (vocabulary taken from the task), trains it with
+AdamW + warm-up/cosine + gradient clipping, evaluates every ``train.eval_every`` steps
+and reports to ``reporter`` (which may answer STOP: the trial ends as ``pruned``), and
+stops on its own when the loss is NaN/Inf (``failed``, reason ``diverged``). Imports
+neither Ray nor MLflow, so it runs the same in a test, a notebook or a Ray worker.
+
+Example (CPU, about a minute)::
+
+    from carvelab.search_space.loading import load_trial_config
+    from carvelab.trials.trial import run_trial
+    result = run_trial(load_trial_config("trials/configs/tiny_mqar.yaml"))
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from carvelab.kernels.dispatch import resolve_backend
+from carvelab.search_space.trial_config import TrialConfig
+from carvelab.trials import checkpoint
+from carvelab.trials.measure import Meter
+from carvelab.trials.reporting import STOP, NullReporter, Reporter
+from carvelab.trials.training import compute_loss, evaluate, lr_at, make_optimizer
+
+logger = logging.getLogger(__name__)
+
+COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced. ``metrics`` holds the last evaluation plus the measurements."""
+
+    status: str
+    reason: Optional[str]
+    steps: int
+    metrics: dict[str, float]
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    backend: str = ""
+    config: dict = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrialConfig, vocab_size: int, device: torch.device):
+    from carvelab.carve_models.lm import HybridLM
+
+    model_cfg = dataclasses.replace(config.model, vocab_size=vocab_size)
+    return HybridLM(model_cfg).to(device), model_cfg
+
+
+def static_costs(model_cfg, seq_len: int) -> dict[str, float]:
+    """Cost objectives known before training (analytic, from the model config)."""
+    from carvelab.carve_models import costs
+
+    return {
+        "params": float(costs.param_count(model_cfg)),
+        "flops_per_token": float(costs.flops_per_token(model_cfg, seq_len)),
+        "state_bytes": float(costs.state_bytes(model_cfg)),
+    }
+
+
+def kernel_backend(model_cfg, device: torch.device) -> str:
+    if "recurrent" not in model_cfg.layer_kinds():
+        return "none"
+    return resolve_backend(model_cfg.backend, device, model_cfg.erase_axis)
+
+
+class _Run:
+    """Mutable state of one training loop (kept apart so run_trial reads top to bottom)."""
+
+    def __init__(self, config: TrialConfig, reporter: Reporter, task_factory: Callable):
+        self.config, self.reporter = config, reporter
+        self.train = config.train
+        self.device = pick_device(self.train.device)
+        self.task = task_factory(config.task)
+        seed_everything(self.train.seed)
+        self.model, self.model_cfg = build_model(config, self.task.vocab_size, self.device)
+        self.optimizer = make_optimizer(self.model, self.train)
+        self.meter = Meter(self.device, skip=self.train.compile_steps)
+        self.history: list[tuple[int, dict]] = []
+        self.step = 0
+        self.config_dict = dataclasses.asdict(config)
+        self.digest = checkpoint.config_digest(self.config_dict)
+        self.costs = static_costs(self.model_cfg, config.task.seq_len)
+        self.backend = kernel_backend(self.model_cfg, self.device)
+        self.train_seconds_before = 0.0
+
+    # ------------------------------------------------------------ checkpoints
+    def restore(self) -> Optional[TrialResult]:
+        payload = checkpoint.load(self.train.checkpoint_dir, self.digest)
+        if payload is None:
+            return None
+        if payload.get("result") is not None:
+            return TrialResult(**payload["result"])
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step, self.history = payload["step"], payload["history"]
+        self.meter.load_state(payload["meter"])
+        self.train_seconds_before = payload["wall_s"]
+        logger.info("resumed trial from %s at step %d", self.train.checkpoint_dir, self.step)
+        return None
+
+    def save(self, wall_s: float, result: Optional[TrialResult] = None) -> None:
+        if not self.train.checkpoint_dir:
+            return
+        checkpoint.save(self.train.checkpoint_dir, {
+            "digest": self.digest, "step": self.step, "history": self.history,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "meter": self.meter.state(), "wall_s": wall_s,
+            "result": None if result is None else dataclasses.asdict(result),
+        })
+
+    # ------------------------------------------------------------ loop pieces
+    def train_step(self) -> float:
+        inputs, targets = self.task.train_batch(self.step, self.train.batch_size)
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.train)
+        self.meter.start()
+        with self._autocast():
+            loss = compute_loss(self.model, inputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        self.optimizer.step()
+        self.meter.stop(self.step, inputs.numel())
+        return float(loss.detach())
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.train.dtype == "bfloat16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def evaluate(self, train_loss: float, wall_s: float) -> dict[str, float]:
+        batches = self.task.val_batches(self.train.batch_size, self.train.eval_batches)
+        metrics = evaluate(self.model, batches, self.device)
+        metrics.update(self.costs)
+        metrics.update({
+            "train_loss": train_loss, "tokens_per_s": self.meter.tokens_per_s,
+            "peak_mem_mb": self.meter.peak_memory_mb(), "wall_s": wall_s, "step": float(self.step),
+        })
+        self.history.append((self.step, metrics))
+        return metrics
+
+    def result(self, status: str, reason: Optional[str], metrics: dict) -> TrialResult:
+        return TrialResult(status=status, reason=reason, steps=self.step, metrics=metrics,
+                           history=list(self.history), backend=self.backend, config=self.config_dict)
+
+
+def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
+              task_factory: Optional[Callable] = None, on_step: Optional[Callable[[int], None]] = None) -> TrialResult:
+    """Train and evaluate one point of the design space; see the module docstring.
+
+    ``task_factory`` builds the task from ``config.task`` (default: ``trials.tasks.build_task``);
+    ``on_step(step)`` is called after every training step (progress bars).
+    """
+    if task_factory is None:
+        from carvelab.trials.tasks import build_task as task_factory
+    run = _Run(config, reporter or NullReporter(), task_factory)
+    finished = run.restore()
+    if finished is not None:
+        return finished
+    start = time.perf_counter() - run.train_seconds_before
+    metrics: dict[str, float] = dict(run.history[-1][1]) if run.history else {}
+    train = run.train
+    while run.step < train.steps:
+        loss = run.train_step()
+        run.step += 1
+        if on_step is not None:
+            on_step(run.step)
+        wall = time.perf_counter() - start
+        if not math.isfinite(loss):
+            metrics = dict(metrics, train_loss=loss, wall_s=wall, step=float(run.step), **run.costs)
+            logger.warning("trial diverged at step %d (loss %s)", run.step, loss)
+            return run.result(FAILED, "diverged", metrics)
+        out_of_time = train.max_seconds is not None and wall >= train.max_seconds
+        if run.step % train.eval_every == 0 or run.step == train.steps or out_of_time:
+            metrics = run.evaluate(loss, wall)
+            if run.reporter.report(run.step, metrics) == STOP:
+                return run.result(PRUNED, "pruned", metrics)
+        if train.checkpoint_every and run.step % train.checkpoint_every == 0:
+            run.save(time.perf_counter() - start)
+        if out_of_time:
+            result = run.result(COMPLETED, "time_budget", metrics)
+            run.save(time.perf_counter() - start, result)
+            return result
+    result = run.result(COMPLETED, None, metrics)
+    run.save(time.perf_counter() - start, result)
+    return result
