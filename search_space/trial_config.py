@@ -21,7 +21,7 @@ class TaskConfig:
     """One task. Fields a task does not use are ignored by it (documented per field)."""
 
     name: str = "mqar"
-    vocab_size: int = 128          # mqar/update_mqar: token vocabulary; lm: set from the data (256 bytes or the .bin's)
+    vocab_size: int = 128          # mqar/update_mqar: token vocabulary; lm: 256 for text, for a .bin a floor on the vocabulary derived from the data
     seq_len: int = 64
     num_kv_pairs: int = 8          # mqar/update_mqar
     power_a: float = 0.01          # mqar/update_mqar: power-law placement of queries (Zoology's alpha)
@@ -39,6 +39,8 @@ class TaskConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"task.{name}={value!r} must be a positive integer")
+        if not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool) or self.data_seed < 0:
+            raise ValueError(f"task.data_seed={self.data_seed!r} must be a non-negative integer")
         if not isinstance(self.num_updates, int) or self.num_updates < 0:
             raise ValueError(f"task.num_updates={self.num_updates!r} must be a non-negative integer")
         if not isinstance(self.power_a, (int, float)) or self.power_a <= 0:

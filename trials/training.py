@@ -6,9 +6,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+
 from carvelab.search_space.trial_config import TrainConfig
 
-IGNORE = -100
+from carvelab.trials.tasks.base import IGNORE_INDEX as IGNORE
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -1,0 +1,98 @@
+"""The task interface every trial trains and evaluates on.
+
+A task hands out token batches ``(inputs, targets)``, both ``LongTensor [B, T]``, where
+``targets`` holds ``-100`` (PyTorch's ``ignore_index``) at positions that are not scored.
+Batches are a pure function of ``(task.data_seed, step, batch_size)``, so a trial resumed
+from a checkpoint at step ``s`` sees exactly the batches an uninterrupted one would.
+Validation data comes from a seed stream disjoint from training and is fixed per config.
+"""
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+QUALITY_METRICS = ("accuracy", "loss")
+
+Batch = tuple[torch.LongTensor, torch.LongTensor]
+
+
+class Task(ABC):
+    """A source of training batches and a fixed validation set.
+
+    Attributes:
+        name: the task's name (``TaskConfig.name``).
+        vocab_size: the model vocabulary the task needs (every token id is below it).
+        seq_len: T, the length of every sequence.
+        quality_metric: ``"accuracy"`` (higher is better, over scored positions) or
+            ``"loss"`` (mean cross-entropy over scored positions, lower is better).
+    """
+
+    name: str
+    vocab_size: int
+    seq_len: int
+    quality_metric: str
+
+    @abstractmethod
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        """Training batch number ``step``: inputs [B, T], targets [B, T] (``-100`` = unscored).
+
+        Deterministic in ``(data_seed, step, batch_size)``.
+        """
+
+    @abstractmethod
+    def val_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
+        """The fixed validation set in batches of ``batch_size`` (the last may be smaller).
+
+        ``max_batches = 0`` yields the whole set, otherwise at most that many batches.
+        """
+
+
+def check_batch_args(step: int, batch_size: int) -> None:
+    """Raise ValueError unless ``step >= 0`` and ``batch_size >= 1`` are integers."""
+    if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step={step!r} must be a non-negative integer")
+    check_positive("batch_size", batch_size)
+
+
+def check_positive(name: str, value: int) -> None:
+    """Raise ValueError unless ``value`` is an integer >= 1."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def check_data_seed(data_seed: int) -> None:
+    """NumPy seed sequences take non-negative integers only."""
+    if not isinstance(data_seed, (int, np.integer)) or isinstance(data_seed, bool) or data_seed < 0:
+        raise ValueError(f"task.data_seed={data_seed!r} must be a non-negative integer")
+
+
+def stream_rng(data_seed: int, stream: str, *counters: int) -> np.random.Generator:
+    """A NumPy generator for one named stream (``"train"``, ``"val"``, ...) of a data seed.
+
+    Distinct stream names (hashed with CRC-32) and counters give independent streams, so
+    training and validation never share random draws, and batch ``step`` of a run can be
+    regenerated on its own.
+    """
+    entropy = [int(data_seed), zlib.crc32(stream.encode()), *(int(c) for c in counters)]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def to_long(array: np.ndarray) -> torch.LongTensor:
+    """A NumPy integer array as a contiguous int64 tensor (a copy, never a view)."""
+    return torch.from_numpy(np.array(array, dtype=np.int64, copy=True))
+
+
+def batch_ranges(n: int, batch_size: int, max_batches: int) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` index ranges over ``n`` items; at most ``max_batches`` (0 = all)."""
+    check_positive("batch_size", batch_size)
+    if not isinstance(max_batches, (int, np.integer)) or isinstance(max_batches, bool) or max_batches < 0:
+        raise ValueError(f"max_batches={max_batches!r} must be a non-negative integer (0 = all)")
+    for i, start in enumerate(range(0, n, batch_size)):
+        if max_batches and i >= max_batches:
+            return
+        yield start, min(start + batch_size, n)

@@ -1,0 +1,92 @@
+"""Language modelling on real text: next-token prediction over windows of a token stream.
+
+The streams come from ``carvelab.trials.tasks._corpus`` (the standard library's source,
+a text file, or a uint16 ``.bin``). A sequence is a window of ``T + 1`` consecutive
+tokens ``x_s .. x_{s+T}`` of a stream::
+
+    inputs   x_s      x_{s+1}  ...  x_{s+T-1}
+    targets  x_{s+1}  x_{s+2}  ...  x_{s+T}        (every position scored)
+
+Training window starts are uniform over the training stream, drawn from the seed stream
+``(data_seed, "lm-train", step)``. The validation set is ``task.val_examples`` windows
+with starts evenly spaced over the validation stream (fixed, no randomness).
+The quality metric is the validation loss (lower is better).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+
+from carvelab.search_space.trial_config import TaskConfig
+from carvelab.trials.tasks._corpus import load_corpus
+from carvelab.trials.tasks.base import (
+    Batch,
+    Task,
+    batch_ranges,
+    check_batch_args,
+    check_data_seed,
+    stream_rng,
+    to_long,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``tokens[s : s+T]`` and targets ``tokens[s+1 : s+T+1]`` per start, ``[B, T]`` each."""
+    idx = starts[:, None] + np.arange(seq_len + 1)
+    chunk = np.asarray(tokens[idx])
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+class LMTask(Task):
+    """Next-token language modelling; ``vocab_size`` comes from the data."""
+
+    name = "lm"
+    quality_metric = "loss"
+
+    def __init__(self, cfg: TaskConfig):
+        check_data_seed(cfg.data_seed)
+        self.cfg = cfg
+        self.seq_len = cfg.seq_len
+        self.corpus = load_corpus(cfg)
+        self.vocab_size = self.corpus.vocab_size
+        for split, tokens in (("training", self.corpus.train), ("validation", self.corpus.val)):
+            if len(tokens) < cfg.seq_len + 1:
+                raise ValueError(
+                    f"task.data_path={cfg.data_path!r}: the {split} stream of "
+                    f"{self.corpus.source} has {len(tokens)} tokens, fewer than "
+                    f"task.seq_len + 1 = {cfg.seq_len + 1}; use a longer corpus or a shorter seq_len"
+                )
+        last = len(self.corpus.val) - cfg.seq_len - 1
+        self._val_starts = np.linspace(0, last, num=cfg.val_examples).round().astype(np.int64)
+        logger.info("lm task on %s: %d train / %d validation tokens, vocab %d",
+                    self.corpus.source, len(self.corpus.train), len(self.corpus.val),
+                    self.vocab_size)
+
+    @property
+    def train_files(self) -> tuple[str, ...]:
+        """Files of the training stream (standard-library corpus only, else empty)."""
+        return self.corpus.train_files
+
+    @property
+    def val_files(self) -> tuple[str, ...]:
+        """Files of the validation stream (standard-library corpus only, else empty)."""
+        return self.corpus.val_files
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        """``batch_size`` windows at uniform random starts seeded by ``(data_seed, step)``."""
+        check_batch_args(step, batch_size)
+        last = len(self.corpus.train) - self.seq_len - 1
+        rng = stream_rng(self.cfg.data_seed, "lm-train", step)
+        starts = rng.integers(0, last, size=batch_size, endpoint=True)
+        inputs, targets = windows(self.corpus.train, starts, self.seq_len)
+        return to_long(inputs), to_long(targets)
+
+    def val_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
+        """The ``val_examples`` fixed validation windows, in order."""
+        for start, stop in batch_ranges(len(self._val_starts), batch_size, max_batches):
+            inputs, targets = windows(self.corpus.val, self._val_starts[start:stop], self.seq_len)
+            yield to_long(inputs), to_long(targets)
