@@ -49,9 +49,35 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
     else:
         path = find_sweep_file(source)
         data, where, folder = read_yaml(path), str(path), path.parent
-    data = deep_merge(data, parse_overrides(overrides))
+    data = resolve_interpolations(deep_merge(data, parse_overrides(overrides)), where)
+    # `base`, `space` and `ablation.changes` are open mappings: checked by _validate, not by the schema.
+    free = {k: data.pop(k) for k in ("base", "space") if k in data}
+    changes = None
+    if isinstance(data.get("ablation"), Mapping) and "changes" in data["ablation"]:
+        data["ablation"] = dict(data["ablation"])
+        changes = data["ablation"].pop("changes")
     raw: S.SweepFile = to_dataclass(S.SweepFile(), data, where)
+    raw.base = free.get("base")
+    space = free.get("space") or {}
+    if not isinstance(space, Mapping):
+        raise ConfigError(f"{where}: space must be a mapping of axis or dotted path -> values, got {space!r}")
+    raw.space = dict(space)
+    if changes is not None:
+        if not isinstance(changes, list) or not all(isinstance(c, Mapping) for c in changes):
+            raise ConfigError(f"{where}: ablation.changes must be a list of mappings, e.g. [{{erase_axis: value}}]")
+        raw.ablation.changes = [dict(c) for c in changes]
     return _validate(raw, where, folder)
+
+
+def resolve_interpolations(data: dict, where: str) -> dict:
+    """Resolve OmegaConf ``${...}`` interpolations over the whole file."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: interpolation failed: {str(exc).splitlines()[0]}") from None
 
 
 # ----------------------------------------------------------------------------- paths

@@ -2,6 +2,8 @@
 
     carvelab --version
     carvelab train CONFIG.yaml [key=value ...]     one trial in-process (no Ray)
+    carvelab sweep run FILE|NAME [key=value ...] [--address ADDR] [--root DIR]
+    carvelab sweep status NAME [--root DIR]
 """
 from __future__ import annotations
 
@@ -49,6 +51,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status != "failed" else 1
 
 
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # installed with optuna
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from carvelab.search_space.sweep_loading import load_sweep
+    from carvelab.trials.driver import run_sweep
+
+    spec = load_sweep(args.sweep, args.overrides)
+    total = spec.budget.trials
+    last: dict = {}
+    with tqdm(total=total, desc=spec.name, unit="trial", disable=args.quiet) as bar, logging_redirect_tqdm():
+        def update(counts: dict) -> None:
+            if counts == last:
+                return
+            last.clear()
+            last.update(counts)
+            done = counts["completed"] + counts["pruned"] + counts["failed"]
+            bar.update(done - bar.n)
+            bar.set_postfix(running=counts["running"], done=counts["completed"], pruned=counts["pruned"],
+                            failed=counts["failed"], front=counts["front"])
+
+        summary = run_sweep(spec, args.root, address=args.address, on_update=update)
+    rows = [("sweep", summary.name), ("directory", summary.sweep_dir), ("optuna storage", summary.storage),
+            ("mlflow tracking", summary.tracking_uri), ("mlflow parent run", str(summary.parent_run_id))]
+    rows += [(k, str(v)) for k, v in summary.counts.items() if k != "running"]
+    rows.append(("wall seconds", f"{summary.wall_s:.1f}"))
+    print(format_table(rows, ("sweep", "value")))
+    print(f"\nInspect in MLflow:  mlflow ui --host 127.0.0.1 --backend-store-uri {summary.tracking_uri}")
+    return 0
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    from carvelab.trials.status import sweep_table
+
+    print(sweep_table(args.name, args.root))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carvelab",
@@ -62,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=50")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser("sweep", help="run or inspect a sweep").add_subparsers(dest="sweep_cmd", metavar="ACTION")
+    run = sweep.add_parser("run", help="run (or resume) a sweep: a YAML file or a bundled sweep name")
+    run.add_argument("sweep", help="sweep YAML, or a bundled name (e.g. quickstart)")
+    run.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. budget.trials=8")
+    run.add_argument("--address", default=None, help="join this Ray cluster (default: a local Ray on 127.0.0.1)")
+    run.add_argument("--root", default="carvelab_sweeps", help="folder holding sweep directories")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.set_defaults(func=cmd_sweep_run)
+    status = sweep.add_parser("status", help="table of a sweep's trials")
+    status.add_argument("name")
+    status.add_argument("--root", default="carvelab_sweeps")
+    status.set_defaults(func=cmd_sweep_status)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from typing import Any, Optional
 
 import optuna
@@ -80,7 +81,9 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
             f"the Optuna study {spec.name!r} in {storage} has directions "
             f"{[d.name.lower() for d in study.directions]}, the sweep declares {directions}"
         )
-    study.set_metric_names([o.metric for o in spec.objectives])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in spec.objectives])
     return study
 
 

@@ -1,0 +1,33 @@
+"""``carvelab sweep status``: a table of a sweep's trials from its Optuna study."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import yaml
+
+from carvelab.search_space.yaml_io import ConfigError
+from carvelab.trials.sweep_dir import SweepDir
+
+
+def sweep_table(name: str, root: str | Path = "carvelab_sweeps") -> str:
+    sd = SweepDir(root, name)
+    snapshot = sd.path / "sweep.yaml"
+    if not snapshot.exists():
+        raise ConfigError(f"{sd.path}: no sweep named {name!r} here (use --root to point at its folder)")
+    spec = yaml.safe_load(snapshot.read_text())
+    storage = spec.get("storage") or sd.optuna_url
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage)
+    metrics = [o["metric"] for o in spec["objectives"]]
+    header = ["#", "state", "reason", "seed", "steps"] + metrics + ["point"]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = t.values or [None] * len(metrics)
+        rows.append([str(t.number), t.state.name, t.user_attrs.get("reason", ""), str(t.user_attrs.get("seed", "")),
+                     str(t.user_attrs.get("steps", ""))] + [f"{v:.4g}" if v is not None else "" for v in values]
+                    + [", ".join(f"{k}={v}" for k, v in t.params.items())])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
