@@ -169,9 +169,17 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     )
     _check_effective_axes(spec, where)
     if raw.mode == "grid":
+        for p in spec.params:
+            try:
+                grid_values(p)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+    finite = all(p.type in ("categorical", "int") for p in spec.params)
+    if spec.params and finite and _grid_size(spec) <= 4096:
         points = grid_points(spec)
-        if points and not any(_feasible(spec, p) for p in points):
-            raise ConfigError(f"{where}: space: every grid point is infeasible (e.g. {points[0]})")
+        if not any(_feasible(spec, p) for p in points):
+            raise ConfigError(f"{where}: space: every point is infeasible, e.g. "
+                              f"{points[0]}: {_infeasibility(spec, points[0])}")
     return spec
 
 
@@ -280,10 +288,22 @@ def _validate_resources(res: S.ResourcesSpec, where: str) -> None:
 
 
 def _apply(base: dict, path: str, value: Any, key: str, where: str) -> None:
+    """Refuse a value the field can never take.
+
+    A value that only conflicts with other fields of ``base`` (e.g. a per-value write
+    gate on a preset with tied gates) may be feasible together with other axes of the
+    space; such points are recorded as infeasible when sampled, never trained.
+    """
+    change = nested(path, _normalise(path, value))
     try:
-        load_trial_config(deep_merge(base, nested(path, _normalise(path, value))))
+        load_trial_config(deep_merge(base, change))
+        return
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {key}={value!r}: {str(exc).split(': ', 1)[-1]}") from None
+        first = exc
+    try:
+        load_trial_config(change)
+    except ConfigError:
+        raise ConfigError(f"{where}: {key}={value!r}: {str(first).split(': ', 1)[-1]}") from None
 
 
 def _param(name: str, value: Any, base: dict, where: str) -> S.ParamSpec:
@@ -350,6 +370,21 @@ def _validate_changes(raw: S.SweepFile, base: dict, where: str) -> list:
             raise ConfigError(f"{where}: ablation.changes[{i}]={change}: {str(exc).split(': ', 1)[-1]}") from None
         out.append({name: _normalise(S.AXES.get(name, name), v) for name, v in change.items()})
     return out
+
+
+def _grid_size(spec: S.SweepSpec) -> int:
+    size = 1
+    for p in spec.params:
+        size *= len(p.choices) if p.type == "categorical" else int((p.high - p.low) // (p.step or 1)) + 1
+    return size
+
+
+def _infeasibility(spec: S.SweepSpec, point: dict) -> str:
+    try:
+        point_config(spec, point, spec.seeds[0])
+        return ""
+    except ConfigError as exc:
+        return str(exc).split(": ", 1)[-1]
 
 
 def _feasible(spec: S.SweepSpec, point: dict) -> bool:

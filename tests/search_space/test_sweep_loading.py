@@ -1,0 +1,160 @@
+"""Sweep files: validation before launch, grid/ablation expansion, points -> trial configs."""
+import copy
+
+import pytest
+
+from carvelab.search_space.sweep_loading import (
+    ablation_points, bundled_sweeps, grid_points, load_sweep, point_config,
+)
+from carvelab.search_space.yaml_io import ConfigError
+
+BASE = {
+    "name": "t",
+    "base": {"preset": "gdn2", "model": {"d_model": 32, "n_heads": 2}, "task": {"seq_len": 64}},
+    "space": {"erase_axis": ["key", "value"], "content_gate": ["off", "on"]},
+    "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
+    "budget": {"trials": 4},
+}
+
+
+def sweep(**changes):
+    data = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        node = data
+        parts = key.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if value is _DELETE:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+_DELETE = object()
+
+
+def test_bundled_quickstart_is_valid():
+    assert "quickstart" in bundled_sweeps()
+    spec = load_sweep("quickstart")
+    axes = {p.name for p in spec.params}
+    assert {"erase_axis", "content_gate", "write_gate", "hybrid_ratio", "chunk_size", "covariance"} <= axes
+    assert len(spec.objectives) >= 2 and spec.pruner.name == "pareto"
+
+
+def test_on_off_axis_values_become_booleans():
+    spec = load_sweep(sweep())
+    gate = [p for p in spec.params if p.name == "content_gate"][0]
+    assert gate.choices == [False, True]
+
+
+def test_dotted_paths_and_ranges():
+    spec = load_sweep(sweep(space={"train.lr": {"type": "log_float", "low": 1e-4, "high": 1e-2},
+                                   "model.d_model": {"type": "int", "low": 32, "high": 64, "step": 32}}))
+    kinds = {p.name: p.type for p in spec.params}
+    assert kinds == {"train.lr": "log_float", "model.d_model": "int"}
+
+
+def test_grid_mode_points_times_seeds():
+    spec = load_sweep(sweep(mode="grid", seeds=[0, 1], space={
+        "erase_axis": ["key", "value"], "chunk_size": [16, 32, 64]}))
+    points = grid_points(spec)
+    assert len(points) == 6 and len(spec.seeds) == 2
+    assert {(p["erase_axis"], p["chunk_size"]) for p in points} == {
+        (a, c) for a in ("key", "value") for c in (16, 32, 64)}
+
+
+def test_ablation_mode_is_baseline_plus_one_factor_changes():
+    spec = load_sweep(sweep(mode="ablation", space={}, ablation={"changes": [
+        {"erase_axis": "value"}, {"content_gate": "on"}, {"covariance": "propagate"}]}))
+    labels = [label for label, _ in ablation_points(spec)]
+    assert labels == ["baseline", "erase_axis=value", "content_gate=True", "covariance=propagate"]
+
+
+def test_point_config_applies_axes_and_seed():
+    spec = load_sweep(sweep())
+    cfg = point_config(spec, {"erase_axis": "value", "content_gate": True}, seed=7)
+    assert cfg.model.erase_axis == "value" and cfg.model.content_gate is True
+    assert cfg.train.seed == 7 and cfg.model.seed == 7
+
+
+def test_infeasible_point_is_reported_not_trained():
+    spec = load_sweep(sweep(base={"preset": "kda"}, space={"write_gate": ["scalar", "per_value"]}))
+    with pytest.raises(ConfigError, match="tie_gates"):
+        point_config(spec, {"write_gate": "per_value"}, seed=0)
+
+
+def test_interpolation_is_resolved():
+    data = sweep()
+    data["base"]["train"] = {"steps": 40, "eval_every": "${base.train.steps}"}
+    spec = load_sweep(data)
+    assert point_config(spec, {}, 0).train.eval_every == 40
+
+
+def test_overrides_on_the_command_line():
+    spec = load_sweep(sweep(), ["budget.trials=9", "base.train.steps=11"])
+    assert spec.budget.trials == 9 and point_config(spec, {}, 0).train.steps == 11
+
+
+MALFORMED = [
+    ("unknown-top-key", dict(colour="red"), "colour"),
+    ("no-name", dict(name=""), "name"),
+    ("bad-name", dict(name="a b/c"), "name"),
+    ("no-base", dict(base=_DELETE), "base"),
+    ("bad-preset", dict(base={"preset": "mamba"}), "mamba"),
+    ("bad-base-field", dict(base={"model": {"d_modl": 3}}), "model.d_modl"),
+    ("bad-mode", dict(mode="evolve"), "mode"),
+    ("unknown-axis", dict(space={"erase_direction": ["key"]}), "space.erase_direction"),
+    ("unknown-dotted-path", dict(space={"model.depth": [1, 2]}), "space.model.depth"),
+    ("bad-axis-value", dict(space={"erase_axis": ["key", "diagonal"]}), r"space.erase_axis\[1\]"),
+    ("bad-chunk", dict(space={"chunk_size": [16, 48]}), r"space.chunk_size\[1\]"),
+    ("bad-ratio", dict(space={"hybrid_ratio": ["1:0", "3:x"]}), r"space.hybrid_ratio\[1\]"),
+    ("empty-choices", dict(space={"erase_axis": []}), "space.erase_axis"),
+    ("duplicate-choices", dict(space={"chunk_size": [16, 16]}), "space.chunk_size"),
+    ("bad-param-type", dict(space={"train.lr": {"type": "gaussian", "low": 0, "high": 1}}), "space.train.lr.type"),
+    ("low-above-high", dict(space={"train.lr": {"type": "float", "low": 1e-2, "high": 1e-4}}), "space.train.lr"),
+    ("log-nonpositive", dict(space={"train.lr": {"type": "log_float", "low": 0.0, "high": 1.0}}), "space.train.lr.low"),
+    ("range-invalid-endpoint", dict(space={"train.steps": {"type": "int", "low": -5, "high": 10}}), "space.train.steps.low"),
+    ("bad-metric", dict(objectives=[{"metric": "bleu", "direction": "maximize"}]), r"objectives\[0\].metric"),
+    ("bad-direction", dict(objectives=[{"metric": "val_accuracy", "direction": "up"}]), r"objectives\[0\].direction"),
+    ("duplicate-objective", dict(objectives=[{"metric": "val_accuracy"}, {"metric": "val_accuracy"}]), r"objectives\[1\]"),
+    ("cost-only-objectives", dict(objectives=[{"metric": "params", "direction": "minimize"}]), "objectives"),
+    ("bad-sampler", dict(sampler={"name": "cmaes"}), "sampler.name"),
+    ("bad-pruner", dict(pruner={"name": "asha"}), "pruner.name"),
+    ("pruner-cost-metric", dict(pruner={"name": "median", "metric": "params"}), "pruner.metric"),
+    ("negative-budget", dict(budget={"trials": -3}), "budget.trials"),
+    ("huge-budget", dict(budget={"trials": 10**9}), "budget.trials"),
+    ("no-budget", dict(budget={}), "budget"),
+    ("bad-gpus", dict(resources={"gpus_per_trial": 1.5}), "resources.gpus_per_trial"),
+    ("zero-concurrency", dict(resources={"concurrency": 0}), "resources.concurrency"),
+    ("string-concurrency", dict(resources={"concurrency": "many"}), "resources.concurrency"),
+    ("no-seeds", dict(seeds=[]), "seeds"),
+    ("duplicate-seeds", dict(seeds=[1, 1]), "seeds"),
+    ("grid-with-float", dict(mode="grid", space={"train.lr": {"type": "float", "low": 0.1, "high": 0.2}}), "grid"),
+    ("ablation-without-changes", dict(mode="ablation", space={}), "ablation.changes"),
+    ("ablation-bad-change", dict(mode="ablation", space={}, ablation={"changes": [{"erase_axis": "up"}]}),
+     r"ablation.changes\[0\]"),
+    ("changes-outside-ablation", dict(ablation={"changes": [{"erase_axis": "value"}]}), "ablation.changes"),
+    ("content-rank-without-gate", dict(space={"content_rank": [2, 4]}), "space.content_rank"),
+    ("space-not-mapping", dict(space=["erase_axis"]), "space"),
+    ("bad-interpolation", dict(budget={"trials": "${nowhere}"}), "interpolation"),
+]
+
+
+@pytest.mark.parametrize("changes, needle", [(c, n) for _, c, n in MALFORMED], ids=[i for i, _, _ in MALFORMED])
+def test_malformed_sweeps_fail_before_launch_naming_the_key(changes, needle, tmp_path):
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_sweep(sweep(**changes))
+    assert "Traceback" not in str(info.value)
+
+
+def test_malformed_yaml_file_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nspace: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml.*not valid YAML"):
+        load_sweep(path)
+
+
+def test_unknown_bundled_name_lists_the_bundled_ones():
+    with pytest.raises(ConfigError, match="quickstart"):
+        load_sweep("no-such-sweep")
