@@ -110,6 +110,12 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         parse_hybrid_ratio(self.hybrid_ratio)
+        attn_head_dim = self.d_model // self.n_heads
+        if "attention" in self.layer_kinds() and attn_head_dim % 2:
+            raise ValueError(
+                f"model.d_model / model.n_heads = {attn_head_dim} must be even when "
+                f"model.hybrid_ratio={self.hybrid_ratio!r} has attention layers (RoPE rotates channel pairs)"
+            )
         if self.tie_gates and (self.erase_gate != "head" or self.write_gate != "scalar"):
             raise ValueError(
                 "model.tie_gates=true needs model.erase_gate='head' and model.write_gate='scalar' "

@@ -1,0 +1,84 @@
+"""``HybridLM``: a causal LM of gated-delta mixers and sliding-window attention.
+
+    h_0 = E[input_ids]                                       [B, T, d_model]
+    for each layer ℓ (kind from ``cfg.layer_kinds()``):
+        h = h + mixer_ℓ(RMSNorm(h))        mixer: GatedDeltaMixer or SlidingWindowAttention
+        h = h + SwiGLU_ℓ(RMSNorm(h))
+    logits = RMSNorm(h) Eᵀ                                   [B, T, vocab]   (tied head)
+
+With ``tie_embeddings: false`` the head is a separate ``lm_head`` linear map.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch import nn
+
+from carvelab.carve_models.attention import SlidingWindowAttention
+from carvelab.carve_models.config import ModelConfig
+from carvelab.carve_models.init import init_weights
+from carvelab.carve_models.mixer import GatedDeltaMixer
+from carvelab.carve_models.mlp import SwiGLU
+from carvelab.carve_models.norm import RMSNorm
+from carvelab.kernels.dispatch import resolve_backend
+
+logger = logging.getLogger(__name__)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: mixer then SwiGLU. x [B, T, d] -> [B, T, d]."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        mixer_cls = GatedDeltaMixer if kind == "recurrent" else SlidingWindowAttention
+        self.mixer = mixer_cls(cfg, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.mixer_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class HybridLM(nn.Module):
+    """The model of one ``ModelConfig``; built and initialised on the CPU."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i, kind) for i, kind in enumerate(cfg.layer_kinds()))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+        logger.debug("built HybridLM: %s layers %s, %d parameters", cfg.n_layers, cfg.layer_kinds(), self.num_parameters())
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] (int) -> logits [B, T, vocab_size]."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T]; got shape {tuple(input_ids.shape)}")
+        h = self.embed(input_ids)
+        for layer in self.layers:
+            h = layer(h)
+        h = self.norm(h)
+        if self.lm_head is None:
+            return h @ self.embed.weight.t().to(h.dtype)
+        return self.lm_head(h)
+
+    def num_parameters(self) -> int:
+        """Number of distinct parameter elements (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def kernel_implementation(self, device: Optional[torch.device] = None) -> Optional[str]:
+        """Which recurrence implementation the recurrent layers run on ``device``
+        (default: where the parameters are), as ``dispatch.resolve_backend`` names it;
+        None when the model has no recurrent layer."""
+        if "recurrent" not in self.cfg.layer_kinds():
+            return None
+        device = device if device is not None else self.embed.weight.device
+        return resolve_backend(self.cfg.backend, device, self.cfg.erase_axis)

@@ -1,0 +1,110 @@
+"""``GatedDeltaMixer``: one layer of the gated delta-rule family (DESIGN §2).
+
+x [B, T, d_model] -> y [B, T, d_model]:
+
+    q, k = l2norm(silu(conv(W_q x))), l2norm(silu(conv(W_k x)))      [B, T, H, dk]
+    v    = silu(conv(W_v x))                                           [B, T, H, dv]
+    g, b, w, r  see ``carvelab.carve_models.gates``
+    o    = gated_delta(q, k, v, g, b, w, r, ...)                       [B, T, H, dv]
+    y    = W_o (RMSNorm(o) ⊙ silu(W_z x))                              (per head)
+
+The recurrence runs only through ``carvelab.kernels.dispatch.gated_delta`` with
+``backend=cfg.backend``. With the content gate on, the target gate goes to the kernel
+as its pre-activation together with ``ContentGate(U, V, target, A_log)``.
+
+A note on exactness: with ``init: matched`` the ``gdn2`` and ``carve`` presets differ
+only by the (inert) content gate, so their outputs agree bit for bit when the kernel's
+activation of a zero-corrected gate equals this layer's whole-tensor activation. On CPU
+torch evaluates ``exp`` in a vector body and a scalar tail that can differ by one ulp:
+the torch chunked path takes zero-corrected gates from one whole-tensor activation and
+so matches at any width; the reference activates one token at a time and matches when
+the per-token gate tensor (B·H·n values) is a multiple of 32 long.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from carvelab.carve_models.config import ModelConfig
+from carvelab.carve_models.conv import ShortConv
+from carvelab.carve_models.gates import ContentParams, DecayGate, DeltaGates, content_target_width
+from carvelab.carve_models.norm import GatedRMSNorm
+from carvelab.kernels._args import ContentGate
+from carvelab.kernels.dispatch import gated_delta
+
+L2_EPS = 1e-6
+
+
+def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
+    """x / sqrt(Σ x² + eps) over the last axis, in fp32."""
+    x = x.float()
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+class GatedDeltaMixer(nn.Module):
+    """The recurrent mixer of layer ``layer_idx``; see the module docstring.
+
+    Built on its own it holds torch's default inits plus the special ones (A_log, dt_bias,
+    zero write-gate weight, U = 0); ``HybridLM`` re-initialises it by ``cfg.init``."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        H, d, dk, dv = cfg.n_heads, cfg.d_model, cfg.head_dim_k, cfg.head_dim_v
+        self.q_proj = nn.Linear(d, H * dk, bias=False)
+        self.k_proj = nn.Linear(d, H * dk, bias=False)
+        self.v_proj = nn.Linear(d, H * dv, bias=False)
+        self.q_conv = ShortConv(H * dk, cfg.conv_size)
+        self.k_conv = ShortConv(H * dk, cfg.conv_size)
+        self.v_conv = ShortConv(H * dv, cfg.conv_size)
+        self.decay = DecayGate(cfg) if cfg.decay != "none" else None
+        self.gates = DeltaGates(cfg)
+        self.content = (
+            ContentParams(H, content_target_width(cfg), cfg.content_rank, dv) if cfg.content_gate else None
+        )
+        self.gate_proj = nn.Linear(d, H * dv, bias=False)
+        self.o_norm = GatedRMSNorm(dv, eps=cfg.norm_eps)
+        self.o_proj = nn.Linear(H * dv, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d_model] -> [B, T, d_model]."""
+        q, k, v = self._qkv(x)
+        g, b, w, r, content = self._gates(x)
+        out = gated_delta(
+            q, k, v, g, b, w, r, erase_axis=self.cfg.erase_axis, covariance=self.cfg.covariance,
+            content=content, chunk_size=self.cfg.chunk_size, backend=self.cfg.backend,
+        )
+        return self._output(out.o, x)
+
+    def _qkv(self, x: torch.Tensor):
+        B, T, _ = x.shape
+        H = self.cfg.n_heads
+        q = l2norm(self.q_conv(self.q_proj(x)).view(B, T, H, -1))
+        k = l2norm(self.k_conv(self.k_proj(x)).view(B, T, H, -1))
+        v = self.v_conv(self.v_proj(x)).view(B, T, H, -1)
+        return q, k, v
+
+    def _gates(self, x: torch.Tensor):
+        """(g, b, w, r, content) for the kernel; the content gate's target stays pre-activation."""
+        target = self.cfg.content_target if self.content is not None else None
+        b, w, r = self.gates(x, erase_pre=target == "erase")
+        g = self._decay(x, pre=target == "decay")
+        content = None
+        if self.content is not None:
+            A_log = self.decay.A_log if target == "decay" else None
+            content = ContentGate(self.content.U, self.content.V, target, A_log)
+        return g, b, w, r, content
+
+    def _decay(self, x: torch.Tensor, pre: bool) -> torch.Tensor:
+        """Log-decay g [B, T, H] (scalar / none) or [B, T, H, dk]; its pre-activation if ``pre``."""
+        if self.decay is None:
+            return x.new_zeros(x.shape[0], x.shape[1], self.cfg.n_heads, dtype=torch.float32)
+        f = self.decay.pre(x)
+        g = f if pre else self.decay.activate(f)
+        return g.squeeze(-1) if g.shape[-1] == 1 else g
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B, T, H, dv = o.shape
+        z = self.gate_proj(x).view(B, T, H, dv)
+        y = self.o_norm(o.to(x.dtype), z)
+        return self.o_proj(y.reshape(B, T, H * dv))
