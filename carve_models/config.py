@@ -67,6 +67,7 @@ class ModelConfig:
     # --- hybrid stack ---
     hybrid_ratio: str = "1:0"
     window: int = 128                # sliding-window attention span (tokens, incl. itself)
+    sequence_mixing: bool = True     # false: every mixer is removed (the no-mixing control)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -95,7 +96,7 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name}={getattr(self, name)!r} is not allowed; choose one of {list(allowed)}")
-        for name in ("tie_gates", "content_gate", "tie_embeddings"):
+        for name in ("tie_gates", "content_gate", "tie_embeddings", "sequence_mixing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
         if self.chunk_size not in CHUNK_SIZES:

@@ -79,6 +79,9 @@ def _mixer_other_params(cfg: ModelConfig) -> int:
 
 
 def _layer_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """(recurrent, attention) mixers; none without sequence mixing."""
+    if not cfg.sequence_mixing:
+        return 0, 0
     kinds = cfg.layer_kinds()
     return kinds.count("recurrent"), kinds.count("attention")
 

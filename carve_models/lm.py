@@ -35,12 +35,14 @@ class Block(nn.Module):
         self.kind = kind
         self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         mixer_cls = GatedDeltaMixer if kind == "recurrent" else SlidingWindowAttention
-        self.mixer = mixer_cls(cfg, layer_idx)
+        # Without sequence mixing each position is processed alone: the no-mixing control.
+        self.mixer = mixer_cls(cfg, layer_idx) if cfg.sequence_mixing else None
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.mixer_norm(x))
+        if self.mixer is not None:
+            x = x + self.mixer(self.mixer_norm(x))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -78,7 +80,7 @@ class HybridLM(nn.Module):
         """Which recurrence implementation the recurrent layers run on ``device``
         (default: where the parameters are), as ``dispatch.resolve_backend`` names it;
         None when the model has no recurrent layer."""
-        if "recurrent" not in self.cfg.layer_kinds():
+        if "recurrent" not in self.cfg.layer_kinds() or not self.cfg.sequence_mixing:
             return None
         device = device if device is not None else self.embed.weight.device
         return resolve_backend(self.cfg.backend, device, self.cfg.erase_axis)

@@ -81,7 +81,7 @@ def static_costs(model_cfg, seq_len: int) -> dict[str, float]:
 
 
 def kernel_backend(model_cfg, device: torch.device) -> str:
-    if "recurrent" not in model_cfg.layer_kinds():
+    if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
         return "none"
     return resolve_backend(model_cfg.backend, device, model_cfg.erase_axis)
 

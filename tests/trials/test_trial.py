@@ -1,0 +1,110 @@
+"""run_trial: a pure function that trains, reports, prunes, diverges, resumes."""
+import dataclasses
+import math
+
+import pytest
+
+from carvelab.search_space.loading import load_trial_config
+from carvelab.trials import training
+from carvelab.trials.reporting import RecordingReporter
+from carvelab.trials.trial import COMPLETED, FAILED, PRUNED, run_trial
+
+METRICS = {"val_loss", "val_accuracy", "val_ppl", "train_loss", "tokens_per_s", "peak_mem_mb", "params",
+           "flops_per_token", "state_bytes", "wall_s"}
+
+
+def tiny(tmp_path, task="mqar", **train):
+    task_cfg = {"name": task, "seq_len": 40, "num_kv_pairs": 4, "num_updates": 2, "vocab_size": 32,
+                "train_examples": 256, "val_examples": 32, "cache_dir": str(tmp_path / "cache")}
+    return load_trial_config({
+        "preset": "gdn2",
+        "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "chunk_size": 16, "backend": "torch"},
+        "task": task_cfg,
+        "train": {"steps": 6, "batch_size": 4, "eval_every": 3, "warmup_steps": 2, "compile_steps": 1,
+                  "device": "cpu", **train},
+    })
+
+
+@pytest.mark.parametrize("task", ["mqar", "update_mqar", "lm"])
+def test_each_task_trains_and_returns_every_metric(task, tmp_path):
+    result = run_trial(tiny(tmp_path, task))
+    assert result.status == COMPLETED and result.steps == 6
+    assert METRICS <= set(result.metrics)
+    assert all(math.isfinite(result.metrics[m]) for m in METRICS)
+    assert [step for step, _ in result.history] == [3, 6]
+    assert result.backend == "torch_chunk"
+    assert result.metrics["params"] > 0 and result.metrics["tokens_per_s"] > 0
+
+
+def test_reporter_stop_prunes_at_that_step(tmp_path):
+    reporter = RecordingReporter(stop_when=lambda step, m: step >= 3)
+    result = run_trial(tiny(tmp_path, steps=9), reporter)
+    assert result.status == PRUNED and result.reason == "pruned" and result.steps == 3
+    assert [s for s, _ in reporter.history] == [3]
+
+
+def test_nan_loss_ends_the_trial_as_diverged(tmp_path, monkeypatch):
+    real = training.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(model, inputs, targets):
+        calls["n"] += 1
+        loss = real(model, inputs, targets)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr("carvelab.trials.trial.compute_loss", poisoned)
+    result = run_trial(tiny(tmp_path))
+    assert result.status == FAILED and result.reason == "diverged" and result.steps == 2
+
+
+def test_same_config_and_seed_give_the_same_metrics(tmp_path):
+    a = run_trial(tiny(tmp_path)).metrics
+    b = run_trial(tiny(tmp_path)).metrics
+    for key in ("val_loss", "val_accuracy", "train_loss", "params"):
+        assert a[key] == b[key], key
+
+
+def test_different_seed_changes_the_run(tmp_path):
+    a = run_trial(tiny(tmp_path)).metrics
+    cfg = tiny(tmp_path)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1),
+                              model=dataclasses.replace(cfg.model, seed=1))
+    assert run_trial(cfg).metrics["train_loss"] != a["train_loss"]
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    full = run_trial(tiny(tmp_path, steps=8, eval_every=4))
+    ckpt = tmp_path / "ckpt"
+    cfg = tiny(tmp_path, steps=8, eval_every=4, checkpoint_dir=str(ckpt), checkpoint_every=2)
+    with pytest.raises(_Crash):  # the process "dies" after step 5; the last checkpoint is step 4
+        run_trial(cfg, on_step=_crash_at(5))
+    resumed = run_trial(cfg)
+    assert resumed.steps == 8
+    for key in ("val_loss", "val_accuracy", "train_loss"):
+        assert resumed.metrics[key] == full.metrics[key], key
+
+
+def _crash_at(step):
+    def hook(s):
+        if s == step:
+            raise _Crash()
+    return hook
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_finished_trial_is_not_rerun_from_its_checkpoint(tmp_path):
+    cfg = tiny(tmp_path, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=3)
+    first = run_trial(cfg)
+    calls = []
+    again = run_trial(cfg, on_step=calls.append)
+    assert calls == [] and again.metrics == first.metrics
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    run_trial(tiny(tmp_path, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=3))
+    other = tiny(tmp_path, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=3, lr=1e-4)
+    with pytest.raises(ValueError, match="train.checkpoint_dir"):
+        run_trial(other)
