@@ -210,7 +210,7 @@ class SweepDriver:
                 self.dir.failure_path(number).write_text(payload["traceback"])
                 self.tracker.log_text(run_id, payload["traceback"], "traceback.txt")
             self.tracker.set_tags(run_id, {"state": status, "reason": reason or "",
-                                           "backend": payload.get("backend", "")})
+                                           "backend": payload.get("backend", ""), "node": payload.get("node", "")})
             self.tracker.finish(run_id, MLFLOW_STATUS[status])
         trial = optuna.trial.Trial(self.study, self._trial_id(number))
         values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]

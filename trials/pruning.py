@@ -82,7 +82,9 @@ class OptunaPruner:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.spec = spec
+        # A fixed name keeps hyperband's hash-based bracket assignment reproducible.
         self.study = optuna.create_study(
+            study_name="carvelab-pruner-shadow",
             direction=metric_direction(spec.metric, objectives), pruner=self._make(spec),
             sampler=optuna.samplers.RandomSampler(seed=seed),
         )

@@ -92,10 +92,13 @@ def _run_remote(config_dict: dict, trial: int, broker, threads: int) -> dict:
     from carvelab.search_space.loading import load_trial_config
     from carvelab.trials.trial import run_trial
 
+    import ray
+
     torch.set_num_threads(max(1, threads))
     config = load_trial_config(config_dict)
-    result = run_trial(config, _BrokerReporter(broker, trial))
-    return dataclasses.asdict(result)
+    result = dataclasses.asdict(run_trial(config, _BrokerReporter(broker, trial)))
+    result["node"] = ray.get_runtime_context().get_node_id()
+    return result
 
 
 @dataclasses.dataclass

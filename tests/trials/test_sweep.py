@@ -1,0 +1,99 @@
+"""Sweeps end to end: real local Ray on 127.0.0.1, real SQLite Optuna storage, real MLflow."""
+import optuna
+import pytest
+
+from carvelab.search_space.sweep_loading import load_sweep
+from carvelab.trials import scheduler
+from carvelab.trials.driver import run_sweep
+from tests.trials.sweep_helpers import assert_exactly_once, child_runs, study_of, tiny_sweep
+
+COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                          optuna.trial.TrialState.FAIL)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    scheduler.start_ray(num_cpus=2)
+    yield
+    scheduler.stop_ray()
+
+
+def test_tiny_sweep_completes_once_in_optuna_and_mlflow(tmp_path):
+    summary = run_sweep(load_sweep(tiny_sweep("basic", tmp_path / "cache")), tmp_path)
+    study, runs = assert_exactly_once(summary)
+    assert summary.counts["completed"] == 3 and len(study.trials) == 3
+    run = [r for r in runs if r.info.status == "FINISHED"][0]
+    assert "model.erase_axis" in run.data.params and "val_accuracy" in run.data.metrics
+    client, _ = child_runs(summary)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [2, 4]
+    assert run.data.tags["mlflow.parentRunId"] == summary.parent_run_id
+
+
+def test_failing_trial_is_recorded_with_reason_and_the_sweep_goes_on(tmp_path):
+    data = tiny_sweep("failing", tmp_path / "cache", mode="grid", budget={},
+                      space={"task.name": ["mqar", "lm"]})
+    data["base"]["task"]["data_path"] = str(tmp_path / "missing.txt")  # only the lm task reads it
+    summary = run_sweep(load_sweep(data), tmp_path)
+    study, runs = assert_exactly_once(summary)
+    states = {t.params["task.name"]: t for t in study.trials}
+    assert states["mqar"].state == COMPLETE
+    assert states["lm"].state == FAIL and states["lm"].user_attrs["reason"] == "exception"
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["reason"] == "exception"
+    client, _ = child_runs(summary)
+    assert "missing.txt" in client.download_artifacts(failed[0].info.run_id, "traceback.txt", str(tmp_path)) \
+        or "missing.txt" in open(client.download_artifacts(failed[0].info.run_id, "traceback.txt",
+                                                             str(tmp_path))).read()
+
+
+def test_infeasible_points_never_train(tmp_path):
+    data = tiny_sweep("infeasible", tmp_path / "cache", mode="grid", budget={},
+                      space={"write_gate": ["scalar", "per_value"]})
+    data["base"]["preset"] = "kda"  # tied gates: a per-value write gate is infeasible
+    summary = run_sweep(load_sweep(data), tmp_path)
+    study, runs = assert_exactly_once(summary)
+    by_gate = {t.params["write_gate"]: t for t in study.trials}
+    assert by_gate["per_value"].state == FAIL and by_gate["per_value"].user_attrs["reason"] == "infeasible"
+    assert by_gate["scalar"].state == COMPLETE
+    assert len(runs) == 1  # no MLflow run: nothing was trained
+
+
+def test_grid_mode_runs_every_point_times_seed(tmp_path):
+    data = tiny_sweep("grid", tmp_path / "cache", mode="grid", budget={}, seeds=[0, 1],
+                      space={"erase_axis": ["key", "value"]})
+    study, _ = assert_exactly_once(run_sweep(load_sweep(data), tmp_path))
+    got = sorted((t.params["erase_axis"], t.user_attrs["seed"]) for t in study.trials)
+    assert got == [("key", 0), ("key", 1), ("value", 0), ("value", 1)]
+
+
+def test_ablation_mode_runs_baseline_and_each_change_per_seed(tmp_path):
+    data = tiny_sweep("ablation", tmp_path / "cache", mode="ablation", budget={}, space={}, seeds=[0, 1],
+                      ablation={"changes": [{"erase_axis": "value"}, {"content_gate": "on"}]})
+    study, _ = assert_exactly_once(run_sweep(load_sweep(data), tmp_path))
+    got = sorted((t.user_attrs["label"], t.user_attrs["seed"]) for t in study.trials)
+    assert got == sorted((lab, s) for lab in ("baseline", "erase_axis=value", "content_gate=True") for s in (0, 1))
+    baseline = [t for t in study.trials if t.user_attrs["label"] == "baseline"][0]
+    assert baseline.params == {"erase_axis": "key", "content_gate": False}
+
+
+@pytest.mark.parametrize("pruner", ["pareto", "median", "successive_halving", "hyperband"])
+def test_pruning_stops_bad_trials_early_in_a_multi_objective_study(pruner, tmp_path):
+    # Hyperband compares trials only within one of its 4 brackets (assigned by a hash), so it
+    # gets 6 trials of decreasing quality: two of them must share a bracket, the later one worse.
+    bad = [3e-3, 3e-4, 3e-5, 3e-6, 3e-7] if pruner == "hyperband" else [1e-7]
+    data = tiny_sweep(f"prune-{pruner}", tmp_path / "cache", mode="grid", budget={},
+                      space={"train.lr": [3e-2] + bad},
+                      objectives=[{"metric": "val_loss", "direction": "minimize"},
+                                  {"metric": "params", "direction": "minimize"}],
+                      pruner={"name": pruner, "metric": "val_loss", "min_peers": 1, "min_dominators": 1,
+                              "min_resource": 1, "reduction_factor": 2},
+                      resources={"cpus_per_trial": 1, "concurrency": 1})
+    data["base"]["train"].update(steps=12, eval_every=2)
+    summary = run_sweep(load_sweep(data), tmp_path)
+    study = study_of(summary)
+    assert len(study.directions) == 2
+    by_lr = {t.params["train.lr"]: t for t in study.trials}
+    assert by_lr[3e-2].state == COMPLETE
+    pruned = [by_lr[lr] for lr in bad if by_lr[lr].state == PRUNED]
+    assert pruned, [(lr, by_lr[lr].state) for lr in bad]
+    assert all(t.user_attrs["steps"] < 12 for t in pruned)

@@ -1,0 +1,37 @@
+"""Trials spread over the nodes of a real 3-node Ray cluster (all on 127.0.0.1)."""
+import os
+
+import pytest
+
+from carvelab.search_space.sweep_loading import load_sweep
+from carvelab.trials.driver import run_sweep
+from tests.trials.sweep_helpers import assert_exactly_once, child_runs, tiny_sweep
+
+
+@pytest.fixture
+def cluster():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(3):
+        c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_trials_spread_over_three_nodes(cluster, tmp_path):
+    data = tiny_sweep("cluster", tmp_path / "cache", mode="grid", budget={},
+                      space={"erase_axis": ["key", "value"], "write_gate": ["scalar", "per_value"],
+                             "chunk_size": [16, 32]},
+                      resources={"cpus_per_trial": 1, "concurrency": 3})
+    summary = run_sweep(load_sweep(data), tmp_path, address=cluster.address)
+    assert_exactly_once(summary)
+    _, runs = child_runs(summary)
+    nodes = {r.data.tags["node"] for r in runs}
+    assert len(nodes) == 3
