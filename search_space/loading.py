@@ -24,7 +24,8 @@ from carvelab.carve_models.config import ModelConfig
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
 
-TOP_KEYS = ("preset", "model", "task", "train")
+# `provenance` is written by `carvelab export` (where a config came from) and ignored here.
+TOP_KEYS = ("preset", "model", "task", "train", "provenance")
 
 
 def _allowed_keys(schema: Any, full_key: str) -> list[str]:
@@ -75,7 +76,7 @@ def trial_config_from_dict(data: Mapping, where: str = "<config>") -> TrialConfi
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ConfigError(f"{where}: {key} must be a mapping of fields, got {data[key]!r}")
     model = base_model(data.get("preset"), where)
-    body = {k: v for k, v in data.items() if k != "preset" and v is not None}
+    body = {k: v for k, v in data.items() if k not in ("preset", "provenance") and v is not None}
     return to_dataclass(TrialConfig(model=model), body, where)
 
 

@@ -4,6 +4,9 @@
     carvelab train CONFIG.yaml [key=value ...]     one trial in-process (no Ray)
     carvelab sweep run FILE|NAME [key=value ...] [--address ADDR] [--root DIR]
     carvelab sweep status NAME [--root DIR]
+    carvelab pareto NAME [--root DIR]               the front as a table; refreshes MLflow
+    carvelab ablation NAME [--root DIR]             effects vs the baseline, paired by seed
+    carvelab export NAME --out DIR [--rank 0] [--top N] [--format carvelab|fla]
 """
 from __future__ import annotations
 
@@ -89,6 +92,46 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pareto(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from carvelab.dashboards.frame import front_table, open_sweep, trials_frame
+    from carvelab.dashboards.report import publish
+
+    data = open_sweep(args.name, args.root)
+    df = trials_frame(data)
+    table = front_table(data, df)
+    shown = table.filter(pl.col("pareto_rank") <= args.rank) if len(table) else table
+    columns = ["pareto_rank"] + (["numbers", "n"] if "numbers" in shown.columns else ["number"])
+    columns += [m for m, _ in data.objectives] + ["point"]
+    with pl.Config(tbl_rows=200, tbl_cols=20, fmt_str_lengths=200, tbl_width_chars=240):
+        print(shown.select(columns) if len(shown) else "no completed trials yet")
+    info = publish(data, df)
+    print(f"front: {info['front']} runs tagged on_front=true; hypervolume {info['hypervolume']:.6g}; "
+          "artifacts under pareto/ of the parent run")
+    return 0
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from carvelab.dashboards.ablation import ablation_markdown, ablation_table
+    from carvelab.dashboards.frame import open_sweep
+
+    print(ablation_markdown(ablation_table(open_sweep(args.name, args.root))))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from carvelab.dashboards.export import export
+    from carvelab.dashboards.frame import open_sweep
+
+    paths = export(open_sweep(args.name, args.root), args.out, rank=args.rank, top=args.top, fmt=args.format)
+    for p in paths:
+        print(p)
+    if not paths:
+        print("nothing to export: no completed trial at that rank")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carvelab",
@@ -115,6 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--root", default="carvelab_sweeps")
     status.set_defaults(func=cmd_sweep_status)
+
+    pareto = sub.add_parser("pareto", help="print a sweep's Pareto front and refresh it in MLflow")
+    pareto.add_argument("name")
+    pareto.add_argument("--root", default="carvelab_sweeps")
+    pareto.add_argument("--rank", type=int, default=0, help="show ranks up to this one (default: the front)")
+    pareto.set_defaults(func=cmd_pareto)
+    ablation = sub.add_parser("ablation", help="print the ablation table of a sweep")
+    ablation.add_argument("name")
+    ablation.add_argument("--root", default="carvelab_sweeps")
+    ablation.set_defaults(func=cmd_ablation)
+    exp = sub.add_parser("export", help="write the winning configs as re-runnable YAML files")
+    exp.add_argument("name")
+    exp.add_argument("--out", required=True, help="output folder (existing files are never overwritten)")
+    exp.add_argument("--root", default="carvelab_sweeps")
+    exp.add_argument("--rank", type=int, default=0, help="export points up to this Pareto rank")
+    exp.add_argument("--top", type=int, default=None, help="at most this many points")
+    exp.add_argument("--format", choices=["carvelab", "fla"], default="carvelab")
+    exp.set_defaults(func=cmd_export)
     return parser
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_loading import point_config
@@ -29,6 +30,7 @@ from carvelab.trials.tracking import MlflowTracker, flatten, redact
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
+PUBLISH_EVERY_S = 20.0  # live Pareto refreshes in MLflow at most this often
 MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 
@@ -61,6 +63,8 @@ class SweepDriver:
         self.counts = {"running": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0, "front": 0}
         self.logged: dict[int, set] = {}
         self.fronts: dict[int, list[float]] = {}
+        self._published_at = -math.inf
+        self._dirty = False
 
     # ------------------------------------------------------------------ set-up
     def _open(self) -> None:
@@ -92,6 +96,7 @@ class SweepDriver:
             self._loop(t0)
             status = "FINISHED"
         finally:
+            self._publish(force=True)
             self.tracker.set_tags(self.parent, {f"carvelab.count.{k}": v for k, v in self.counts.items()})
             self.tracker.finish(self.parent, status)
             if started:
@@ -125,6 +130,7 @@ class SweepDriver:
             for handle, result, exc in done:
                 self._finish(inflight.pop(handle.trial), result, exc)
             self._cancel_overdue(inflight)
+            self._publish()
 
     def _may_start(self) -> bool:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -226,6 +232,7 @@ class SweepDriver:
         else:
             self.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
         self.counts[status] += 1
+        self._dirty = True
         quality = payload["metrics"].get(self.spec.pruner.metric)
         self.executor.complete(number, status, None if quality is None else float(quality))
         logger.info("trial %d %s%s", number, status, f" ({reason})" if reason else "")
@@ -235,6 +242,24 @@ class SweepDriver:
         self.fronts[number] = [s * float(v) for s, v in zip(signs, values)]
         vecs = list(self.fronts.values())
         self.counts["front"] = sum(not any(dominates(o, v) for o in vecs) for v in vecs)
+
+    def _publish(self, force: bool = False) -> None:
+        """Refresh the Pareto front tags and artifacts in MLflow (live, throttled, and at the end)."""
+        if not getattr(self, "parent", None) or not self._dirty:
+            return
+        if not force and time.monotonic() - self._published_at < PUBLISH_EVERY_S:
+            return
+        from carvelab.dashboards.frame import SweepData
+        from carvelab.dashboards.report import publish
+
+        data = SweepData(self.spec.name, self.dir.path, yaml.safe_load((self.dir.path / "sweep.yaml").read_text()),
+                         self.study, self.tracking_uri, self.tracker.client, self.parent)
+        try:
+            publish(data)
+        except Exception:  # a report is not worth stopping a sweep for; the traceback goes to the log
+            logger.exception("could not refresh the Pareto report in MLflow")
+        self._published_at = time.monotonic()
+        self._dirty = False
 
     def _cancel_overdue(self, inflight: dict) -> None:
         limit = self.spec.resources.trial_timeout_s

@@ -1,0 +1,128 @@
+"""Ablation statistics: the effect of each axis level relative to the baseline, paired by seed.
+
+For ``mode: ablation`` sweeps each change (a label such as ``erase_axis=value``) is
+compared with the ``baseline`` trial of the same seed. For other sweeps with replicates,
+every pair of completed trials of the same seed whose points differ in exactly one
+parameter — going from the base config's level to another — contributes to that
+(axis, level). Per objective: mean ± std of the paired differences, n, a 95% confidence
+interval (Student t) and the effect in standard errors (mean / (std / sqrt n)).
+"""
+from __future__ import annotations
+
+import json
+import math
+from statistics import mean, stdev
+
+import polars as pl
+
+from carvelab.dashboards.frame import SweepData, completed, trials_frame
+
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042]
+
+
+def t975(df: int) -> float:
+    if df < 1:
+        return math.nan
+    if df <= 30:
+        return _T975[df - 1]
+    return 1.959964 + 2.37 / df  # Cornish-Fisher expansion; within 1e-3 beyond 30
+
+
+def paired_stats(diffs: list[float]) -> dict[str, float]:
+    n = len(diffs)
+    m = mean(diffs) if n else math.nan
+    s = stdev(diffs) if n > 1 else math.nan
+    se = s / math.sqrt(n) if n > 1 else math.nan
+    half = t975(n - 1) * se if n > 1 else math.nan
+    sigma = m / se if n > 1 and se > 0 else (math.inf if n > 1 and m != 0 else math.nan)
+    return {"n": n, "mean": m, "std": s, "ci_low": m - half, "ci_high": m + half, "sigma": sigma}
+
+
+def _pairs_by_label(done: pl.DataFrame) -> dict[str, list[tuple[dict, dict]]]:
+    base = {r["seed"]: r for r in done.filter(pl.col("label") == "baseline").iter_rows(named=True)}
+    out: dict[str, list] = {}
+    for r in done.filter(pl.col("label") != "baseline").iter_rows(named=True):
+        if r["seed"] in base:
+            out.setdefault(r["label"], []).append((base[r["seed"]], r))
+    return out
+
+
+def _pairs_one_factor(done: pl.DataFrame, base_levels: dict) -> dict[str, list[tuple[dict, dict]]]:
+    rows = list(done.iter_rows(named=True))
+    out: dict[str, list] = {}
+    for a in rows:
+        pa = json.loads(a["point"])
+        for b in rows:
+            pb = json.loads(b["point"])
+            if a["seed"] != b["seed"] or pa.keys() != pb.keys():
+                continue
+            diff = [k for k in pa if pa[k] != pb[k]]
+            if len(diff) == 1 and str(pa[diff[0]]) == str(base_levels.get(diff[0])):
+                out.setdefault(f"{diff[0]}={pb[diff[0]]}", []).append((a, b))
+    return out
+
+
+def ablation_table(data: SweepData, df: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per (change, objective) with the paired statistics."""
+    df = trials_frame(data) if df is None else df
+    done = completed(df)
+    if not len(done):
+        return pl.DataFrame()
+    if data.spec.get("mode") == "ablation":
+        pairs = _pairs_by_label(done)
+    else:
+        pairs = _pairs_one_factor(done, _base_levels(data))
+    rows = []
+    for label, items in pairs.items():
+        for metric, direction in data.objectives:
+            diffs = [b[metric] - a[metric] for a, b in items
+                     if a[metric] is not None and b[metric] is not None]
+            base_mean = mean(a[metric] for a, _ in items) if items else math.nan
+            stats = paired_stats(diffs)
+            rows.append({"change": label, "objective": metric, "direction": direction,
+                         "baseline": base_mean, **stats,
+                         "relative": stats["mean"] / abs(base_mean) if base_mean else math.nan})
+    return pl.DataFrame(rows)
+
+
+def _base_levels(data: SweepData) -> dict:
+    from carvelab.search_space.loading import load_trial_config
+    from carvelab.search_space.sweep_spec import AXES
+    import dataclasses
+
+    cfg = dataclasses.asdict(load_trial_config(data.spec["base"]))
+    out = {}
+    for p in data.spec.get("params", []):
+        node = cfg
+        for part in AXES.get(p["name"], p["name"]).split("."):
+            node = node[part]
+        out[p["name"]] = node
+    return out
+
+
+def ablation_markdown(table: pl.DataFrame) -> str:
+    if not len(table):
+        return "No completed pairs to compare (an ablation needs the baseline and a change with the same seed).\n"
+    lines = ["| change | objective | baseline | effect (mean ± std) | relative | 95% CI | n | sigma |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table.iter_rows(named=True):
+        lines.append(
+            f"| {r['change']} | {r['objective']} ({r['direction'][:3]}) | {_f(r['baseline'])} | "
+            f"{_f(r['mean'])} ± {_f(r['std'])} | {_pct(r['relative'])} | [{_f(r['ci_low'])}, {_f(r['ci_high'])}] "
+            f"| {r['n']} | {_f(r['sigma'], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def _pct(x) -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "–"
+    return f"{100 * x:+.1f}%"

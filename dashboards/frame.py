@@ -1,0 +1,155 @@
+"""A sweep's trials as a polars DataFrame: the Optuna study joined with the MLflow runs.
+
+One row per Optuna trial: ``number, state, reason, seed, label, steps, run_id, point``,
+one ``p.<name>`` column per swept parameter, one column per objective (the values told
+to Optuna), and ``m.<metric>`` for every final metric logged to the trial's MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+import polars as pl
+import yaml
+
+from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, reference_point
+from carvelab.search_space.yaml_io import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepData:
+    name: str
+    path: Path
+    spec: dict
+    study: optuna.Study
+    tracking_uri: str
+    client: Any  # MlflowClient
+    parent_run_id: Optional[str]
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        return [(o["metric"], o["direction"]) for o in self.spec["objectives"]]
+
+
+def open_sweep(name: str, root: str | Path = "carvelab_sweeps") -> SweepData:
+    """Open a sweep's Optuna study and MLflow experiment from its directory."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(root).expanduser().resolve() / name
+    snapshot = path / "sweep.yaml"
+    if not snapshot.exists():
+        raise ConfigError(f"{path}: no sweep named {name!r} here (use --root to point at its folder)")
+    spec = yaml.safe_load(snapshot.read_text())
+    storage = spec.get("storage") or f"sqlite:///{path / 'optuna.db'}"
+    tracking = (spec.get("tracking") or {}).get("uri") or f"sqlite:///{path / 'mlflow.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage)
+    client = MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name((spec.get("tracking") or {}).get("experiment") or name)
+    parent = None
+    if experiment is not None:
+        runs = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.`carvelab.role` = 'sweep' and tags.`carvelab.sweep` = '{name}'")
+        parent = runs[0].info.run_id if runs else None
+    return SweepData(name, path, spec, study, tracking, client, parent)
+
+
+def _run_metrics(data: SweepData) -> dict[str, dict]:
+    if data.parent_run_id is None:
+        return {}
+    exp_id = data.client.get_run(data.parent_run_id).info.experiment_id
+    runs = data.client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{data.parent_run_id}'",
+                                   max_results=50000)
+    return {r.info.run_id: {"metrics": dict(r.data.metrics), "status": r.info.status} for r in runs}
+
+
+def trials_frame(data: SweepData) -> pl.DataFrame:
+    runs = _run_metrics(data)
+    params = sorted({k for t in data.study.trials for k in t.params})
+    metric_names = sorted({k for r in runs.values() for k in r["metrics"]})
+    rows = []
+    for t in data.study.get_trials(deepcopy=False):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        run = runs.get(run_id, {"metrics": {}, "status": None})
+        row = {
+            "number": t.number, "state": t.state.name, "reason": t.user_attrs.get("reason"),
+            "seed": int(t.user_attrs.get("seed", 0)), "label": t.user_attrs.get("label", ""),
+            "steps": int(t.user_attrs.get("steps", 0)), "run_id": run_id, "run_status": run["status"],
+            "point": json.dumps(t.params, sort_keys=True, default=str),
+        }
+        for p in params:
+            row[f"p.{p}"] = None if p not in t.params else str(t.params[p])
+        for k, (metric, _) in enumerate(data.objectives):
+            row[metric] = float(t.values[k]) if t.values is not None else None
+        for m in metric_names:
+            row[f"m.{m}"] = run["metrics"].get(m)
+        rows.append(row)
+    schema_hint = {m: pl.Float64 for m, _ in data.objectives}
+    schema_hint.update({f"m.{m}": pl.Float64 for m in metric_names})
+    return pl.DataFrame(rows, schema_overrides=schema_hint, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def completed(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("state") == "COMPLETE") if len(df) else df
+
+
+def aggregate_seeds(df: pl.DataFrame, objectives: list[tuple[str, str]]) -> pl.DataFrame:
+    """One row per point: mean, std and n of each objective over its completed seeds."""
+    done = completed(df)
+    if not len(done):
+        return done
+    aggs = [pl.len().alias("n"), pl.col("seed").sort().alias("seeds"), pl.col("run_id").alias("run_ids"),
+            pl.col("number").alias("numbers"), pl.col("label").first().alias("label")]
+    for metric, _ in objectives:
+        aggs += [pl.col(metric).mean().alias(metric), pl.col(metric).std().alias(f"{metric}.std")]
+    return done.group_by("point", maintain_order=True).agg(aggs)
+
+
+def with_ranks(df: pl.DataFrame, objectives: list[tuple[str, str]]) -> pl.DataFrame:
+    """Add ``pareto_rank`` (0 = front) over the objective columns."""
+    if not len(df):
+        return df.with_columns(pl.lit(None, dtype=pl.Int64).alias("pareto_rank"))
+    points = df.select([m for m, _ in objectives]).rows()
+    ranks = non_dominated_ranks(points, [d for _, d in objectives])
+    return df.with_columns(pl.Series("pareto_rank", ranks, dtype=pl.Int64))
+
+
+def front_table(data: SweepData, df: Optional[pl.DataFrame] = None) -> pl.DataFrame:
+    """Completed trials (points averaged over seeds when the sweep has replicates) with ranks."""
+    df = trials_frame(data) if df is None else df
+    objectives = data.objectives
+    if len(data.spec.get("seeds", [0])) > 1:
+        table = aggregate_seeds(df, objectives)
+    else:
+        table = completed(df)
+    return with_ranks(table, objectives).sort(["pareto_rank", objectives[0][0]],
+                                              descending=[False, objectives[0][1] == "maximize"])
+
+
+def hypervolume_history(df: pl.DataFrame, objectives: list[tuple[str, str]],
+                        reference: Optional[list[float]] = None) -> pl.DataFrame:
+    """Hypervolume of the completed trials so far, after each trial (by number) and per trial-steps."""
+    if not len(df):
+        return pl.DataFrame({"number": [], "trial_steps": [], "hypervolume": []})
+    df = df.sort("number")
+    directions = [d for _, d in objectives]
+    done_points = completed(df).select([m for m, _ in objectives]).rows()
+    if reference is None:
+        if not done_points:
+            return pl.DataFrame({"number": [], "trial_steps": [], "hypervolume": []})
+        reference = reference_point(done_points, directions)
+    seen, steps, rows = [], 0, []
+    for row in df.iter_rows(named=True):
+        steps += row["steps"] or 0
+        if row["state"] == "COMPLETE" and all(row[m] is not None and math.isfinite(row[m]) for m, _ in objectives):
+            seen.append([row[m] for m, _ in objectives])
+        rows.append({"number": row["number"], "trial_steps": steps,
+                     "hypervolume": hypervolume(seen, reference, directions)})
+    return pl.DataFrame(rows)

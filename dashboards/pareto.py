@@ -1,0 +1,101 @@
+"""Non-dominated sorting and hypervolume over objectives with mixed directions.
+
+Points are rows of a [n, m] list/array; ``directions`` says per objective whether larger
+("maximize") or smaller ("minimize") is better. Internally everything is turned into
+minimisation (maximised objectives negated).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def _to_min(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[list[float]]:
+    for d in directions:
+        if d not in ("maximize", "minimize"):
+            raise ValueError(f"direction={d!r} is not allowed; choose 'maximize' or 'minimize'")
+    return [[-float(x) if d == "maximize" else float(x) for x, d in zip(p, directions)] for p in points]
+
+
+def _dominates_min(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def non_dominated_ranks(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """Pareto rank of every point: 0 = the front, 1 = the front once rank 0 is removed, ...
+
+    Duplicates share a rank. O(n² m) per front, fine for sweeps of thousands of trials.
+    """
+    pts = _to_min(points, directions)
+    n = len(pts)
+    dominated_by = [0] * n
+    dominates_list: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if _dominates_min(pts[i], pts[j]):
+                dominates_list[i].append(j)
+                dominated_by[j] += 1
+            elif _dominates_min(pts[j], pts[i]):
+                dominates_list[j].append(i)
+                dominated_by[i] += 1
+    ranks = [-1] * n
+    current = [i for i in range(n) if dominated_by[i] == 0]
+    rank = 0
+    while current:
+        nxt = []
+        for i in current:
+            ranks[i] = rank
+            for j in dominates_list[i]:
+                dominated_by[j] -= 1
+                if dominated_by[j] == 0:
+                    nxt.append(j)
+        current, rank = nxt, rank + 1
+    return ranks
+
+
+def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float], directions: Sequence[str]) -> float:
+    """Volume of objective space dominated by ``points`` and bounded by ``reference``.
+
+    ``reference`` is given in the objectives' own units (e.g. accuracy 0.0 for a
+    maximised accuracy, the largest acceptable parameter count for a minimised one).
+    Points that do not strictly improve on the reference in every objective add nothing.
+    Exact, by recursive slicing over the first objective (fine for m <= 4, n <= thousands).
+    """
+    pts = _to_min(points, directions)
+    ref = _to_min([reference], directions)[0]
+    pts = [p for p in pts if all(x < r for x, r in zip(p, ref))]
+    return _hv(pts, ref)
+
+
+def _hv(pts: list[list[float]], ref: list[float]) -> float:
+    if not pts:
+        return 0.0
+    if len(ref) == 1:
+        return ref[0] - min(p[0] for p in pts)
+    pts = sorted(pts, key=lambda p: p[0])
+    volume = 0.0
+    for i, p in enumerate(pts):
+        upper = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
+        width = upper - p[0]
+        if width <= 0:
+            continue
+        slice_pts = [q[1:] for q in pts[: i + 1]]
+        volume += width * _hv(_nondominated(slice_pts), ref[1:])
+    return volume
+
+
+def _nondominated(pts: list[list[float]]) -> list[list[float]]:
+    unique = [list(p) for p in {tuple(p) for p in pts}]
+    return [p for p in unique if not any(_dominates_min(q, p) for q in unique)]
+
+
+def reference_point(points: Sequence[Sequence[float]], directions: Sequence[str], margin: float = 0.1) -> list[float]:
+    """A default reference: the worst value per objective, pushed ``margin`` of the range further."""
+    if not points:
+        raise ValueError("no points to derive a reference point from")
+    ref = []
+    for k, d in enumerate(directions):
+        col = [float(p[k]) for p in points]
+        lo, hi = min(col), max(col)
+        pad = margin * (hi - lo) if hi > lo else margin * max(abs(hi), 1.0)
+        ref.append(lo - pad if d == "maximize" else hi + pad)
+    return ref

@@ -1,0 +1,123 @@
+"""Pareto and hypervolume plots: an interactive HTML page (no dependencies) and PNGs (matplotlib)."""
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Pareto front: {title}</title>
+<style>
+body {{ font: 13px sans-serif; margin: 12px; }} svg {{ border: 1px solid #ccc; background: #fff; }}
+.front {{ fill: #d62728; }} .rest {{ fill: #1f77b4; opacity: .55; }} a:hover circle {{ stroke: #000; stroke-width: 2; }}
+table {{ border-collapse: collapse; margin-top: 10px; }} td, th {{ border: 1px solid #ddd; padding: 2px 6px; }}
+</style></head><body>
+<h3>Pareto front of sweep <code>{title}</code></h3>
+<p>x: <select id="x"></select> y: <select id="y"></select>
+<span style="color:#d62728">&#9679; rank 0 (front)</span> <span style="color:#1f77b4">&#9679; dominated</span>.
+Click a point to open its MLflow run.</p>
+<svg id="plot" width="720" height="480"></svg>
+<table id="front"></table>
+<script>
+const DATA = {data};  // one entry per point; runs = its MLflow run ids (one per seed)
+const OBJ = {objectives};
+const W = 720, H = 480, M = 60;
+const sx = document.getElementById('x'), sy = document.getElementById('y');
+OBJ.forEach((o, i) => {{ for (const s of [sx, sy]) {{ const e = document.createElement('option');
+  e.value = i; e.textContent = o[0] + ' (' + o[1] + ')'; s.appendChild(e); }} }});
+sx.value = OBJ.length > 1 ? 1 : 0; sy.value = 0;
+function draw() {{
+  const xi = +sx.value, yi = +sy.value, svg = document.getElementById('plot');
+  const xs = DATA.map(d => d.values[xi]), ys = DATA.map(d => d.values[yi]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const px = v => M + (W - 2 * M) * (x1 > x0 ? (v - x0) / (x1 - x0) : .5);
+  const py = v => H - M - (H - 2 * M) * (y1 > y0 ? (v - y0) / (y1 - y0) : .5);
+  let s = `<line x1="${{M}}" y1="${{H-M}}" x2="${{W-M}}" y2="${{H-M}}" stroke="#888"/>` +
+          `<line x1="${{M}}" y1="${{M}}" x2="${{M}}" y2="${{H-M}}" stroke="#888"/>` +
+          `<text x="${{W/2}}" y="${{H-20}}" text-anchor="middle">${{OBJ[xi][0]}}</text>` +
+          `<text x="15" y="${{H/2}}" transform="rotate(-90 15 ${{H/2}})" text-anchor="middle">${{OBJ[yi][0]}}</text>` +
+          `<text x="${{M}}" y="${{H-M+15}}">${{x0.toPrecision(4)}}</text><text x="${{W-M}}" y="${{H-M+15}}" text-anchor="end">${{x1.toPrecision(4)}}</text>` +
+          `<text x="${{M-5}}" y="${{H-M}}" text-anchor="end">${{y0.toPrecision(4)}}</text><text x="${{M-5}}" y="${{M}}" text-anchor="end">${{y1.toPrecision(4)}}</text>`;
+  for (const d of DATA) {{
+    const tip = d.name + ' (rank ' + d.rank + ')\\n' + OBJ.map((o, i) => o[0] + ' = ' + d.values[i]).join('\\n') + '\\n' + d.point;
+    s += `<a href="${{d.url}}" target="_top"><circle cx="${{px(d.values[xi])}}" cy="${{py(d.values[yi])}}" r="6" class="${{d.rank === 0 ? 'front' : 'rest'}}"><title>${{tip}}</title></circle></a>`;
+  }}
+  svg.innerHTML = s;
+}}
+sx.onchange = draw; sy.onchange = draw; draw();
+const t = document.getElementById('front');
+t.innerHTML = '<tr><th>run</th><th>rank</th>' + OBJ.map(o => '<th>' + o[0] + '</th>').join('') + '<th>point</th><th>MLflow runs (seeds)</th></tr>' +
+  DATA.filter(d => d.rank === 0).map(d => '<tr><td><a target="_top" href="' + d.url + '">' + d.name + '</a></td><td>0</td>' +
+  d.values.map(v => '<td>' + v.toPrecision(5) + '</td>').join('') + '<td>' + d.point + '</td><td>' + d.runs.join(' ') + '</td></tr>').join('');
+</script></body></html>
+"""
+
+
+def pareto_html(table: pl.DataFrame, objectives: list[tuple[str, str]], title: str, experiment_id: str) -> str:
+    """Self-contained page: scatter of any two objectives, points link to their MLflow runs."""
+    data = []
+    for row in table.iter_rows(named=True):
+        run_ids = row.get("run_ids") or [row.get("run_id")]
+        run_id = run_ids[0]
+        name = f"trial-{row['numbers'][0] if 'numbers' in row else row['number']}"
+        data.append({"name": name, "rank": row["pareto_rank"], "point": html.escape(row["point"]), "runs": run_ids,
+                     "values": [row[m] for m, _ in objectives],
+                     "url": f"/#/experiments/{experiment_id}/runs/{run_id}"})
+    return _PAGE.format(title=html.escape(title), data=json.dumps(data), objectives=json.dumps(objectives))
+
+
+def pareto_png(table: pl.DataFrame, objectives: list[tuple[str, str]], path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None or len(objectives) < 1 or not len(table):
+        return False
+    xi = 1 if len(objectives) > 1 else 0
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for rank0, colour, label in ((False, "#1f77b4", "dominated"), (True, "#d62728", "front (rank 0)")):
+        part = table.filter((pl.col("pareto_rank") == 0) == rank0)
+        ax.scatter(part[objectives[xi][0]].to_list(), part[objectives[0][0]].to_list(), c=colour, label=label,
+                   alpha=0.9 if rank0 else 0.5)
+        if rank0:
+            for row in part.iter_rows(named=True):
+                num = row["numbers"][0] if "numbers" in row else row["number"]
+                ax.annotate(str(num), (row[objectives[xi][0]], row[objectives[0][0]]), fontsize=7)
+    ax.set_xlabel(f"{objectives[xi][0]} ({objectives[xi][1]})")
+    ax.set_ylabel(f"{objectives[0][0]} ({objectives[0][1]})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def hypervolume_png(history: pl.DataFrame, path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None or not len(history):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    axes[0].step(history["number"].to_list(), history["hypervolume"].to_list(), where="post")
+    axes[0].set_xlabel("trial number")
+    axes[1].step(history["trial_steps"].to_list(), history["hypervolume"].to_list(), where="post")
+    axes[1].set_xlabel("training steps spent (all trials)")
+    for ax in axes:
+        ax.set_ylabel("hypervolume")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: PNG plots are skipped (the HTML plot is still written)")
+        return None
+    return plt

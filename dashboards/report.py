@@ -1,0 +1,85 @@
+"""Publish a sweep's Pareto front into MLflow: tags on child runs, artifacts on the parent.
+
+Child runs get ``pareto_rank`` and ``on_front`` (``true``/``false``), so the MLflow UI's
+search ``tags.on_front = 'true'`` lists exactly the front. The parent run gets, under
+``pareto/``: ``pareto.html`` (interactive; points link to their runs), ``pareto.png``,
+``hypervolume.png`` and ``hypervolume.csv``, ``trials.csv`` and ``trials.parquet``,
+``summary.md`` and, with replicates or in ablation mode, ``ablation.md``.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import polars as pl
+
+from carvelab.dashboards import plots
+from carvelab.dashboards.ablation import ablation_markdown, ablation_table
+from carvelab.dashboards.frame import SweepData, front_table, hypervolume_history, trials_frame
+
+logger = logging.getLogger(__name__)
+
+
+def tag_runs(data: SweepData, df: pl.DataFrame, table: pl.DataFrame) -> int:
+    """Set pareto_rank / on_front on every child run; returns the number of runs on the front."""
+    rank_of: dict[str, int] = {}
+    for row in table.iter_rows(named=True):
+        for run_id in row.get("run_ids") or [row.get("run_id")]:
+            if run_id:
+                rank_of[run_id] = row["pareto_rank"]
+    on_front = 0
+    for run_id in df["run_id"].drop_nulls().to_list():
+        rank = rank_of.get(run_id)
+        front = rank == 0
+        on_front += front
+        data.client.set_tag(run_id, "on_front", "true" if front else "false")
+        data.client.set_tag(run_id, "pareto_rank", "" if rank is None else str(rank))
+    return on_front
+
+
+def summary_markdown(data: SweepData, df: pl.DataFrame, table: pl.DataFrame, history: pl.DataFrame) -> str:
+    counts = df.group_by("state").len().sort("state").rows() if len(df) else []
+    lines = [f"# Sweep `{data.name}`", "", f"Mode: {data.spec.get('mode')}; trials: "
+             + ", ".join(f"{s.lower()} {n}" for s, n in counts), ""]
+    if len(history):
+        lines += [f"Hypervolume: {history['hypervolume'][-1]:.6g} after {history['trial_steps'][-1]} training steps.", ""]
+    front = table.filter(pl.col("pareto_rank") == 0) if len(table) else table
+    lines += [f"## Pareto front ({len(front)} points)", "",
+              "| trial | " + " | ".join(f"{m} ({d[:3]})" for m, d in data.objectives) + " | point |",
+              "|---|" + "---|" * len(data.objectives) + "---|"]
+    for row in front.iter_rows(named=True):
+        num = row["numbers"] if "numbers" in row else row["number"]
+        lines.append(f"| {num} | " + " | ".join(f"{row[m]:.5g}" for m, _ in data.objectives) + f" | `{row['point']}` |")
+    lines += ["", "Filter the front in the MLflow UI with `tags.on_front = 'true'`.", ""]
+    return "\n".join(lines)
+
+
+def publish(data: SweepData, df: Optional[pl.DataFrame] = None) -> dict:
+    """Recompute the front and refresh tags and artifacts. Returns a small summary dict."""
+    df = trials_frame(data) if df is None else df
+    if data.parent_run_id is None or not len(df):
+        return {"front": 0, "hypervolume": 0.0}
+    table = front_table(data, df)
+    history = hypervolume_history(df, data.objectives)
+    on_front = tag_runs(data, df, table)
+    exp_id = data.client.get_run(data.parent_run_id).info.experiment_id
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "pareto.html").write_text(plots.pareto_html(table, data.objectives, data.name, exp_id))
+        plots.pareto_png(table, data.objectives, out / "pareto.png")
+        plots.hypervolume_png(history, out / "hypervolume.png")
+        history.write_csv(out / "hypervolume.csv")
+        flat = df.with_columns([pl.col(c).cast(pl.Utf8) for c in df.columns if df[c].dtype == pl.Null])
+        flat.write_csv(out / "trials.csv")
+        flat.write_parquet(out / "trials.parquet")
+        (out / "summary.md").write_text(summary_markdown(data, df, table, history))
+        if data.spec.get("mode") == "ablation" or len(data.spec.get("seeds", [0])) > 1:
+            (out / "ablation.md").write_text(ablation_markdown(ablation_table(data, df)))
+        for path in sorted(out.iterdir()):
+            data.client.log_artifact(data.parent_run_id, str(path), "pareto")
+    hv = float(history["hypervolume"][-1]) if len(history) else 0.0
+    data.client.set_tag(data.parent_run_id, "pareto.front_size", str(on_front))
+    data.client.set_tag(data.parent_run_id, "pareto.hypervolume", f"{hv:.6g}")
+    return {"front": on_front, "hypervolume": hv}
