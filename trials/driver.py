@@ -26,7 +26,7 @@ from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
 from carvelab.trials.pruning import dominates
 from carvelab.trials.sweep_dir import SweepDir
-from carvelab.trials.tracking import MlflowTracker, flatten, redact
+from carvelab.trials.tracking import MlflowTracker, flatten, redact, redact_text
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
@@ -76,7 +76,8 @@ class SweepDriver:
         self.parent = self.tracker.start_parent(self.spec.name, {
             "carvelab.mode": self.spec.mode, "carvelab.storage": redact(self.storage) or "",
             "carvelab.sweep_dir": str(self.dir.path)})
-        self.tracker.log_artifact(self.parent, self.dir.path / "sweep.yaml")
+        # The logged copy has credentials redacted; the local snapshot keeps them (mode 600).
+        self.tracker.log_text(self.parent, redact_text((self.dir.path / "sweep.yaml").read_text()), "sweep.yaml")
         self.study = st.open_study(self.spec, self.storage)
         self.dists = st.space_distributions(self.spec)
 

@@ -77,6 +77,7 @@ class SweepDir:
             return True
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(snapshot, yaml.safe_dump(_plain(dataclasses.asdict(spec)), sort_keys=False))
+        os.chmod(snapshot, 0o600)  # it may hold storage/tracking credentials
         return False
 
     # ------------------------------------------------------------------ results

@@ -25,6 +25,11 @@ def redact(uri: Optional[str]) -> Optional[str]:
     return _CRED.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["pw"] is not None else m.group(0), uri)
 
 
+def redact_text(text: str) -> str:
+    """``redact`` applied to every URI inside a block of text."""
+    return _CRED.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["pw"] is not None else m.group(0), text)
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     """Nested mapping -> {"a.b": "value"} with values as strings (MLflow params)."""
     out: dict[str, str] = {}
