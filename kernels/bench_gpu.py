@@ -1,0 +1,244 @@
+"""GPU benchmark of our Triton kernels against flash-linear-attention, in one run.
+
+    python -m carvelab.kernels.bench --gpu                      # full figures, JSON to --out
+    python -m carvelab.kernels.bench --gpu --shapes small       # a quick look
+
+flash-linear-attention (``fla-core``) is an optional, benchmark-only dependency. For each
+shape the same bf16 inputs go to both libraries; correctness (ours vs the fp32 reference
+on a small shape, ours vs fla on the benchmark inputs) is checked first and a speed ratio
+is printed only where it passed. Times are medians of CUDA-event timings after warm-up;
+memory is the peak allocated beyond the inputs. The HBM floor is the minimum bytes a
+kernel must move (inputs read, outputs written) over the copy bandwidth measured in the
+same run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+SHAPES = {"large": dict(B=4, T=4096, H=16, D=128), "small": dict(B=16, T=512, H=4, D=64)}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def cuda_time(fn: Callable[[], object], reps: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` runs (CUDA events) after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_extra_mb(fn: Callable[[], object]) -> float:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def copy_bandwidth_gbs() -> float:
+    x = torch.empty(2**28, dtype=torch.uint8, device="cuda")  # 256 MiB
+    ms = cuda_time(lambda: x.clone(), reps=10)
+    return 2 * x.numel() / (ms * 1e-3) / 1e9
+
+
+def make_inputs(B, T, H, D, dtype=torch.bfloat16, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, device="cuda")
+
+    q = F.normalize(r(B, T, H, D), dim=-1).to(dtype)
+    k = F.normalize(r(B, T, H, D), dim=-1).to(dtype)
+    v = r(B, T, H, D).to(dtype)
+    g = (-F.softplus(r(B, T, H, D)) * 0.1).float()
+    b = torch.sigmoid(r(B, T, H, D)).float()
+    w = torch.sigmoid(r(B, T, H, D)).float()
+    beta = torch.sigmoid(r(B, T, H)).float()
+    g_head = (-F.softplus(r(B, T, H)) * 0.1).float()
+    return dict(q=q, k=k, v=v, g=g, b=b, w=w, beta=beta, g_head=g_head)
+
+
+def points(x):
+    """name -> (our call, fla call or None), all on the same inputs."""
+    from carvelab.kernels._args import ContentGate
+    from carvelab.kernels.triton_chunk import triton_chunk_gated_delta as chunk
+    from carvelab.kernels.triton_recurrent import triton_recurrent_gated_delta as recurrent
+
+    q, k, v, g, b, w, beta, gh = (x[n] for n in ("q", "k", "v", "g", "b", "w", "beta", "g_head"))
+    H, dv, dk = q.shape[2], v.shape[-1], q.shape[-1]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    content = ContentGate(U=torch.zeros(H, dk, 4, device="cuda", requires_grad=True),
+                          V=(torch.randn(H, 4, dv, generator=gen, device="cuda") / dv ** 0.5).requires_grad_(),
+                          target="erase")
+    logits = torch.logit(b.clamp(1e-4, 1 - 1e-4))
+    fla = _fla()
+    return {
+        "gdn2": (lambda: chunk(q, k, v, g, b, w).o,
+                 None if fla is None else lambda: fla["gdn2"](q, k, v, g, b.to(q.dtype), w.to(q.dtype))[0]),
+        "kda": (lambda: chunk(q, k, v, g, beta, beta).o,
+                None if fla is None else lambda: fla["kda"](q, k, v, g, beta.to(q.dtype))[0]),
+        "gdn": (lambda: chunk(q, k, v, gh, beta, beta).o,
+                None if fla is None else lambda: fla["gdn"](q, k, v, gh, beta.to(q.dtype))[0]),
+        "gdn2+content_gate": (lambda: chunk(q, k, v, g, logits, w, content=content).o, None),
+        "gdn2_value_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w, erase_axis="value").o, None),
+        "gdn2_key_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w).o, None),
+    }
+
+
+USE_FLA = True
+
+
+def _fla():
+    if not USE_FLA:
+        return None
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.gdn2 import chunk_gdn2
+        from fla.ops.kda import chunk_kda
+    except ImportError as exc:
+        logger.warning("flash-linear-attention is not importable (%s): comparing our kernels only", exc)
+        return None
+    return {"gdn2": chunk_gdn2, "kda": chunk_kda, "gdn": chunk_gated_delta_rule}
+
+
+def check_against_reference() -> dict:
+    """fp32, small shape: our Triton kernels vs the token-by-token reference (outputs and grads)."""
+    from carvelab.kernels.reference import gated_delta_reference
+    from carvelab.kernels.triton_chunk import triton_chunk_gated_delta
+
+    x = make_inputs(1, 100, 2, 32, dtype=torch.float32, seed=3)
+    names = ("q", "k", "v", "g", "b", "w")
+    ins = [x[n].detach().clone().requires_grad_() for n in names]
+    ref = [x[n].detach().clone().requires_grad_() for n in names]
+    o = triton_chunk_gated_delta(*ins, chunk_size=32).o
+    o_ref = gated_delta_reference(*ref).o
+    do = torch.randn_like(o_ref)
+    (o * do).sum().backward()
+    (o_ref * do).sum().backward()
+    errs = {"o": rel_err(o, o_ref)}
+    errs.update({f"d{n}": rel_err(a.grad, r.grad) for n, a, r in zip(names, ins, ref)})
+    return {"errors": errs, "passed": errs["o"] <= 1e-4 and all(v <= 1e-3 for k, v in errs.items() if k != "o")}
+
+
+def hbm_floor_bytes(x: dict, name: str, backward: bool) -> int:
+    """Bytes that must cross HBM at least: inputs read + output written (+ grads for fwd+bwd)."""
+    used = ["q", "k", "v"] + (["g_head", "beta"] if name == "gdn" else ["g", "beta"] if name == "kda" else ["g", "b", "w"])
+    inputs = sum(x[n].numel() * x[n].element_size() for n in used)
+    out = x["v"].numel() * x["v"].element_size()
+    return inputs + out if not backward else 2 * inputs + 2 * out  # + read dO, write every input grad
+
+
+def bench_shape(shape: str, bandwidth: float) -> dict:
+    dims = SHAPES[shape]
+    x = make_inputs(**dims)
+    leaves = {n: t.requires_grad_() for n, t in x.items()}
+    out = {"shape": dims, "dtype": "bfloat16", "points": {}}
+    for name, (ours, theirs) in points(leaves).items():
+        row = {}
+        for who, fn in (("ours", ours), ("fla", theirs)):
+            if fn is None:
+                continue
+            try:
+                o = fn()
+                do = torch.randn_like(o)
+                row[who] = {
+                    "fwd_ms": cuda_time(lambda: fn()),
+                    "fwd_bwd_ms": cuda_time(lambda: torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)),
+                    "peak_extra_mb": peak_extra_mb(lambda: torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)),
+                }
+                row[who]["_o"] = o.detach()
+            except Exception as exc:  # one failing point must not hide the others' figures
+                logger.exception("%s %s failed", who, name)
+                row[who] = {"error": f"{type(exc).__name__}: {exc}"}
+        if "ours" in row and "fla" in row and "_o" in row["ours"] and "_o" in row["fla"]:
+            row["rel_err_vs_fla"] = rel_err(row["ours"]["_o"], row["fla"]["_o"])
+            row["matches_fla"] = row["rel_err_vs_fla"] <= 2e-2  # bf16 inputs, different summation orders
+            if row["matches_fla"]:
+                row["fwd_bwd_ratio_vs_fla"] = row["ours"]["fwd_bwd_ms"] / row["fla"]["fwd_bwd_ms"]
+                row["fwd_ratio_vs_fla"] = row["ours"]["fwd_ms"] / row["fla"]["fwd_ms"]
+        for who in ("ours", "fla"):
+            if who in row:
+                row[who].pop("_o", None)
+        if name in ("gdn2", "kda", "gdn") and "fwd_bwd_ms" in row.get("ours", {}):
+            floor_ms = hbm_floor_bytes(x, name, True) / (bandwidth * 1e9) * 1e3
+            row["hbm_floor_fwd_bwd_ms"] = floor_ms
+            row["ours_x_floor"] = row["ours"]["fwd_bwd_ms"] / floor_ms
+        out["points"][name] = row
+        print(f"[{shape}] {name}: {json.dumps(row, default=str)}", flush=True)
+    p = out["points"]
+    base = p.get("gdn2", {}).get("ours", {}).get("fwd_bwd_ms")
+    if base:
+        for name in ("gdn2+content_gate", "gdn2_value_axis_recurrent", "gdn2_key_axis_recurrent"):
+            t = p.get(name, {}).get("ours", {}).get("fwd_bwd_ms")
+            if t:
+                p[name]["fwd_bwd_ratio_vs_gdn2_chunk"] = t / base
+    return out
+
+
+def run_gpu(shapes: list[str]) -> dict:
+    import triton
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    try:
+        import fla
+
+        result["fla"] = getattr(fla, "__version__", "unknown")
+    except ImportError:
+        result["fla"] = None
+    result["reference_check"] = check_against_reference()
+    print(f"reference check: {result['reference_check']}", flush=True)
+    if not result["reference_check"]["passed"]:
+        result["note"] = "our kernels disagree with the reference: no speed figures are reported"
+        return result
+    result["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
+    result["shapes"] = {s: bench_shape(s, result["copy_bandwidth_gbs"]) for s in shapes}
+    return result
+
+
+def print_table(result: dict) -> None:
+    print(f"{result['device']}  torch {result['torch']}  triton {result['triton']}  fla {result['fla']}")
+    print(f"reference check (fp32): {result['reference_check']}")
+    for shape, res in result.get("shapes", {}).items():
+        print(f"\n== {shape} {res['shape']} bf16 ==")
+        print(f"{'point':30s} {'ours fwd':>9s} {'ours f+b':>9s} {'fla f+b':>9s} {'ratio':>7s} {'x floor':>8s} {'mem MB':>8s}")
+        for name, row in res["points"].items():
+            o, f = row.get("ours", {}), row.get("fla", {})
+            ratio = row.get("fwd_bwd_ratio_vs_fla", row.get("fwd_bwd_ratio_vs_gdn2_chunk"))
+            print(f"{name:30s} {o.get('fwd_ms', float('nan')):9.3f} {o.get('fwd_bwd_ms', float('nan')):9.3f} "
+                  f"{f.get('fwd_bwd_ms', float('nan')):9.3f} {ratio if ratio is not None else float('nan'):7.3f} "
+                  f"{row.get('ours_x_floor', float('nan')):8.2f} {o.get('peak_extra_mb', float('nan')):8.1f}"
+                  + (f"  ERROR {o['error']}" if "error" in o else "") + (f"  fla ERROR {f['error']}" if "error" in f else ""))
+
+
+def main(shapes: list[str], out: str | None, fla: bool = True) -> dict:
+    global USE_FLA
+    USE_FLA = fla
+    result = run_gpu(shapes)
+    print_table(result)
+    if out:
+        with open(out, "w") as fh:
+            json.dump(result, fh, indent=2, default=str)
+    return result

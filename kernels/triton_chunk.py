@@ -1,0 +1,469 @@
+"""Chunked WY Triton kernels for the key-axis recurrence with asymmetric factors.
+
+Recurrence (per batch, head; a = b⊙k the read direction, u the write direction,
+x = w⊙v)::
+
+    S_t = D_t S_{t−1} + u_t (x_t − (D_t S_{t−1})ᵀ a_t)ᵀ,   o_t = scale · S_tᵀ q_t
+
+Per chunk of C tokens, with G_t the cumulative log-decay inside the chunk (inclusive),
+S_0 the state at the chunk start and δ_t = x_t − S̄_tᵀ a_t::
+
+    M[t,s] = Σ_i a_t[i] u_s[i] e^{G_t[i]−G_s[i]}  (s < t),   Q[t,s] = same with q_t (s <= t)
+    Ã = e^G ⊙ a,  Q̃ = e^G ⊙ q,  Û_s = e^{G_C−G_s} ⊙ u_s
+    (I + M) Δ = X − Ã S_0,   A = (I + M)^{-1}  (shared by every value column)
+    o = scale (Q̃ S_0 + Q Δ),   S_C = e^{G_C} ⊙ S_0 + Ûᵀ Δ
+
+Backward per chunk, given dO and dS_C (= dL/dS at the chunk end)::
+
+    dΔ  = scale Qᵀ dO + Û dS_C,   dR = Aᵀ dΔ  (= dX, since Δ = A R with R = X − Ã S_0)
+    dS_0 = e^{G_C} ⊙ dS_C + scale Q̃ᵀ dO − Ãᵀ dR            (reverse scan over chunks)
+    dA = dΔ Rᵀ  ⇒  dM = −Aᵀ dA Aᵀ = −dR Δᵀ   (strictly lower part)
+    dQ = scale dO Δᵀ (lower part),  dQ̃ = scale dO S_0ᵀ,  dÃ = −dR S_0ᵀ,  dÛ = Δ dS_Cᵀ
+    dq_t = e^{G_t} ⊙ dQ̃_t + Σ_{s<=t} dQ[t,s] e^{G_t−G_s} ⊙ u_s
+    da_t = e^{G_t} ⊙ dÃ_t + Σ_{s<t}  dM[t,s] e^{G_t−G_s} ⊙ u_s
+    du_s = e^{G_C−G_s} ⊙ dÛ_s + Σ_{t>=s} dQ[t,s] e^{G_t−G_s} ⊙ q_t + Σ_{t>s} dM[t,s] e^{G_t−G_s} ⊙ a_t
+    dg: from dq, da, du by the scaling identity (``triton_recurrent.decay_grad``).
+
+Numerics: every exponent is a difference G_t − G_s <= 0 (g <= 0). Products over two
+16-token sub-chunks i > j factor through the first row r of sub-chunk i (or the last
+row of sub-chunk j), e^{G_t−r} · e^{r−G_s}, both factors <= 1, so they run on ``tl.dot``
+and never overflow even at g ≈ −20 per token; pairs inside one sub-chunk are formed
+elementwise, one column at a time. A is found by forward substitution on the [C, C]
+tile. State and every product are fp32.
+
+Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (sequential
+over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
+over chunks: dS per chunk, dR, dS_0), ``_inter_bwd`` (dQ, dM and the S_0/dS_C terms),
+``_intra_bwd`` (dq, da, du). T is padded with zeros to a multiple of C (identity steps).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+import triton
+import triton.language as tl
+
+from carvelab.kernels.triton_recurrent import autotune_configs, block_size, dot_precision, key_block
+
+logger = logging.getLogger(__name__)
+
+LAUNCHES: Counter = Counter()
+
+# Sub-chunk length: the span over which pairs are formed elementwise.
+BC = 16
+# Widest value tile of the chunk kernels.
+MAX_BLOCK_V = 64
+
+
+@triton.jit
+def _tile(base, i_b, t0, i_h, TP, H, D: tl.constexpr, c0, R: tl.constexpr, BD: tl.constexpr):
+    """Rows t0..t0+R, columns c0..c0+BD of a [B, TP, H, D] tensor as fp32 (zero past D)."""
+    rows = t0 + tl.arange(0, R)
+    cols = c0 + tl.arange(0, BD)
+    ptr = base + ((i_b * TP + rows[:, None]) * H + i_h) * D + cols[None, :]
+    return tl.load(ptr, mask=cols[None, :] < D, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _put(base, val, i_b, t0, i_h, TP, H, D: tl.constexpr, c0, R: tl.constexpr, BD: tl.constexpr):
+    rows = t0 + tl.arange(0, R)
+    cols = c0 + tl.arange(0, BD)
+    ptr = base + ((i_b * TP + rows[:, None]) * H + i_h) * D + cols[None, :]
+    tl.store(ptr, val, mask=cols[None, :] < D)
+
+
+@triton.jit
+def _row(base, i_b, t, i_h, TP, H, D: tl.constexpr, c0, BD: tl.constexpr):
+    cols = c0 + tl.arange(0, BD)
+    ptr = base + ((i_b * TP + t) * H + i_h) * D + cols
+    return tl.load(ptr, mask=cols < D, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _state_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
+    rk = tl.arange(0, BK)
+    cv = c0 + tl.arange(0, BV)
+    return base + i_mat * K * V + rk[:, None] * V + cv[None, :], (rk[:, None] < K) & (cv[None, :] < V)
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
+@triton.jit
+def _intra_fwd_kernel(
+    q, a, u, G, M, Qm, TP,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
+    BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """Block (i, j) of sub-chunks of M and Q for one chunk."""
+    i_c, i_ij, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_i, i_j = i_ij // NC, i_ij % NC
+    i_b, i_h = i_bh // H, i_bh % H
+    t_i, t_j = i_c * BT + i_i * BC, i_c * BT + i_j * BC
+    rr = tl.arange(0, BC)
+    Mb = tl.zeros([BC, BC], dtype=tl.float32)
+    Qb = tl.zeros([BC, BC], dtype=tl.float32)
+    if i_i > i_j:
+        ref = _row(G, i_b, t_i, i_h, TP, H, K, 0, BK)
+        up = tl.exp(_tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
+        down = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
+        down = tl.trans(down)
+        Mb = tl.dot(_tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, input_precision=PREC)
+        Qb = tl.dot(_tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, input_precision=PREC)
+    elif i_i == i_j:
+        a_i = _tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+        q_i = _tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+        G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+        ok = tl.arange(0, BK)
+        row = ((i_b * TP + t_i) * H + i_h) * K + ok
+        p_u, p_g = u + row, G + row
+        for s in range(BC):  # column s of the block: pairs (t, s), t >= s
+            keep = rr[:, None] >= s
+            gs = tl.load(p_g, mask=ok < K, other=0.0)
+            f = tl.where(keep, tl.exp(tl.where(keep, G_i - gs[None, :], 0.0)), 0.0)
+            f = f * tl.load(p_u, mask=ok < K, other=0.0).to(tl.float32)[None, :]
+            cm = tl.where(rr > s, tl.sum(a_i * f, 1), 0.0)
+            cq = tl.sum(q_i * f, 1)
+            Mb = tl.where(rr[None, :] == s, cm[:, None], Mb)
+            Qb = tl.where(rr[None, :] == s, cq[:, None], Qb)
+            p_u, p_g = p_u + H * K, p_g + H * K
+    _put(M, Mb, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC)
+    _put(Qm, Qb, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC)
+
+
+@triton.autotune(configs=autotune_configs(warps=(2, 4, 8)), key=["BK", "BT", "BV"])
+@triton.jit
+def _solve_fwd_kernel(
+    a, x, G, M, A, W, XA, TP,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+):
+    """A = (I + M)^{-1} by forward substitution; W = A (e^G ⊙ a), XA = A X."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    t0 = i_c * BT
+    rr = tl.arange(0, BT)
+    lower = rr[:, None] > rr[None, :]
+    Mt = tl.where(lower, _tile(M, i_b, t0, i_h, TP, H, BT, 0, BT, BT), 0.0)
+    Ai = tl.where(rr[:, None] == rr[None, :], 1.0, 0.0)
+    for i in range(1, BT):
+        m_i = tl.sum(tl.where(rr[:, None] == i, Mt, 0.0), 0)  # row i of M, indexed by column j
+        row = tl.where(rr == i, 1.0, 0.0) - tl.sum(m_i[:, None] * Ai, 0)  # e_i − Σ_j M[i,j] A[j,:]
+        Ai = tl.where(rr[:, None] == i, row[None, :], Ai)
+    _put(A, Ai, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+    at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
+    _put(W, tl.dot(Ai, at, input_precision=PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    for i_v in range(NV):
+        xt = _tile(x, i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
+        _put(XA, tl.dot(Ai, xt, input_precision=PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
+
+
+@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@triton.jit
+def _state_fwd_kernel(
+    u, G, W, XA, s0, h, dlt, s_out, TP, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Sequential over chunks: store S_0 of each chunk, Δ = XA − W S_0, advance S."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    c0 = i_v * BV
+    p_s, m_s = _state_ptr(s0, i_bh, K, V, c0, BK, BV)
+    S = tl.load(p_s, mask=m_s, other=0.0)
+    for i_c in range(NT):
+        t0 = i_c * BT
+        p_h, m_h = _state_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+        tl.store(p_h, S, mask=m_h)
+        wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
+        dl = _tile(XA, i_b, t0, i_h, TP, H, V, c0, BT, BV) - tl.dot(wt, S, input_precision=PREC)
+        _put(dlt, dl, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
+        uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
+        S = S * tl.exp(g_last)[:, None] + tl.dot(tl.trans(uh), dl, input_precision=PREC)
+    p_o, m_o = _state_ptr(s_out, i_bh, K, V, c0, BK, BV)
+    tl.store(p_o, S, mask=m_o)
+
+
+@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@triton.jit
+def _output_fwd_kernel(
+    q, G, Qm, h, dlt, o, TP, NT, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """o = scale (Q̃ S_0 + Q Δ) for one chunk and value tile."""
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    t0, c0 = i_c * BT, i_v * BV
+    qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
+    p_h, m_h = _state_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+    S0 = tl.load(p_h, mask=m_h, other=0.0)
+    Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+    dl = _tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+    out = tl.dot(qt, S0, input_precision=PREC) + tl.dot(Qt, dl, input_precision=PREC)
+    _put(o, scale * out, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@triton.jit
+def _state_bwd_kernel(
+    q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Reverse over chunks: store dS_C of each chunk, dR = Aᵀ dΔ (= dx), finally dS_0."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    c0 = i_v * BV
+    p_s, m_s = _state_ptr(ds_out, i_bh, K, V, c0, BK, BV)
+    dS = tl.load(p_s, mask=m_s, other=0.0)
+    for i_rev in range(NT):
+        i_c = NT - 1 - i_rev
+        t0 = i_c * BT
+        p_h, m_h = _state_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+        tl.store(p_h, dS, mask=m_h)
+        Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
+        g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
+        eg = tl.exp(Gt)
+        uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - Gt)
+        dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+        dD = scale * tl.dot(tl.trans(Qt), dot_, input_precision=PREC) + tl.dot(uh, dS, input_precision=PREC)
+        dR = tl.dot(tl.trans(_tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT)), dD, input_precision=PREC)
+        _put(dx, dR, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * eg
+        at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * eg
+        dS = dS * tl.exp(g_last)[:, None] + scale * tl.dot(tl.trans(qt), dot_, input_precision=PREC)
+        dS -= tl.dot(tl.trans(at), dR, input_precision=PREC)
+    p_0, m_0 = _state_ptr(ds0, i_bh, K, V, c0, BK, BV)
+    tl.store(p_0, dS, mask=m_0)
+
+
+@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@triton.jit
+def _inter_bwd_kernel(
+    G, h, dh, dlt, do, dx, dQm, dM, dq0, da0, du0, TP, NT, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+):
+    """One chunk: dQ, dM and the S_0 / dS_C terms of dq, da, du (sums over value tiles)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    t0 = i_c * BT
+    dQ = tl.zeros([BT, BT], dtype=tl.float32)
+    dMt = tl.zeros([BT, BT], dtype=tl.float32)
+    dqt = tl.zeros([BT, BK], dtype=tl.float32)
+    dat = tl.zeros([BT, BK], dtype=tl.float32)
+    dut = tl.zeros([BT, BK], dtype=tl.float32)
+    for i_v in range(NV):
+        c0 = i_v * BV
+        dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        dl = _tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        dR = _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        p_h, m_h = _state_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+        S0t = tl.trans(tl.load(p_h, mask=m_h, other=0.0))
+        p_d, m_d = _state_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+        dSt = tl.trans(tl.load(p_d, mask=m_d, other=0.0))
+        dlT = tl.trans(dl)
+        dQ += tl.dot(dot_, dlT, input_precision=PREC)
+        dMt -= tl.dot(dR, dlT, input_precision=PREC)
+        dqt += tl.dot(dot_, S0t, input_precision=PREC)
+        dat -= tl.dot(dR, S0t, input_precision=PREC)
+        dut += tl.dot(dl, dSt, input_precision=PREC)
+    rr = tl.arange(0, BT)
+    _put(dQm, tl.where(rr[:, None] >= rr[None, :], scale * dQ, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+    _put(dM, tl.where(rr[:, None] > rr[None, :], dMt, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+    Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
+    _put(dq0, scale * dqt * tl.exp(Gt), i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    _put(da0, dat * tl.exp(Gt), i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    _put(du0, dut * tl.exp(g_last[None, :] - Gt), i_b, t0, i_h, TP, H, K, 0, BT, BK)
+
+
+@triton.jit
+def _pairs_as_rows(
+    dQm, dM, u, G, dq, da, i_b, t_i, i_h, TP, H, K: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, i_i, c_t0, PREC: tl.constexpr,
+):
+    """Σ_{s<=t} dQ[t,s] e^{G_t−G_s} u_s and the dM analogue for the rows t of sub-chunk i."""
+    G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    ref = _row(G, i_b, t_i, i_h, TP, H, K, 0, BK)
+    acc_q = tl.zeros([BC, BK], dtype=tl.float32)
+    acc_a = tl.zeros([BC, BK], dtype=tl.float32)
+    for i_j in range(0, i_i):
+        t_j = c_t0 + i_j * BC
+        uj = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
+        acc_q += tl.dot(_tile(dQm, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, input_precision=PREC)
+        acc_a += tl.dot(_tile(dM, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, input_precision=PREC)
+    up = tl.exp(G_i - ref[None, :])
+    dq += up * acc_q
+    da += up * acc_a
+    rr = tl.arange(0, BC)
+    ok = tl.arange(0, BK)
+    row = ((i_b * TP + t_i) * H + i_h) * K + ok
+    p_u, p_g = u + row, G + row
+    col = ((i_b * TP + t_i + rr) * H + i_h) * BT + i_i * BC
+    p_cq, p_cm = dQm + col, dM + col
+    for s in range(BC):  # pairs (t, s) inside the sub-chunk, one column s at a time
+        keep = rr[:, None] >= s
+        gs = tl.load(p_g, mask=ok < K, other=0.0)
+        f = tl.where(keep, tl.exp(tl.where(keep, G_i - gs[None, :], 0.0)), 0.0)
+        f = f * tl.load(p_u, mask=ok < K, other=0.0).to(tl.float32)[None, :]
+        dq += tl.load(p_cq)[:, None] * f
+        da += tl.load(p_cm)[:, None] * f
+        p_u, p_g, p_cq, p_cm = p_u + H * K, p_g + H * K, p_cq + 1, p_cm + 1
+    return dq, da
+
+
+@triton.jit
+def _pairs_as_cols(
+    dQm, dM, q, a, G, du, i_b, t_i, i_h, TP, H, K: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, i_i, NC: tl.constexpr, c_t0, PREC: tl.constexpr,
+):
+    """Σ_{t>=s} e^{G_t−G_s}(dQ[t,s] q_t + dM[t,s] a_t) for the columns s of sub-chunk i."""
+    G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    ref = _row(G, i_b, t_i + BC - 1, i_h, TP, H, K, 0, BK)
+    acc = tl.zeros([BC, BK], dtype=tl.float32)
+    for i_j in range(i_i + 1, NC):
+        t_j = c_t0 + i_j * BC
+        f = tl.exp(_tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
+        dQb = tl.trans(_tile(dQm, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
+        dMb = tl.trans(_tile(dM, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
+        acc += tl.dot(dQb, _tile(q, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, input_precision=PREC)
+        acc += tl.dot(dMb, _tile(a, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, input_precision=PREC)
+    du += tl.exp(ref[None, :] - G_i) * acc
+    rr = tl.arange(0, BC)
+    ok = tl.arange(0, BK)
+    row = ((i_b * TP + t_i) * H + i_h) * K + ok
+    p_q, p_a, p_g = q + row, a + row, G + row
+    mrow = ((i_b * TP + t_i) * H + i_h) * BT + i_i * BC + rr
+    p_rq, p_rm = dQm + mrow, dM + mrow
+    for tt in range(BC):  # pairs (t, s) inside the sub-chunk, one row t at a time
+        keep = rr[:, None] <= tt
+        G_t = tl.load(p_g, mask=ok < K, other=0.0)
+        f = tl.where(keep, tl.exp(tl.where(keep, G_t[None, :] - G_i, 0.0)), 0.0)
+        qa = tl.load(p_rq)[:, None] * tl.load(p_q, mask=ok < K, other=0.0).to(tl.float32)[None, :]
+        qa += tl.load(p_rm)[:, None] * tl.load(p_a, mask=ok < K, other=0.0).to(tl.float32)[None, :]
+        du += qa * f
+        p_q, p_a, p_g, p_rq, p_rm = p_q + H * K, p_a + H * K, p_g + H * K, p_rq + H * BT, p_rm + H * BT
+    return du
+
+
+@triton.autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
+@triton.jit
+def _intra_bwd_kernel(
+    q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, TP,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
+    BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq, da (rows t) and du (columns s) of sub-chunk i: the in-chunk pair sums."""
+    i_ci, i_bh = tl.program_id(0), tl.program_id(1)
+    i_c, i_i = i_ci // NC, i_ci % NC
+    i_b, i_h = i_bh // H, i_bh % H
+    c_t0 = i_c * BT
+    t_i = c_t0 + i_i * BC
+    dqt = _tile(dq0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    dat = _tile(da0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    dqt, dat = _pairs_as_rows(dQm, dM, u, G, dqt, dat, i_b, t_i, i_h, TP, H, K, BT, BC, BK, i_i, c_t0, PREC)
+    dut = _tile(du0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    dut = _pairs_as_cols(dQm, dM, q, a, G, dut, i_b, t_i, i_h, TP, H, K, BT, BC, BK, i_i, NC, c_t0, PREC)
+    _put(dq, dqt, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    _put(da, dat, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    _put(du, dut, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _pad_time(x: torch.Tensor, TP: int) -> torch.Tensor:
+    """Zero-pad [B, T, H, D] to TP tokens: zero inputs and zero log-decay are identity steps."""
+    T = x.shape[1]
+    return x if T == TP else torch.nn.functional.pad(x, (0, 0, 0, 0, 0, TP - T))
+
+
+def _chunk_cumsum(g: torch.Tensor, BT: int) -> torch.Tensor:
+    """Inclusive cumulative log-decay inside each chunk of BT tokens, fp32."""
+    B, TP, H, K = g.shape
+    return g.float().view(B, TP // BT, BT, H, K).cumsum(2).view(B, TP, H, K)
+
+
+def _dims(q, x, BT):
+    B, T, H, K = q.shape
+    V = x.shape[-1]
+    NT = triton.cdiv(T, BT)
+    BV = block_size(V, MAX_BLOCK_V)
+    return B, T, H, K, V, NT, NT * BT, key_block(K), BV, triton.cdiv(V, BV)
+
+
+def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
+    """q, a, u, g [B, T, H, dk]; x [B, T, H, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}.
+
+    Returns o [B, T, H, dv] fp32, S_T [B, H, dk, dv] fp32 and the tensors the backward
+    needs: (G, A, Q, h, Δ), padded to a multiple of BT tokens."""
+    if BT not in (16, 32, 64):
+        raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
+    B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, x, BT)
+    q, a, u, x = (_pad_time(t, TP) for t in (q, a, u, x))
+    G = _chunk_cumsum(_pad_time(g, TP), BT)
+    dev, f32, prec, NC = q.device, torch.float32, dot_precision(q, a, u, x), BT // BC
+    M = torch.empty(B, TP, H, BT, device=dev, dtype=f32)
+    Qm, A = torch.empty_like(M), torch.empty_like(M)
+    _intra_fwd_kernel[(NT, NC * NC, B * H)](q, a, u, G, M, Qm, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec)
+    W = torch.empty(B, TP, H, K, device=dev, dtype=f32)
+    XA = torch.empty(B, TP, H, V, device=dev, dtype=f32)
+    _solve_fwd_kernel[(NT, B * H)](a, x, G, M, A, W, XA, TP, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NV=NV, PREC=prec)
+    h = torch.empty(B, NT, H, K, V, device=dev, dtype=f32)
+    dlt = torch.empty(B, TP, H, V, device=dev, dtype=f32)
+    s_out = torch.empty(B, H, K, V, device=dev, dtype=f32)
+    _state_fwd_kernel[(NV, B * H)](u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
+    o = torch.empty(B, TP, H, V, device=dev, dtype=f32)
+    _output_fwd_kernel[(NV, NT, B * H)](q, G, Qm, h, dlt, o, TP, NT, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
+    LAUNCHES["chunk_fwd"] += 1
+    return o[:, :T], s_out, (G, A, Qm, h, dlt)
+
+
+def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
+    """Gradients (dq, da, du, dx, dS_0) of ``chunk_forward``; do and ds_out fp32."""
+    G, A, Qm, h, dlt = saved
+    B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, do, BT)
+    q, a, u, do = (_pad_time(t, TP) for t in (q, a, u, do))
+    dev, f32, prec, NC = q.device, torch.float32, dot_precision(q, a, u), BT // BC
+    dh = torch.empty(B, NT, H, K, V, device=dev, dtype=f32)
+    dx = torch.empty(B, TP, H, V, device=dev, dtype=f32)
+    ds0 = torch.empty(B, H, K, V, device=dev, dtype=f32)
+    _state_bwd_kernel[(NV, B * H)](
+        q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
+    )
+    dQm, dM = torch.empty(B, TP, H, BT, device=dev, dtype=f32), torch.empty(B, TP, H, BT, device=dev, dtype=f32)
+    dq0, da0, du0 = (torch.empty(B, TP, H, K, device=dev, dtype=f32) for _ in range(3))
+    _inter_bwd_kernel[(NT, B * H)](
+        G, h, dh, dlt, do, dx, dQm, dM, dq0, da0, du0, TP, NT, scale,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NV=NV, PREC=prec,
+    )
+    dq, da, du = (torch.empty(B, TP, H, K, device=dev, dtype=f32) for _ in range(3))
+    _intra_bwd_kernel[(NT * NC, B * H)](
+        q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec,
+    )
+    LAUNCHES["chunk_bwd"] += 1
+    return dq[:, :T], da[:, :T], du[:, :T], dx[:, :T], ds0
+
+
+def triton_chunk_gated_delta(
+    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+):
+    """The unified recurrence on the chunked WY kernels (erase_axis="key" only).
+
+    Same arguments, semantics and ``RecurrenceOutput`` as ``gated_delta_reference``.
+    The kernel chunk is ``chunk_size`` when it is 16, 32 or 64, else 64; with a content
+    gate ``chunk_size`` is also the content chunk (see ``triton_ops``).
+    """
+    from carvelab.kernels.triton_ops import triton_gated_delta
+
+    return triton_gated_delta(
+        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
+        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
+        scale=scale, kernel="chunk",
+    )

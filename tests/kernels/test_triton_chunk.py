@@ -1,0 +1,120 @@
+"""Chunked WY Triton kernels (kernels/triton_chunk.py) against the reference and against
+the fused recurrent kernels, on every key-axis point tested.
+
+    python -m pytest tests/kernels/test_triton_chunk.py -q
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from carvelab.kernels import dispatch, triton_chunk, triton_recurrent
+from carvelab.kernels.reference import gated_delta_reference
+from carvelab.kernels.triton_ops import chunk_block, launch_counts, triton_gated_delta
+from tests.kernels.test_triton_recurrent import (
+    Case,
+    assert_match,
+    launched,
+    make_inputs,
+    nan_empty,  # noqa: F401  (fixture)
+    run_case,
+)
+
+CHUNK_CASES = [
+    Case(T=1),
+    Case(write="scalar", dk=12, dv=20, chunk=32),
+    Case(T=130, B=2, H=1),
+    Case(content="erase"),
+    Case(write="scalar", content="decay", chunk=32, dk=12, dv=20),
+    Case(covariance="propagate", init_cov=True),
+    Case(covariance="propagate", write="scalar", content="erase", chunk=32),
+    Case(covariance="propagate", content="decay", T=130, chunk=32, H=1),
+    Case(max_decay=20.0, chunk=32),
+    Case(max_decay=20.0, content="erase", T=130, H=1),
+    Case(content="erase", chunk=20, T=63),   # content chunk 20 on 64-token kernel chunks
+    Case(chunk=128, T=130, H=1),  # kernel chunk 64
+]
+
+
+def _param(case: Case):
+    return pytest.param(case, id=case.id, marks=[pytest.mark.large] if case.T >= 130 else [])
+
+
+@pytest.mark.usefixtures("nan_empty")
+@pytest.mark.parametrize("case", [_param(c) for c in CHUNK_CASES])
+def test_chunk_matches_reference_and_recurrent(case):
+    """Outputs, S_T (P_T) and every gradient: chunk vs reference and chunk vs recurrent."""
+    x = make_inputs(case)
+    before = launch_counts()
+    chunk = run_case(triton_gated_delta, case, x, kernel="chunk")
+    after = launch_counts()
+    assert after["chunk_fwd"] > before.get("chunk_fwd", 0), "the chunked kernel did not run"
+    assert after["chunk_bwd"] > before.get("chunk_bwd", 0), "the chunked backward did not run"
+    assert after.get("recurrent_fwd", 0) == before.get("recurrent_fwd", 0), "fell back to recurrent"
+    assert_match(chunk, run_case(gated_delta_reference, case, x))
+    recurrent, n_rec = launched("recurrent_fwd", lambda: run_case(triton_gated_delta, case, x, kernel="recurrent"))
+    assert n_rec >= 1
+    assert_match(chunk, recurrent)
+
+
+@pytest.mark.usefixtures("nan_empty")
+def test_chunk_backward_launches_and_never_uses_recurrent(monkeypatch):
+    """The chunked path runs its own forward and backward kernels only."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("recurrent kernel called")
+
+    monkeypatch.setattr(triton_recurrent, "recurrent_forward", refuse)
+    monkeypatch.setattr(triton_recurrent, "recurrent_backward", refuse)
+    case = Case(T=40, H=1)
+    x = make_inputs(case)
+    (_, n_bwd) = launched("chunk_bwd", lambda: run_case(triton_gated_delta, case, x, kernel="chunk"))
+    assert n_bwd == 1
+
+
+@pytest.mark.usefixtures("nan_empty")
+def test_chunk_several_value_tiles(monkeypatch):
+    """dv = 40 over value tiles of 16 (three tiles, the last one partial)."""
+    monkeypatch.setattr(triton_chunk, "MAX_BLOCK_V", 16)
+    case = Case(T=37, dv=40, H=1)
+    x = make_inputs(case)
+    assert_match(run_case(triton_gated_delta, case, x, kernel="chunk"), run_case(gated_delta_reference, case, x))
+
+
+def test_chunk_refuses_value_axis():
+    x = make_inputs(Case(erase_axis="value", T=4, H=1))
+    with pytest.raises(ValueError, match="erase_axis='value'"):
+        triton_chunk.triton_chunk_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], erase_axis="value")
+
+
+@pytest.mark.parametrize("chunk_size, block", [(16, 16), (32, 32), (64, 64), (128, 64), (20, 64)])
+def test_kernel_chunk_of_a_content_chunk(chunk_size, block):
+    assert chunk_block(chunk_size) == block
+
+
+def test_chunk_forward_refuses_bad_block():
+    q = torch.zeros(1, 4, 1, 16)
+    with pytest.raises(ValueError, match="BT=48"):
+        triton_chunk.chunk_forward(q, q, q, q, q, torch.zeros(1, 1, 16, 16), 1.0, 48)
+
+
+@pytest.mark.usefixtures("nan_empty")
+def test_dispatch_triton_routes_to_these_kernels():
+    """backend='triton' reaches the chunked kernel (key axis) and the recurrent one (value)."""
+    for axis, kind in (("key", "chunk_fwd"), ("value", "recurrent_fwd")):
+        case = Case(erase_axis=axis, T=9, H=1)
+        x = make_inputs(case)
+        assert dispatch.resolve_backend("triton", x["q"].device, axis) == f"triton_{kind[:-4]}"
+        (out, _), n = launched(kind, lambda: run_case(dispatch.gated_delta, case, x, backend="triton"))
+        assert n == 1 and torch.isfinite(out.o).all()
+
+
+@pytest.mark.usefixtures("nan_empty")
+@pytest.mark.parametrize("kernel", ["chunk", "recurrent"])
+def test_per_head_gates_broadcast(kernel):
+    """Gated DeltaNet's gates: one decay, one erase and one write gate per head ([B, T, H])."""
+    case = Case(T=40, H=2, write="scalar")
+    x = make_inputs(case)
+    x["g"] = x["g"][..., 0].detach().requires_grad_()
+    x["b"] = x["b"][..., 0].detach().requires_grad_()
+    assert x["g"].shape == x["b"].shape == x["w"].shape == (1, 40, 2)
+    assert_match(run_case(triton_gated_delta, case, x, kernel=kernel), run_case(gated_delta_reference, case, x))
