@@ -95,9 +95,12 @@ def _run_remote(config_dict: dict, trial: int, broker, threads: int) -> dict:
     import ray
 
     torch.set_num_threads(max(1, threads))
+    started = time.time()
     config = load_trial_config(config_dict)
     result = dataclasses.asdict(run_trial(config, _BrokerReporter(broker, trial)))
-    result["node"] = ray.get_runtime_context().get_node_id()
+    # Where and when it ran: which node, which (fractions of) GPUs Ray gave it, wall-clock span.
+    result.update(node=ray.get_runtime_context().get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+                  started_at=started, finished_at=time.time())
     return result
 
 
