@@ -44,6 +44,7 @@ class SweepSummary:
     counts: dict = field(default_factory=dict)
     front_size: int = 0
     wall_s: float = 0.0
+    loop_s: float = 0.0   # from the first launch to the last record (excludes set-up and Ray start)
 
 
 @dataclass
@@ -94,7 +95,9 @@ class SweepDriver:
             self._recover()
             self._preload()
             st.plan_remaining(self.study, self.spec)
+            loop_start = self._published_at = time.monotonic()  # first live refresh after PUBLISH_EVERY_S
             self._loop(t0)
+            self.loop_s = time.monotonic() - loop_start
             status = "FINISHED"
         finally:
             self._publish(force=True)
@@ -103,7 +106,8 @@ class SweepDriver:
             if started:
                 scheduler.stop_ray()
         return SweepSummary(self.spec.name, str(self.dir.path), redact(self.storage), redact(self.tracking_uri),
-                            self.parent, dict(self.counts), self.counts["front"], time.monotonic() - t0)
+                            self.parent, dict(self.counts), self.counts["front"], time.monotonic() - t0,
+                            getattr(self, "loop_s", 0.0))
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, t0: float) -> None:
