@@ -113,18 +113,23 @@ class SweepDriver:
     def _loop(self, t0: float) -> None:
         inflight: dict[int, _Inflight] = {}
         deadline = t0 + self.spec.budget.seconds if self.spec.budget.seconds else math.inf
-        infeasible_run = 0
+        skipped = {"infeasible": 0, "duplicate": 0}
+        exhausted = False
         while True:
-            while len(inflight) < self.spec.resources.concurrency and time.monotonic() < deadline \
-                    and self._may_start():
-                launched = self._launch()
-                if launched is None:
-                    infeasible_run += 1
-                    if infeasible_run >= MAX_CONSECUTIVE_INFEASIBLE:
-                        raise ConfigError(f"{self.spec.source}: {infeasible_run} consecutive sampled points were "
-                                          "infeasible; the space is (almost) entirely infeasible")
+            while not exhausted and len(inflight) < self.spec.resources.concurrency \
+                    and time.monotonic() < deadline and self._may_start():
+                launched = self._launch(inflight)
+                if isinstance(launched, str):
+                    skipped[launched] += 1
+                    if skipped["infeasible"] >= MAX_CONSECUTIVE_INFEASIBLE:
+                        raise ConfigError(f"{self.spec.source}: {skipped['infeasible']} consecutive sampled points "
+                                          "were infeasible; the space is (almost) entirely infeasible")
+                    if sum(skipped.values()) >= MAX_CONSECUTIVE_INFEASIBLE:
+                        logger.warning("the sampler proposed %d points in a row that were already trained: "
+                                       "the space looks exhausted; no new trials are started", sum(skipped.values()))
+                        exhausted = True
                     continue
-                infeasible_run = 0
+                skipped = {"infeasible": 0, "duplicate": 0}
                 inflight[launched.trial.number] = launched
             self.counts["running"] = len(inflight)
             self.on_update(dict(self.counts))
@@ -145,22 +150,41 @@ class SweepDriver:
             used = sum(st.consumed_training(t) for t in self.study.get_trials(deepcopy=False))
             if used >= self.spec.budget.trials:
                 return False
-        if self.spec.mode == "search" and self.spec.sampler.name == "grid" and not waiting:
-            grid = 1
-            for dist in self.dists.values():
-                grid *= len(dist.choices) if hasattr(dist, "choices") else 1
-            done = sum(st.consumed_training(t) for t in self.study.get_trials(deepcopy=False))
-            return done < grid * len(self.spec.seeds)
+        size = self._space_size()
+        if self.spec.mode == "search" and size is not None and not waiting:
+            # A finite space: stop once every (point, seed) has been trained.
+            return len(self._trained_keys(exclude=-1)) < size * len(self.spec.seeds)
         return True
 
-    def _launch(self) -> Optional[_Inflight]:
+    def _space_size(self) -> Optional[int]:
+        """Number of points of a finite (categorical / stepped int) space, else None."""
+        size = 1
+        for dist in self.dists.values():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                size *= len(dist.choices)
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                size *= (dist.high - dist.low) // dist.step + 1
+            else:
+                return None
+        return size
+
+    def _launch(self, inflight: dict) -> _Inflight | str:
+        """Ask for a point and start training it, or record why not ("infeasible", "duplicate")."""
         trial = self.study.ask(self.dists)
         point = dict(trial.params)
-        if "seed" not in trial.user_attrs:
-            trial.set_user_attr("seed", self.spec.seeds[0])
-            for seed in self.spec.seeds[1:]:
-                st.enqueue(self.study, point, seed, replicate_of=trial.number)
-        seed = int(trial.user_attrs["seed"])
+        sampled = "seed" not in trial.user_attrs
+        seed = self.spec.seeds[0] if sampled else int(trial.user_attrs["seed"])
+        if sampled and st.point_key(point, seed) in self._trained_keys(trial.number):
+            # Training is deterministic per (point, seed): a second run would only repeat the first.
+            trial.set_user_attr("seed", seed)
+            trial.set_user_attr("reason", "duplicate")
+            self.study.tell(trial, state=TrialState.FAIL)
+            logger.debug("trial %d repeats a trained point; not trained", trial.number)
+            return "duplicate"
+        if sampled:
+            trial.set_user_attr("seed", seed)
+            for other in self.spec.seeds[1:]:
+                st.enqueue(self.study, point, other, replicate_of=trial.number)
         try:
             config = point_config(self.spec, point, seed)
         except ConfigError as exc:
@@ -170,7 +194,7 @@ class SweepDriver:
             self.study.tell(trial, state=TrialState.FAIL)
             self.counts["infeasible"] += 1
             logger.info("trial %d infeasible: %s", trial.number, detail)
-            return None
+            return "infeasible"
         ckpt = self.dir.checkpoint_dir(st.point_key(point, seed))
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(ckpt)))
         config_dict = dataclasses.asdict(config)
@@ -180,6 +204,11 @@ class SweepDriver:
         trial.set_user_attr("mlflow_run_id", run_id)
         handle = self.executor.submit(config_dict, trial.number)
         return _Inflight(handle, trial, run_id)
+
+    def _trained_keys(self, exclude: int) -> set:
+        return {st.point_key(dict(t.params), st.seed_of(t, self.spec))
+                for t in self.study.get_trials(deepcopy=False)
+                if t.number != exclude and st.consumed_training(t)}
 
     # ------------------------------------------------------------------ results
     def _log_reports(self) -> None:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 # Failure reasons that are not a verdict on the point: such trials are re-queued.
 REQUEUE_REASONS = ("driver_died",)
 # Failures that never consumed a training run.
-NO_TRAINING_REASONS = ("infeasible", "driver_died")
+NO_TRAINING_REASONS = ("infeasible", "driver_died", "duplicate")
 
 
 def point_key(point: dict, seed: int) -> str:

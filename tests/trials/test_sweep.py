@@ -97,3 +97,16 @@ def test_pruning_stops_bad_trials_early_in_a_multi_objective_study(pruner, tmp_p
     pruned = [by_lr[lr] for lr in bad if by_lr[lr].state == PRUNED]
     assert pruned, [(lr, by_lr[lr].state) for lr in bad]
     assert all(t.user_attrs["steps"] < 12 for t in pruned)
+
+
+def test_search_never_trains_a_point_twice_and_stops_when_the_space_is_exhausted(tmp_path):
+    # With this seed Optuna's random sampler proposes value, value, key: the second is a repeat.
+    data = tiny_sweep("exhaust", tmp_path / "cache", space={"erase_axis": ["key", "value"]},
+                      sampler={"name": "random", "seed": 1},
+                      budget={"trials": 5}, resources={"cpus_per_trial": 1, "concurrency": 1})
+    summary = run_sweep(load_sweep(data), tmp_path)
+    study, _ = assert_exactly_once(summary)
+    trained = [t for t in study.trials if t.state == COMPLETE]
+    assert sorted(t.params["erase_axis"] for t in trained) == ["key", "value"]
+    repeats = [t for t in study.trials if t.state == FAIL]
+    assert repeats and all(t.user_attrs["reason"] == "duplicate" for t in repeats)
