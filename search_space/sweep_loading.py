@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,11 @@ from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrid
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 MAX_TRIALS = 100_000
 MAX_SECONDS = 30 * 24 * 3600.0
+MAX_SEED = 2**32 - 1          # what torch, numpy and Optuna's samplers accept
+MAX_SAMPLER_SEED = 2**31 - 1  # leaves room for the offset a resumed sweep adds
+URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_MAPPINGS = {"sampler": S.SamplerSpec, "pruner": S.PrunerSpec, "budget": S.BudgetSpec,
+             "resources": S.ResourcesSpec, "tracking": S.TrackingSpec, "ablation": S.AblationSpec}
 _SECTIONS = {"model": ModelConfig, "task": TaskConfig, "train": TrainConfig}
 
 
@@ -50,6 +56,7 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
         path = find_sweep_file(source)
         data, where, folder = read_yaml(path), str(path), path.parent
     data = resolve_interpolations(deep_merge(data, parse_overrides(overrides)), where)
+    _check_sections(data, where)
     # `base`, `space` and `ablation.changes` are open mappings: checked by _validate, not by the schema.
     free = {k: data.pop(k) for k in ("base", "space") if k in data}
     changes = None
@@ -77,12 +84,33 @@ def resolve_interpolations(data: dict, where: str) -> dict:
     try:
         return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{where}: interpolation failed: {str(exc).splitlines()[0]}") from None
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}interpolation failed: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
+def _check_sections(data: dict, where: str) -> None:
+    """Sections must be mappings and objectives a list of {metric, direction} mappings."""
+    for key, cls in _MAPPINGS.items():
+        if key in data and not isinstance(data[key], Mapping):
+            fields = [f.name for f in dataclasses.fields(cls)]
+            raise ConfigError(f"{where}: {key}={data[key]!r} must be a mapping with keys {fields}")
+    objectives = data.get("objectives")
+    if isinstance(objectives, list):
+        for i, obj in enumerate(objectives):
+            if not isinstance(obj, Mapping):
+                raise ConfigError(f"{where}: objectives[{i}]={obj!r} must be a mapping like "
+                                  "{metric: val_accuracy, direction: maximize}")
+            extra = sorted(set(obj) - {"metric", "direction"}, key=str)
+            if extra:
+                raise ConfigError(f"{where}: objectives[{i}]: unknown key {extra[0]!r}; allowed: metric, direction")
 
 
 # ----------------------------------------------------------------------------- paths
 def param_path(name: str, where: str, prefix: str = "space") -> str:
     """Canonical axis or dotted trial-config path -> dotted path; unknown names are errors."""
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: {prefix}: key {name!r} must be an axis name or a dotted path (a string)")
     if name in S.AXES:
         return S.AXES[name]
     section, _, fld = name.partition(".")
@@ -135,6 +163,9 @@ def grid_values(p: S.ParamSpec) -> list:
         return list(p.choices)
     if p.type == "int":
         step = int(p.step or 1)
+        count = (int(p.high) - int(p.low)) // step + 1
+        if count > MAX_TRIALS:
+            raise ConfigError(f"space.{p.name}: {count} grid values; a grid takes at most {MAX_TRIALS}")
         return list(range(int(p.low), int(p.high) + 1, step))
     raise ConfigError(f"space.{p.name}: grid mode needs a finite set of values; {p.type} ranges have none")
 
@@ -160,6 +191,7 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     seeds = _validate_seeds(raw.seeds, where)
     _validate_budget(raw.budget, raw.mode, where)
     _validate_resources(raw.resources, where)
+    _validate_uris(raw, where)
     params = [_param(name, value, base, where) for name, value in raw.space.items()]
     changes = _validate_changes(raw, base, where)
     spec = S.SweepSpec(
@@ -168,12 +200,15 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
         resources=raw.resources, tracking=raw.tracking, storage=raw.storage, source=where,
     )
     _check_effective_axes(spec, where)
-    if raw.mode == "grid":
+    if raw.mode == "grid" or (raw.mode == "search" and raw.sampler.name == "grid"):
         for p in spec.params:
             try:
                 grid_values(p)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+        size = _grid_size(spec) * (len(spec.seeds) if raw.mode == "grid" else 1)
+        if size > MAX_TRIALS:
+            raise ConfigError(f"{where}: space: the grid has {size} points (times seeds); at most {MAX_TRIALS}")
     finite = all(p.type in ("categorical", "int") for p in spec.params)
     if spec.params and finite and _grid_size(spec) <= 4096:
         points = grid_points(spec)
@@ -194,7 +229,10 @@ def _resolve_base(base: Any, where: str, folder: Path) -> dict:
     if isinstance(base, str):
         if base.endswith((".yaml", ".yml")):
             path = Path(base) if Path(base).is_absolute() else folder / base
-            data = read_yaml(path)
+            try:
+                data = read_yaml(path)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: base={base!r}: {exc}") from None
         else:
             data = {"preset": base}
     elif isinstance(base, Mapping):
@@ -227,6 +265,8 @@ def _validate_objectives(objectives: list, where: str) -> list:
 
 def _validate_sampler(sampler: S.SamplerSpec, raw: S.SweepFile, where: str) -> None:
     _choice(where, "sampler.name", sampler.name, S.SAMPLERS)
+    if not 0 <= sampler.seed <= MAX_SAMPLER_SEED:
+        raise ConfigError(f"{where}: sampler.seed={sampler.seed} must be between 0 and {MAX_SAMPLER_SEED}")
     if sampler.n_startup_trials < 0 or sampler.population_size < 2:
         raise ConfigError(f"{where}: sampler.n_startup_trials must be >= 0 and sampler.population_size >= 2")
     if sampler.name == "grid" and raw.mode == "search":
@@ -255,6 +295,9 @@ def _validate_pruner(pruner: S.PrunerSpec, objectives: list, where: str) -> S.Pr
 def _validate_seeds(seeds: list, where: str) -> list:
     if not seeds:
         raise ConfigError(f"{where}: seeds must list at least one integer seed")
+    for i, s in enumerate(seeds):
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED:
+            raise ConfigError(f"{where}: seeds[{i}]={s!r} must be an integer between 0 and {MAX_SEED}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds={list(seeds)} has duplicates")
     if any(s < 0 for s in seeds):
@@ -275,16 +318,27 @@ def _validate_resources(res: S.ResourcesSpec, where: str) -> None:
     if not 0 < res.cpus_per_trial <= 1024:
         raise ConfigError(f"{where}: resources.cpus_per_trial={res.cpus_per_trial} must be in (0, 1024]")
     gpus = res.gpus_per_trial
-    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+    if not math.isfinite(gpus) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
         raise ConfigError(
             f"{where}: resources.gpus_per_trial={gpus} must be 0, a fraction in (0, 1] or a whole number"
         )
     if not 1 <= res.concurrency <= 10_000:
         raise ConfigError(f"{where}: resources.concurrency={res.concurrency} must be between 1 and 10000")
-    if res.trial_timeout_s is not None and res.trial_timeout_s <= 0:
-        raise ConfigError(f"{where}: resources.trial_timeout_s={res.trial_timeout_s} must be > 0")
+    if res.trial_timeout_s is not None and not 0 < res.trial_timeout_s < math.inf:
+        raise ConfigError(f"{where}: resources.trial_timeout_s={res.trial_timeout_s} must be a finite number > 0")
     if res.max_retries < 0:
         raise ConfigError(f"{where}: resources.max_retries={res.max_retries} must be >= 0")
+
+
+def _validate_uris(raw: S.SweepFile, where: str) -> None:
+    """Storage and tracking URIs need a scheme (the values are not echoed: they may hold passwords)."""
+    if raw.storage and not URI_RE.match(raw.storage):
+        raise ConfigError(f"{where}: storage must be a database URL such as sqlite:///path/optuna.db or "
+                          "postgresql://user@host/db (or null for the sweep directory's SQLite file)")
+    uri = raw.tracking.uri
+    if uri and not (URI_RE.match(uri) or uri.startswith(("file:", "databricks"))):
+        raise ConfigError(f"{where}: tracking.uri must be a tracking URI such as http://127.0.0.1:5000 or "
+                          "sqlite:///path/mlflow.db (or null for the sweep directory's SQLite file)")
 
 
 def _apply(base: dict, path: str, value: Any, key: str, where: str) -> None:
@@ -327,23 +381,36 @@ def _param(name: str, value: Any, base: dict, where: str) -> S.ParamSpec:
         for i, c in enumerate(choices):
             if not isinstance(c, (str, int, float, bool)) or c is None:
                 raise ConfigError(f"{where}: space.{name}[{i}]={c!r} must be a string, number or boolean")
+            if isinstance(c, (int, float)) and not isinstance(c, bool) and not _finite(c):
+                raise ConfigError(f"{where}: space.{name}[{i}]={c!r} must be a finite number")
             _apply(base, path, c, f"space.{name}[{i}]", where)
         return S.ParamSpec(name=name, path=path, type=kind, choices=choices)
     low, high, step = value.get("low"), value.get("high"), value.get("step")
     for key, v in (("low", low), ("high", high)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise ConfigError(f"{where}: space.{name}.{key}={v!r} must be a number")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not _finite(v):
+            raise ConfigError(f"{where}: space.{name}.{key}={v!r} must be a finite number")
     if not low < high:
         raise ConfigError(f"{where}: space.{name}: low={low} must be < high={high}")
     if kind == "log_float" and low <= 0:
         raise ConfigError(f"{where}: space.{name}.low={low} must be > 0 for log_float")
     if kind == "int" and (int(low) != low or int(high) != high):
         raise ConfigError(f"{where}: space.{name}: int range needs integer low/high, got {low}, {high}")
-    if step is not None and (not isinstance(step, (int, float)) or step <= 0):
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or not _finite(step)
+                             or step <= 0):
         raise ConfigError(f"{where}: space.{name}.step={step!r} must be a positive number")
+    if kind == "int" and step is not None and int(step) != step:
+        raise ConfigError(f"{where}: space.{name}.step={step!r} must be a positive integer for an int range")
     for key, v in (("low", low), ("high", high)):
         _apply(base, path, int(v) if kind == "int" else float(v), f"space.{name}.{key}", where)
     return S.ParamSpec(name=name, path=path, type=kind, low=low, high=high, step=step)
+
+
+def _finite(v: Any) -> bool:
+    """A number that converts to a finite float (not NaN, not infinite, not an int too large for a float)."""
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _validate_changes(raw: S.SweepFile, base: dict, where: str) -> list:

@@ -35,13 +35,63 @@ class ConfigError(ValueError):
     """A config or sweep file that cannot be used; the message names the file and key path."""
 
 
+# Far beyond what any config needs; keeps alias bombs and deep nesting from hanging or
+# overflowing the stack of the loaders that walk the data after YAML.
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+
+
 def parse_yaml_text(text: str, where: str = "<string>") -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not usable YAML: nested more than {MAX_DEPTH} levels deep") from None
+    check_shape(data, where)
+    return data
+
+
+def check_shape(data: Any, where: str) -> None:
+    """Refuse data nested deeper than MAX_DEPTH, expanding (through YAML aliases) to more than
+    MAX_VALUES values, or with mapping keys that are not strings; errors name the key path."""
+    seen: dict[int, tuple[int, int]] = {}  # id -> (values, height) of the containers walked
+
+    def walk(node: Any, path: str, depth: int) -> tuple[int, int]:
+        if not isinstance(node, (dict, list)):
+            return 1, 0
+        if id(node) not in seen:  # a YAML alias is the same object again: walk it once
+            if isinstance(node, dict):
+                for key in node:
+                    if not isinstance(key, str):
+                        raise ConfigError(f"{where}: {_join(path, repr(key))}: keys must be strings, "
+                                          f"got {type(key).__name__}")
+                items = [(_join(path, key), value) for key, value in node.items()]
+            else:
+                items = [(f"{path}[{i}]", value) for i, value in enumerate(node)]
+            values, height = 1, 0
+            for sub, value in items:
+                if depth + 1 > MAX_DEPTH:
+                    raise ConfigError(f"{where}: {sub}: nested more than {MAX_DEPTH} levels deep")
+                n, h = walk(value, sub, depth + 1)
+                values, height = values + n, max(height, h + 1)
+                if values > MAX_VALUES:
+                    raise ConfigError(f"{where}: {path or 'the top level'}: expands to more than "
+                                      f"{MAX_VALUES} values (YAML aliases?)")
+            seen[id(node)] = (values, height)
+        values, height = seen[id(node)]
+        if depth + height > MAX_DEPTH:
+            raise ConfigError(f"{where}: {path or 'the top level'}: nested more than {MAX_DEPTH} levels deep")
+        return values, height
+
+    walk(data, "", 0)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -4,6 +4,7 @@
     carvelab train CONFIG.yaml [key=value ...]     one trial in-process (no Ray)
     carvelab sweep run FILE|NAME [key=value ...] [--address ADDR] [--root DIR]
     carvelab sweep status NAME [--root DIR]
+    carvelab sweep check NAME [--root DIR] [--repair]   Optuna vs MLflow; exit 1 on disagreement
     carvelab pareto NAME [--root DIR]               the front as a table; refreshes MLflow
     carvelab ablation NAME [--root DIR]             effects vs the baseline, paired by seed
     carvelab export NAME --out DIR [--rank 0] [--top N] [--format carvelab|fla]
@@ -92,6 +93,14 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep_check(args: argparse.Namespace) -> int:
+    from carvelab.trials.check import check_sweep
+
+    report = check_sweep(args.name, args.root, repair=args.repair)
+    print(report.text())
+    return 0 if report.consistent else 1
+
+
 def cmd_pareto(args: argparse.Namespace) -> int:
     import polars as pl
 
@@ -158,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--root", default="carvelab_sweeps")
     status.set_defaults(func=cmd_sweep_status)
+    check = sweep.add_parser("check", help="reconcile a sweep's Optuna trials with its MLflow runs "
+                                           "(exit 1 while they disagree)")
+    check.add_argument("name")
+    check.add_argument("--root", default="carvelab_sweeps")
+    check.add_argument("--repair", action="store_true",
+                       help="fix the disagreements (never while a driver is running the sweep)")
+    check.set_defaults(func=cmd_sweep_check)
 
     pareto = sub.add_parser("pareto", help="print a sweep's Pareto front and refresh it in MLflow")
     pareto.add_argument("name")

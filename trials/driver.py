@@ -85,7 +85,14 @@ class SweepDriver:
     def run(self) -> SweepSummary:
         from carvelab.trials import scheduler
 
+        from carvelab.trials.check import driver_lock
+
         t0 = time.monotonic()
+        self.dir.bind(self.spec)
+        with driver_lock(self.dir.path):
+            return self._run_locked(scheduler, t0)
+
+    def _run_locked(self, scheduler, t0: float) -> SweepSummary:
         self._open()
         started = scheduler.start_ray(self.address)
         status = "KILLED"
@@ -316,6 +323,9 @@ class SweepDriver:
             payload = self.dir.load_result(t.number)
             if payload is not None:
                 logger.info("finishing trial %d from its saved result", t.number)
+                run_id = t.user_attrs.get("mlflow_run_id")
+                if run_id:  # steps streamed before the crash are not logged again
+                    self.logged[t.number] = self.tracker.logged_steps(run_id, payload.get("history", []))
                 self._record(t.number, payload)
                 continue
             child = self.tracker.find_child(t.number)
@@ -325,7 +335,9 @@ class SweepDriver:
             trial = optuna.trial.Trial(self.study, t._trial_id)
             trial.set_user_attr("reason", "driver_died")
             self.study.tell(trial, state=TrialState.FAIL)
-            st.enqueue(self.study, dict(t.params), int(t.user_attrs.get("seed", self.spec.seeds[0])),
+            # A driver killed inside ask leaves only part of the params: the fixed ones complete them.
+            point = {**t.system_attrs.get("fixed_params", {}), **t.params}
+            st.enqueue(self.study, point, int(t.user_attrs.get("seed", self.spec.seeds[0])),
                        t.user_attrs.get("label", ""), requeued_from=t.number)
             logger.info("trial %d was running when the driver stopped; re-queued", t.number)
 

@@ -159,6 +159,8 @@ class RayExecutor:
 
 def failure_reason(exc: BaseException) -> str:
     """Map an exception from ``ray.get`` to a failure reason tag."""
+    import errno
+
     import ray.exceptions as rex
 
     if isinstance(exc, rex.TaskCancelledError):
@@ -170,5 +172,11 @@ def failure_reason(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     name = type(cause).__name__
     if "OutOfMemory" in name or isinstance(cause, MemoryError):
+        return "oom"
+    # torch's CPU allocator raises a RuntimeError ("DefaultCPUAllocator: can't allocate memory"),
+    # other backends "... out of memory"; an OSError may carry ENOMEM.
+    text = str(cause).lower()
+    if any(s in text for s in ("can't allocate memory", "cannot allocate memory", "out of memory")) \
+            or getattr(cause, "errno", None) == errno.ENOMEM:
         return "oom"
     return "exception"

@@ -8,26 +8,32 @@ reach params, tags or logs.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
 
-_CRED = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+)(:(?P<pw>[^@/\s]*))?@")
+_CRED = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*)(:(?P<pw>[^@/\s]*))?@")
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](password|passwd|pwd|token|secret|api_key)=)[^&#\s]*", re.IGNORECASE)
+# MLflow prints "View run ... at: <tracking URI>" when a run ends; the URI may carry credentials.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def redact(uri: Optional[str]) -> Optional[str]:
     """``postgresql://bob:secret@host/db`` -> ``postgresql://bob:***@host/db``."""
     if uri is None:
         return None
-    return _CRED.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["pw"] is not None else m.group(0), uri)
+    return redact_text(uri)
 
 
 def redact_text(text: str) -> str:
     """``redact`` applied to every URI inside a block of text."""
-    return _CRED.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["pw"] is not None else m.group(0), text)
+    text = _CRED.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["pw"] is not None else m.group(0), text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}***", text)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -57,6 +63,9 @@ class NullTracker:
 
     def log_metrics(self, run_id, step: int, metrics: dict[str, float]) -> None:
         pass
+
+    def logged_steps(self, run_id, history: list) -> set:
+        return set()
 
     def set_tags(self, run_id, tags: dict[str, str]) -> None:
         pass
@@ -108,7 +117,37 @@ class MlflowTracker:
             if exp.lifecycle_stage == "deleted":
                 _retry(self.client.restore_experiment, exp.experiment_id)
             return exp.experiment_id
-        return _retry(self.client.create_experiment, name, artifact_location=artifact_location)
+        tried = False
+
+        def create_experiment() -> str:
+            # A retried request whose response was lost may have created it already.
+            nonlocal tried
+            if tried and (found := self.client.get_experiment_by_name(name)) is not None:
+                return found.experiment_id
+            tried = True
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+
+        return _retry(create_experiment)
+
+    def _create_run(self, run_name: str, tags: dict[str, str]):
+        """``create_run`` that is safe to retry: a tracking server that dies after creating the
+        run but before answering must not leave a second, forever RUNNING, run behind. The run
+        carries a fresh token; a retry first looks for a run with that token."""
+        token = uuid.uuid4().hex
+        tags = {**tags, "carvelab.create_token": token}
+        tried = False
+
+        def create_run():
+            nonlocal tried
+            if tried:
+                found = self.client.search_runs([self.experiment_id], max_results=1,
+                                                filter_string=f"tags.`carvelab.create_token` = '{token}'")
+                if found:
+                    return found[0]
+            tried = True
+            return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+
+        return _retry(create_run)
 
     def start_parent(self, name: str, tags: dict[str, str]) -> str:
         """Reuse the sweep's parent run if one exists (resume), else create it."""
@@ -121,16 +160,14 @@ class MlflowTracker:
             if runs[0].info.status != "RUNNING":
                 _retry(self.client.update_run, self.parent_run_id, status="RUNNING")
         else:
-            run = _retry(self.client.create_run, self.experiment_id, run_name=name,
-                         tags={"carvelab.role": "sweep", "carvelab.sweep": name, **tags})
+            run = self._create_run(name, {"carvelab.role": "sweep", "carvelab.sweep": name, **tags})
             self.parent_run_id = run.info.run_id
         return self.parent_run_id
 
     def start_child(self, trial_number: int, params: dict[str, str], tags: dict[str, str]) -> str:
         run_tags = {"mlflow.parentRunId": self.parent_run_id, "carvelab.role": "trial",
                     "optuna_trial_number": str(trial_number), **tags}
-        run = _retry(self.client.create_run, self.experiment_id,
-                     run_name=f"trial-{trial_number}", tags=run_tags)
+        run = self._create_run(f"trial-{trial_number}", run_tags)
         from mlflow.entities import Param
 
         items = [Param(k[:250], v[:6000]) for k, v in params.items()]
@@ -151,6 +188,14 @@ class MlflowTracker:
         r = runs[0]
         return {"run_id": r.info.run_id, "status": r.info.status, "tags": dict(r.data.tags),
                 "metrics": dict(r.data.metrics)}
+
+    def logged_steps(self, run_id, history: list) -> set:
+        """The evaluation steps of ``history`` whose metrics are already in the run."""
+        names = {k for _, metrics in history for k in metrics}
+        key = "val_loss" if "val_loss" in names else next(iter(sorted(names)), None)
+        if key is None:
+            return set()
+        return {m.step for m in _retry(self.client.get_metric_history, run_id, key)}
 
     def log_metrics(self, run_id, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
