@@ -30,7 +30,8 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
     if address:
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
         return False
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env,
+    # address="local": always a new local instance, never a cluster some other process started here.
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env,
              logging_level=logging.WARNING, log_to_driver=False)
     return True
 
