@@ -1,6 +1,4 @@
 """Trial tables, fronts, MLflow publishing, ablation tables and export over real tiny sweeps."""
-import dataclasses
-import json
 
 import polars as pl
 import pytest

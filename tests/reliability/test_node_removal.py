@@ -1,5 +1,4 @@
 """A node of a real 3-node Ray cluster (all on 127.0.0.1) removed mid-sweep: its trials finish elsewhere."""
-import os
 import threading
 
 import pytest
@@ -11,21 +10,14 @@ from tests.reliability.helpers import (
     COMPLETE, account, audit, child_runs, cmdline, descendants, point_key, wait_for,
 )
 from tests.reliability.ledger import LEDGER
-from tests.trials.sweep_helpers import tiny_sweep
+from tests.trials.sweep_helpers import local_cluster, tiny_sweep
 
 
 @pytest.fixture
 def cluster():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
-    from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(3):
-        c.add_node(num_cpus=1)
-    c.wait_for_nodes()
+    c = local_cluster(3)
     ray.init(address=c.address)
     yield c
     ray.shutdown()

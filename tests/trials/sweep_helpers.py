@@ -63,3 +63,23 @@ def assert_exactly_once(summary):
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert not [r for r in runs if r.info.status == "RUNNING"]
     return study, runs
+
+
+def local_cluster(nodes: int = 3):
+    """A real multi-node Ray cluster on 127.0.0.1: a head with no CPUs and ``nodes`` 1-CPU nodes.
+
+    The caller shuts it down (``cluster.shutdown()`` ends its processes by PID).
+    """
+    import os
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster

@@ -1,5 +1,4 @@
 """Pruning decisions, without Ray: Pareto-aware and Optuna's pruners over a shadow study."""
-import itertools
 import random
 
 import pytest

@@ -1,25 +1,16 @@
 """Trials spread over the nodes of a real 3-node Ray cluster (all on 127.0.0.1)."""
-import os
-
 import pytest
 
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.trials.driver import run_sweep
-from tests.trials.sweep_helpers import assert_exactly_once, child_runs, tiny_sweep
+from tests.trials.sweep_helpers import assert_exactly_once, child_runs, local_cluster, tiny_sweep
 
 
 @pytest.fixture
 def cluster():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
-    from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(3):
-        c.add_node(num_cpus=1)
-    c.wait_for_nodes()
+    c = local_cluster(3)
     yield c
     ray.shutdown()
     c.shutdown()
