@@ -186,6 +186,11 @@ class SweepDriver:
             trial.set_user_attr("seed", seed)
             trial.set_user_attr("reason", "duplicate")
             self.study.tell(trial, state=TrialState.FAIL)
+            # A model-based sampler that has converged keeps proposing the same point (and
+            # ignores failed trials): queue a random point not trained yet so the sweep explores.
+            fresh = self._random_untrained_point(trial.number)
+            if fresh is not None:
+                st.enqueue(self.study, fresh, seed, exploration_after=trial.number)
             logger.debug("trial %d repeats a trained point; not trained", trial.number)
             return "duplicate"
         if sampled:
@@ -211,6 +216,28 @@ class SweepDriver:
         trial.set_user_attr("mlflow_run_id", run_id)
         handle = self.executor.submit(config_dict, trial.number)
         return _Inflight(handle, trial, run_id)
+
+    def _random_untrained_point(self, salt: int) -> Optional[dict]:
+        """A uniformly random point of the space whose first seed has not been trained (None if none)."""
+        import random
+
+        rng = random.Random(self.spec.sampler.seed * 1_000_003 + salt)
+        trained = self._trained_keys(exclude=-1)
+        size = self._space_size()
+        candidates = None
+        if size is not None and size <= 100_000:
+            from carvelab.search_space.sweep_loading import grid_values
+
+            import itertools
+            names = [p.name for p in self.spec.params]
+            candidates = [dict(zip(names, combo)) for combo in itertools.product(*(grid_values(p) for p in self.spec.params))]
+            candidates = [c for c in candidates if st.point_key(c, self.spec.seeds[0]) not in trained]
+            return rng.choice(candidates) if candidates else None
+        for _ in range(100):
+            point = {name: _draw(dist, rng) for name, dist in self.dists.items()}
+            if st.point_key(point, self.spec.seeds[0]) not in trained:
+                return point
+        return None
 
     def _trained_keys(self, exclude: int) -> set:
         return {st.point_key(dict(t.params), st.seed_of(t, self.spec))
@@ -353,6 +380,19 @@ class SweepDriver:
                 self.counts[state] += 1
             elif t.state == TrialState.FAIL and st.reason(t) == "infeasible":
                 self.counts["infeasible"] += 1
+
+
+def _draw(dist, rng):
+    """One uniform draw from an Optuna distribution (log-uniform for log floats)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return rng.choice(list(dist.choices))
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return rng.randrange(dist.low, dist.high + 1, dist.step)
+    if dist.log:
+        return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+    if dist.step:
+        return dist.low + dist.step * rng.randint(0, int(round((dist.high - dist.low) / dist.step)))
+    return rng.uniform(dist.low, dist.high)
 
 
 def run_sweep(spec: SweepSpec, root: str | Path = "carvelab_sweeps", address: Optional[str] = None,

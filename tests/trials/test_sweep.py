@@ -110,3 +110,14 @@ def test_search_never_trains_a_point_twice_and_stops_when_the_space_is_exhausted
     assert sorted(t.params["erase_axis"] for t in trained) == ["key", "value"]
     repeats = [t for t in study.trials if t.state == FAIL]
     assert repeats and all(t.user_attrs["reason"] == "duplicate" for t in repeats)
+
+
+def test_a_converged_sampler_still_explores_untrained_points(tmp_path):
+    # TPE with one start-up trial soon proposes the same point again and again; each repeat
+    # queues a random untrained point instead, so the budget is spent on distinct points.
+    data = tiny_sweep("explore", tmp_path / "cache", sampler={"name": "tpe", "seed": 0, "n_startup_trials": 1},
+                      space={"erase_axis": ["key", "value"], "write_gate": ["scalar", "per_value"]},
+                      budget={"trials": 4}, resources={"cpus_per_trial": 1, "concurrency": 1})
+    study, _ = assert_exactly_once(run_sweep(load_sweep(data), tmp_path))
+    trained = {(t.params["erase_axis"], t.params["write_gate"]) for t in study.trials if t.state == COMPLETE}
+    assert len(trained) == 4
