@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from carvelab.search_space.sweep_loading import point_config
+from carvelab.search_space.sweep_loading import grid_points, point_config
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
@@ -219,19 +220,11 @@ class SweepDriver:
 
     def _random_untrained_point(self, salt: int) -> Optional[dict]:
         """A uniformly random point of the space whose first seed has not been trained (None if none)."""
-        import random
-
         rng = random.Random(self.spec.sampler.seed * 1_000_003 + salt)
         trained = self._trained_keys(exclude=-1)
         size = self._space_size()
-        candidates = None
         if size is not None and size <= 100_000:
-            from carvelab.search_space.sweep_loading import grid_values
-
-            import itertools
-            names = [p.name for p in self.spec.params]
-            candidates = [dict(zip(names, combo)) for combo in itertools.product(*(grid_values(p) for p in self.spec.params))]
-            candidates = [c for c in candidates if st.point_key(c, self.spec.seeds[0]) not in trained]
+            candidates = [c for c in grid_points(self.spec) if st.point_key(c, self.spec.seeds[0]) not in trained]
             return rng.choice(candidates) if candidates else None
         for _ in range(100):
             point = {name: _draw(dist, rng) for name, dist in self.dists.items()}
