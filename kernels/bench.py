@@ -142,9 +142,12 @@ def _warn_if_busy() -> None:
 
 def bench_gpu(args: argparse.Namespace) -> int:
     """Our Triton kernels against flash-linear-attention on the GPU (kernels/bench_gpu.py)."""
-    from carvelab.kernels.bench_gpu import main as gpu_main
+    from carvelab.kernels.bench_gpu import main as gpu_main, warm_only
 
-    result = gpu_main(args.shapes.split(","), args.out, fla=not args.no_fla)
+    if args.warm_only:
+        warm_only(args.shapes.split(","), args.warm_jobs or 1, fla=not args.no_fla)
+        return 0
+    result = gpu_main(args.shapes.split(","), args.out, fla=not args.no_fla, warm_jobs=args.warm_jobs)
     return 0 if result["reference_check"]["passed"] else 1
 
 
@@ -174,6 +177,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--shapes", default="large,small", help="gpu: comma-separated shapes (large, small)")
     p.add_argument("--out", default=None, help="gpu: write the figures as JSON here")
     p.add_argument("--no-fla", action="store_true", help="gpu: time our kernels only")
+    p.add_argument("--warm-jobs", type=int, default=0,
+                   help="gpu: compile every point first in this many parallel processes (0: no warm-up)")
+    p.add_argument("--warm-only", action="store_true", help="gpu: fill the Triton cache, time nothing")
     return p.parse_args(argv)
 
 

@@ -2,6 +2,7 @@
 
     python -m carvelab.kernels.bench --gpu                      # full figures, JSON to --out
     python -m carvelab.kernels.bench --gpu --shapes small       # a quick look
+    python -m carvelab.kernels.bench --gpu --warm-jobs 12       # compile in 12 processes first
 
 flash-linear-attention (``fla-core``) is an optional, benchmark-only dependency. For each
 shape the same bf16 inputs go to both libraries; correctness (ours vs the fp32 reference
@@ -10,12 +11,25 @@ is printed only where it passed. Times are medians of CUDA-event timings after w
 memory is the peak allocated beyond the inputs. The HBM floor is the minimum bytes a
 kernel must move (inputs read, outputs written) over the copy bandwidth measured in the
 same run.
+
+Compilation and autotuning (flash-linear-attention's first call at a shape tries dozens
+of configurations per kernel, for minutes) happen before any timing. With
+``--warm-jobs N`` one untimed forward+backward per (library, point, shape) runs first in
+N parallel processes sharing the Triton cache; the autotune choices those concurrent
+processes made are then deleted from the cache, so the timing process re-times every
+configuration alone on the GPU (cheap: the binaries are cached) and both libraries are
+timed at their own best configurations.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -161,19 +175,24 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
                 continue
             try:
                 o = fn()
-                do = torch.randn_like(o)
+                do = torch.randn(o.shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
+                grads = torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)
                 row[who] = {
                     "fwd_ms": cuda_time(lambda: fn()),
                     "fwd_bwd_ms": cuda_time(lambda: torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)),
                     "peak_extra_mb": peak_extra_mb(lambda: torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)),
                 }
-                row[who]["_o"] = o.detach()
+                row[who]["_o"] = [o.detach(), *grads]
             except Exception as exc:  # one failing point must not hide the others' figures
                 logger.exception("%s %s failed", who, name)
                 row[who] = {"error": f"{type(exc).__name__}: {exc}"}
         if "ours" in row and "fla" in row and "_o" in row["ours"] and "_o" in row["fla"]:
-            row["rel_err_vs_fla"] = rel_err(row["ours"]["_o"], row["fla"]["_o"])
-            row["matches_fla"] = row["rel_err_vs_fla"] <= 2e-2  # bf16 inputs, different summation orders
+            errs = [rel_err(a, b) for a, b in zip(row["ours"]["_o"], row["fla"]["_o"])]
+            row["rel_err_vs_fla"] = errs[0]
+            row["grad_rel_err_vs_fla"] = dict(zip(("dq", "dk", "dv"), errs[1:]))
+            # bf16 inputs, different summation orders; a large gradient gap flags a miscompile
+            row["matches_fla"] = errs[0] <= 2e-2
+            row["grads_match_fla"] = max(errs[1:]) <= 5e-2
             if row["matches_fla"]:
                 row["fwd_bwd_ratio_vs_fla"] = row["ours"]["fwd_bwd_ms"] / row["fla"]["fwd_bwd_ms"]
                 row["fwd_ratio_vs_fla"] = row["ours"]["fwd_ms"] / row["fla"]["fwd_ms"]
@@ -196,7 +215,85 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
     return out
 
 
-def run_gpu(shapes: list[str]) -> dict:
+# ----------------------------------------------------------------------------- cache warm-up
+def _cache_dir() -> Path:
+    return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+
+
+def warm_one(shape: str, name: str, who: str) -> None:
+    """One untimed forward+backward of one point (run in a worker process)."""
+    x = {n: t.requires_grad_() for n, t in make_inputs(**SHAPES[shape]).items()}
+    fn = dict(zip(("ours", "fla"), points(x)[name]))[who]
+    if fn is not None:
+        o = fn()
+        torch.autograd.grad(o, [x["q"], x["k"], x["v"]], torch.randn_like(o))
+        torch.cuda.synchronize()
+
+
+def warm_cache(shapes: list[str], jobs: int, timeout_s: float = 480.0) -> dict:
+    """Compile (and provisionally autotune) every point in ``jobs`` parallel processes.
+
+    The autotune timings of those concurrent processes are unreliable, so their cached
+    choices (``*.autotune.json``) are deleted afterwards; compiled binaries stay."""
+    names = list(points_names())
+    units = [(s, n, who) for who in (("fla", "ours") if USE_FLA else ("ours",)) for s in shapes for n in names
+             if who == "ours" or n in FLA_POINTS]
+    start, pending, running, report = time.monotonic(), list(units), {}, {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            unit = pending.pop(0)
+            cmd = [sys.executable, "-m", "carvelab.kernels.bench_gpu", "warm", *unit]
+            running[unit] = (subprocess.Popen(cmd), time.monotonic())
+        for unit, (proc, t0) in list(running.items()):
+            if proc.poll() is None and time.monotonic() - t0 > timeout_s:
+                proc.kill()
+                proc.wait()
+            if proc.poll() is not None:
+                report["/".join(unit)] = {"rc": proc.returncode, "s": round(time.monotonic() - t0, 1)}
+                del running[unit]
+        time.sleep(0.2)
+    removed = 0
+    for path in _cache_dir().rglob("*.autotune.json"):
+        path.unlink()
+        removed += 1
+    print(f"warm-up: {len(units)} units in {time.monotonic() - start:.0f} s with {jobs} processes; "
+          f"{removed} provisional autotune choices dropped; {report}", flush=True)
+    return {"seconds": time.monotonic() - start, "jobs": jobs, "units": report, "autotune_choices_dropped": removed}
+
+
+FLA_POINTS = ("gdn2", "kda", "gdn")
+
+
+def points_names() -> tuple[str, ...]:
+    return ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2_value_axis_recurrent", "gdn2_key_axis_recurrent")
+
+
+# ----------------------------------------------------------------------------- profile
+def kernel_profile(shape: str, name: str = "gdn2", top: int = 14) -> dict:
+    """CUDA time per kernel of one forward+backward (ours and fla), in ms, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = {n: t.requires_grad_() for n, t in make_inputs(**SHAPES[shape]).items()}
+    out = {}
+    for who, fn in zip(("ours", "fla"), points(x)[name]):
+        if fn is None:
+            continue
+
+        def step():
+            o = fn()
+            torch.autograd.grad(o, [x["q"], x["k"], x["v"]], torch.ones_like(o))
+
+        step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        rows = sorted(((e.key, e.device_time_total / 1e3) for e in prof.key_averages()), key=lambda r: -r[1])
+        out[who] = {"total_ms": sum(t for _, t in rows), "kernels_ms": dict(rows[:top])}
+    return out
+
+
+def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
     import triton
 
     if not torch.cuda.is_available():
@@ -213,8 +310,16 @@ def run_gpu(shapes: list[str]) -> dict:
     if not result["reference_check"]["passed"]:
         result["note"] = "our kernels disagree with the reference: no speed figures are reported"
         return result
+    if warm_jobs > 0:
+        result["warm_up"] = warm_cache(shapes, warm_jobs)
     result["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
     result["shapes"] = {s: bench_shape(s, result["copy_bandwidth_gbs"]) for s in shapes}
+    try:
+        result["profile_gdn2_" + shapes[0]] = kernel_profile(shapes[0])
+        print(f"profile: {json.dumps(result['profile_gdn2_' + shapes[0]])}", flush=True)
+    except Exception as exc:  # the profile is a diagnostic; never lose the timings for it
+        logger.exception("kernel profile failed")
+        result["profile_error"] = f"{type(exc).__name__}: {exc}"
     return result
 
 
@@ -233,12 +338,24 @@ def print_table(result: dict) -> None:
                   + (f"  ERROR {o['error']}" if "error" in o else "") + (f"  fla ERROR {f['error']}" if "error" in f else ""))
 
 
-def main(shapes: list[str], out: str | None, fla: bool = True) -> dict:
+def warm_only(shapes: list[str], jobs: int, fla: bool = True) -> dict:
     global USE_FLA
     USE_FLA = fla
-    result = run_gpu(shapes)
+    return warm_cache(shapes, jobs)
+
+
+def main(shapes: list[str], out: str | None, fla: bool = True, warm_jobs: int = 0) -> dict:
+    global USE_FLA
+    USE_FLA = fla
+    result = run_gpu(shapes, warm_jobs)
     print_table(result)
     if out:
         with open(out, "w") as fh:
             json.dump(result, fh, indent=2, default=str)
     return result
+
+
+if __name__ == "__main__":  # worker of warm_cache: python -m carvelab.kernels.bench_gpu warm SHAPE POINT WHO
+    if len(sys.argv) != 5 or sys.argv[1] != "warm":
+        raise SystemExit("usage: python -m carvelab.kernels.bench_gpu warm SHAPE POINT WHO")
+    warm_one(*sys.argv[2:])

@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels.triton_recurrent import autotune_configs, block_size, dot_precision, key_block
+from carvelab.kernels.triton_recurrent import autotune, autotune_configs, block_size, dot_precision, key_block
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _state_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constex
 
 
 # ----------------------------------------------------------------------------- forward
-@triton.autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
+@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
 @triton.jit
 def _intra_fwd_kernel(
     q, a, u, G, M, Qm, TP,
@@ -132,7 +132,7 @@ def _intra_fwd_kernel(
     _put(Qm, Qb, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC)
 
 
-@triton.autotune(configs=autotune_configs(warps=(2, 4, 8)), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(warps=(2, 4, 8)), key=["BK", "BT", "BV"])
 @triton.jit
 def _solve_fwd_kernel(
     a, x, G, M, A, W, XA, TP,
@@ -159,7 +159,7 @@ def _solve_fwd_kernel(
         _put(XA, tl.dot(Ai, xt, input_precision=PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
 
 
-@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
 @triton.jit
 def _state_fwd_kernel(
     u, G, W, XA, s0, h, dlt, s_out, TP, NT,
@@ -186,7 +186,7 @@ def _state_fwd_kernel(
     tl.store(p_o, S, mask=m_o)
 
 
-@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
 @triton.jit
 def _output_fwd_kernel(
     q, G, Qm, h, dlt, o, TP, NT, scale,
@@ -207,7 +207,7 @@ def _output_fwd_kernel(
 
 
 # ----------------------------------------------------------------------------- backward
-@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
 @triton.jit
 def _state_bwd_kernel(
     q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
@@ -242,7 +242,7 @@ def _state_bwd_kernel(
     tl.store(p_0, dS, mask=m_0)
 
 
-@triton.autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
 @triton.jit
 def _inter_bwd_kernel(
     G, h, dh, dlt, do, dx, dQm, dM, dq0, da0, du0, TP, NT, scale,
@@ -352,7 +352,7 @@ def _pairs_as_cols(
     return du
 
 
-@triton.autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
+@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
 @triton.jit
 def _intra_bwd_kernel(
     q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, TP,

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels.triton_recurrent import autotune_configs, key_block
+from carvelab.kernels.triton_recurrent import autotune, autotune_configs, key_block
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _load_step(p_k, p_g, p_r, mk):
     return kt, d, tl.load(p_r).to(tl.float32)
 
 
-@triton.autotune(configs=autotune_configs(warps=(4, 8, 16)), key=["BK"])
+@autotune(configs=autotune_configs(warps=(4, 8, 16)), key=["BK"])
 @triton.jit
 def _cov_fwd_kernel(
     k, g, r, p0, u, p_out, ckpt, T, NS,
@@ -114,7 +114,7 @@ def _cov_step_bwd(Pb, kt, d, rt, dut, dP, eye):
     return dk, dg, dr, d[:, None] * dPb * d[None, :]
 
 
-@triton.autotune(configs=autotune_configs(warps=(4, 8, 16)), key=["BK"])
+@autotune(configs=autotune_configs(warps=(4, 8, 16)), key=["BK"])
 @triton.jit
 def _cov_bwd_kernel(
     k, g, r, du, ckpt, dp_out, scratch, dk, dg, dr, dp0, T, NS,

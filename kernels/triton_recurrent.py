@@ -41,6 +41,7 @@ programs. Partial sums over value tiles (dq, da, du) are reduced in torch.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections import Counter
@@ -70,6 +71,15 @@ def autotune_configs(warps=(2, 4, 8), stages=(1, 2, 3)) -> list:
     if interpreted() or os.environ.get("CARVELAB_AUTOTUNE", "1") == "0":
         return [triton.Config({}, num_warps=4, num_stages=1)]
     return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+
+
+def autotune(configs: list, key: list):
+    """``triton.autotune`` whose choices persist in the Triton cache (``TRITON_CACHE_DIR``).
+
+    A second process (a second trial on the same node) at the same shapes then neither
+    recompiles nor re-times the configurations."""
+    kwargs = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    return triton.autotune(configs=configs, key=key, **kwargs)
 
 
 def block_size(n: int, cap: int) -> int:
@@ -108,7 +118,7 @@ def _tile_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexp
     return base + i_mat * K * V + rk[:, None] * V + cv[None, :], (rk[:, None] < K) & (cv[None, :] < V)
 
 
-@triton.autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
+@autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
 @triton.jit
 def _recurrent_fwd_kernel(
     q, a, u, x, g, beta, s0, o, delta, s_out, ckpt, T, NS, scale,
@@ -145,7 +155,7 @@ def _recurrent_fwd_kernel(
     tl.store(p_e, S, mask=m_s)
 
 
-@triton.autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
+@autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
 @triton.jit
 def _recurrent_bwd_reverse_kernel(
     q, a, u, g, beta, delta, do, ds_out, ddelta, du_part, ds0, T, scale,
@@ -181,7 +191,7 @@ def _recurrent_bwd_reverse_kernel(
     tl.store(p_0, dS, mask=m_s)
 
 
-@triton.autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
+@autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
 @triton.jit
 def _recurrent_bwd_forward_kernel(
     q, a, u, x, g, beta, ckpt, do, ddelta, dq_part, da_part, dbeta, T, NS, scale,

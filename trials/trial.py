@@ -96,6 +96,8 @@ class _Run:
         self.task = task_factory(config.task)
         seed_everything(self.train.seed)
         self.model, self.model_cfg = build_model(config, self.task.vocab_size, self.device)
+        self.built_at = time.perf_counter()
+        self.first_step_s = float("nan")  # model built -> first step done (kernel compile/autotune)
         self.optimizer = make_optimizer(self.model, self.train)
         self.meter = Meter(self.device, skip=self.train.compile_steps)
         self.history: list[tuple[int, dict]] = []
@@ -160,6 +162,8 @@ class _Run:
             "train_loss": train_loss, "tokens_per_s": self.meter.tokens_per_s,
             "peak_mem_mb": self.meter.peak_memory_mb(), "wall_s": wall_s, "step": float(self.step),
         })
+        if math.isfinite(self.first_step_s):
+            metrics["first_step_s"] = self.first_step_s
         self.history.append((self.step, metrics))
         return metrics
 
@@ -187,6 +191,8 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
     while run.step < train.steps:
         loss = run.train_step()
         run.step += 1
+        if math.isnan(run.first_step_s):  # this process's first step: compile/autotune/cache load
+            run.first_step_s = time.perf_counter() - run.built_at
         if on_step is not None:
             on_step(run.step)
         wall = time.perf_counter() - start

@@ -42,6 +42,13 @@ def test_bundled_quickstart_is_valid():
     assert len(spec.objectives) >= 2 and spec.pruner.name == "pareto"
 
 
+def test_bundled_gpu_quickstart_shares_one_gpu_four_ways():
+    spec = load_sweep("quickstart_gpu")
+    assert {p.name for p in spec.params} == {p.name for p in load_sweep("quickstart").params}
+    assert spec.resources.gpus_per_trial == 0.25 and spec.resources.concurrency == 4
+    assert spec.base["train"]["device"] == "cuda"
+
+
 def test_on_off_axis_values_become_booleans():
     spec = load_sweep(sweep())
     gate = [p for p in spec.params if p.name == "content_gate"][0]

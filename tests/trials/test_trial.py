@@ -1,6 +1,7 @@
 """run_trial: a pure function that trains, reports, prunes, diverges, resumes."""
 import dataclasses
 import math
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from carvelab.trials.reporting import RecordingReporter
 from carvelab.trials.trial import COMPLETED, FAILED, PRUNED, run_trial
 
 METRICS = {"val_loss", "val_accuracy", "val_ppl", "train_loss", "tokens_per_s", "peak_mem_mb", "params",
-           "flops_per_token", "state_bytes", "wall_s"}
+           "flops_per_token", "state_bytes", "wall_s", "first_step_s"}
 
 
 def tiny(tmp_path, task="mqar", **train):
@@ -27,13 +28,17 @@ def tiny(tmp_path, task="mqar", **train):
 
 @pytest.mark.parametrize("task", ["mqar", "update_mqar", "lm"])
 def test_each_task_trains_and_returns_every_metric(task, tmp_path):
+    started = time.perf_counter()
     result = run_trial(tiny(tmp_path, task))
+    elapsed = time.perf_counter() - started
     assert result.status == COMPLETED and result.steps == 6
     assert METRICS <= set(result.metrics)
     assert all(math.isfinite(result.metrics[m]) for m in METRICS)
     assert [step for step, _ in result.history] == [3, 6]
     assert result.backend == "torch_chunk"
     assert result.metrics["params"] > 0 and result.metrics["tokens_per_s"] > 0
+    # model construction -> end of the first step: inside the call, longer than no step at all
+    assert 0 < result.metrics["first_step_s"] < elapsed
 
 
 def test_reporter_stop_prunes_at_that_step(tmp_path):
