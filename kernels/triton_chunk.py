@@ -28,8 +28,8 @@ Numerics: every exponent is a difference G_t − G_s <= 0 (g <= 0). Products ove
 16-token sub-chunks i > j factor through the first row r of sub-chunk i (or the last
 row of sub-chunk j), e^{G_t−r} · e^{r−G_s}, both factors <= 1, so they run on ``tl.dot``
 and never overflow even at g ≈ −20 per token; pairs inside one sub-chunk are formed
-elementwise, one column at a time. A is found by forward substitution on the [C, C]
-tile. State and every product are fp32.
+elementwise, one column at a time. A is found by forward substitution on each [16, 16]
+diagonal block, merged block by block with ``tl.dot``. State and every product are fp32.
 
 Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (sequential
 over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
@@ -132,26 +132,49 @@ def _intra_fwd_kernel(
     _put(Qm, Qb, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC)
 
 
+@triton.jit
+def _inverse_diag_block(M, i_b, t0, i_h, TP, H, BT: tl.constexpr, r0, BC: tl.constexpr):
+    """(I + M_rr)^{-1} of the [BC, BC] diagonal block at row r0, by forward substitution."""
+    rr = tl.arange(0, BC)
+    Mt = tl.where(rr[:, None] > rr[None, :], _tile(M, i_b, t0 + r0, i_h, TP, H, BT, r0, BC, BC), 0.0)
+    Ai = tl.where(rr[:, None] == rr[None, :], 1.0, 0.0)
+    for i in range(1, BC):
+        m_i = tl.sum(tl.where(rr[:, None] == i, Mt, 0.0), 0)  # row i of M, indexed by column j
+        row = tl.where(rr == i, 1.0, 0.0) - tl.sum(m_i[:, None] * Ai, 0)  # e_i − Σ_j M[i,j] A[j,:]
+        Ai = tl.where(rr[:, None] == i, row[None, :], Ai)
+    return Ai
+
+
 @autotune(configs=autotune_configs(warps=(2, 4, 8)), key=["BK", "BT", "BV"])
 @triton.jit
 def _solve_fwd_kernel(
     a, x, G, M, A, W, XA, TP,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """A = (I + M)^{-1} by forward substitution; W = A (e^G ⊙ a), XA = A X."""
+    """A = (I + M)^{-1} by blocks; W = A (e^G ⊙ a), XA = A X.
+
+    Diagonal [BC, BC] blocks by forward substitution, then for block row i and column
+    j < i: A_ij = −A_ii Σ_{j<=k<i} M_ik A_kj (blocks of A round-trip through the output,
+    which stays in cache)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     t0 = i_c * BT
-    rr = tl.arange(0, BT)
-    lower = rr[:, None] > rr[None, :]
-    Mt = tl.where(lower, _tile(M, i_b, t0, i_h, TP, H, BT, 0, BT, BT), 0.0)
-    Ai = tl.where(rr[:, None] == rr[None, :], 1.0, 0.0)
-    for i in range(1, BT):
-        m_i = tl.sum(tl.where(rr[:, None] == i, Mt, 0.0), 0)  # row i of M, indexed by column j
-        row = tl.where(rr == i, 1.0, 0.0) - tl.sum(m_i[:, None] * Ai, 0)  # e_i − Σ_j M[i,j] A[j,:]
-        Ai = tl.where(rr[:, None] == i, row[None, :], Ai)
-    _put(A, Ai, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+    zero = tl.zeros([BC, BC], dtype=tl.float32)
+    for i in tl.static_range(BT // BC):
+        Aii = _inverse_diag_block(M, i_b, t0, i_h, TP, H, BT, i * BC, BC)
+        _put(A, Aii, i_b, t0 + i * BC, i_h, TP, H, BT, i * BC, BC, BC)
+        for j in tl.static_range(i + 1, BT // BC):
+            _put(A, zero, i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
+        for j in tl.static_range(i):
+            tl.debug_barrier()  # blocks A_kj written above are visible to every thread
+            acc = tl.zeros([BC, BC], dtype=tl.float32)
+            for k in tl.static_range(j, i):
+                acc += tl.dot(_tile(M, i_b, t0 + i * BC, i_h, TP, H, BT, k * BC, BC, BC),
+                              _tile(A, i_b, t0 + k * BC, i_h, TP, H, BT, j * BC, BC, BC), input_precision=PREC)
+            _put(A, -tl.dot(Aii, acc, input_precision=PREC), i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
+    tl.debug_barrier()
+    Ai = _tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
     _put(W, tl.dot(Ai, at, input_precision=PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
     for i_v in range(NV):
@@ -382,10 +405,21 @@ def _pad_time(x: torch.Tensor, TP: int) -> torch.Tensor:
     return x if T == TP else torch.nn.functional.pad(x, (0, 0, 0, 0, 0, TP - T))
 
 
+@triton.jit
+def _chunk_cumsum_kernel(g, G, TP, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    tile = _tile(g, i_b, i_c * BT, i_h, TP, H, K, 0, BT, BK)
+    _put(G, tl.cumsum(tile, 0), i_b, i_c * BT, i_h, TP, H, K, 0, BT, BK)
+
+
 def _chunk_cumsum(g: torch.Tensor, BT: int) -> torch.Tensor:
-    """Inclusive cumulative log-decay inside each chunk of BT tokens, fp32."""
+    """Inclusive cumulative log-decay inside each chunk of BT tokens, fp32 (g padded to TP)."""
     B, TP, H, K = g.shape
-    return g.float().view(B, TP // BT, BT, H, K).cumsum(2).view(B, TP, H, K)
+    g = g.contiguous()
+    G = torch.empty(B, TP, H, K, device=g.device, dtype=torch.float32)
+    _chunk_cumsum_kernel[(TP // BT, B * H)](g, G, TP, H=H, K=K, BT=BT, BK=key_block(K))
+    return G
 
 
 def _dims(q, x, BT):
@@ -412,7 +446,7 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
     _intra_fwd_kernel[(NT, NC * NC, B * H)](q, a, u, G, M, Qm, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec)
     W = torch.empty(B, TP, H, K, device=dev, dtype=f32)
     XA = torch.empty(B, TP, H, V, device=dev, dtype=f32)
-    _solve_fwd_kernel[(NT, B * H)](a, x, G, M, A, W, XA, TP, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NV=NV, PREC=prec)
+    _solve_fwd_kernel[(NT, B * H)](a, x, G, M, A, W, XA, TP, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV, PREC=prec)
     h = torch.empty(B, NT, H, K, V, device=dev, dtype=f32)
     dlt = torch.empty(B, TP, H, V, device=dev, dtype=f32)
     s_out = torch.empty(B, H, K, V, device=dev, dtype=f32)

@@ -88,7 +88,7 @@ class RecurrentFn(torch.autograd.Function):
         dq, da, du, dx, dbeta, ds0 = _rec.recurrent_backward(
             q, a, u, x, g, beta, delta, ckpt, do, ds_out, ctx.scale, ctx.segment,
         )
-        dg = _rec.decay_grad(((q, dq, 1), (a, da, 1), (u, du, -1)), s_out, ds_out)
+        dg = _rec.decay_grad(q, dq, a, da, u, du, s_out, ds_out)
         return dq, da, du, dx, dg, dbeta, ds0, None, None
 
 
@@ -110,7 +110,7 @@ class KeyChunkFn(torch.autograd.Function):
         do = _zeros_if_none(do, q.new_empty(B, T, H, ctx.dv))
         ds_out = _zeros_if_none(ds_out, s_out)
         dq, da, du, dx, ds0 = _chunk.chunk_backward(q, a, u, saved, do, ds_out, ctx.scale, ctx.block_t)
-        dg = _rec.decay_grad(((q, dq, 1), (a, da, 1), (u, du, -1)), s_out, ds_out)
+        dg = _rec.decay_grad(q, dq, a, da, u, du, s_out, ds_out)
         return dq, da, du, dx, dg, ds0, None, None
 
 

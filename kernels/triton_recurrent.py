@@ -283,15 +283,53 @@ def recurrent_backward(q, a, u, x, g, beta, delta, ckpt, do, ds_out, scale: floa
     return dq.sum(0), da.sum(0), du.sum(0), ddelta, dbeta if has_beta else None, ds0
 
 
-def decay_grad(pairs, s_out: torch.Tensor, ds_out: torch.Tensor) -> torch.Tensor:
-    """dg [B, T, H, dk] from the gradients of the decay-scaled inputs (module docstring).
+@triton.jit
+def _decay_grad_kernel(
+    q, dq, a, da, u, du, s_out, ds_out, dg, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr,
+):
+    """dg for one (batch, head, key slice): suffix sums over time, chunk by chunk in reverse."""
+    i_k, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    ck = i_k * BKS + tl.arange(0, BKS)
+    mk = ck < K
+    # rowsum(S_T ⊙ dS_T) for these key rows: the gradient reaching g through the final state
+    carry = tl.zeros([BKS], dtype=tl.float32)
+    for c0 in range(0, V, BV):
+        cv = c0 + tl.arange(0, BV)
+        off = i_bh * K * V + ck[:, None] * V + cv[None, :]
+        m = mk[:, None] & (cv[None, :] < V)
+        carry += tl.sum(tl.load(s_out + off, mask=m, other=0.0) * tl.load(ds_out + off, mask=m, other=0.0), 1)
+    rows = tl.arange(0, BT)
+    for i_rev in range(NT):
+        t = (NT - 1 - i_rev) * BT + rows
+        off = ((i_b * T + t[:, None]) * H + i_h) * K + ck[None, :]
+        m = (t[:, None] < T) & mk[None, :]
+        acc = tl.load(q + off, mask=m, other=0.0).to(tl.float32) * tl.load(dq + off, mask=m, other=0.0)
+        acc += tl.load(a + off, mask=m, other=0.0).to(tl.float32) * tl.load(da + off, mask=m, other=0.0)
+        acc -= tl.load(u + off, mask=m, other=0.0).to(tl.float32) * tl.load(du + off, mask=m, other=0.0)
+        tl.store(dg + off, tl.cumsum(acc, 0, reverse=True) + carry[None, :], mask=m)
+        carry += tl.sum(acc, 0)
 
-    pairs: (tensor, its gradient, sign) for q (+1), the read direction a (+1) and the
-    write direction u (−1), all [B, T, H, dk]; s_out, ds_out: S_T and dL/dS_T [B, H, dk, dv].
+
+def decay_grad(q, dq, a, da, u, du, s_out: torch.Tensor, ds_out: torch.Tensor) -> torch.Tensor:
+    """dg [B, T, H, dk] fp32 = suffix-sum over time of q⊙dq + a⊙da − u⊙du, + rowsum(S_T ⊙ dS_T).
+
+    q, a (read direction), u (write direction) and their gradients are [B, T, H, dk];
+    s_out, ds_out: S_T and dL/dS_T [B, H, dk, dv] (module docstring). One Triton kernel:
+    the products, the suffix sum and the final-state term, with no intermediate tensor.
     """
-    acc = sum(sign * t.float() * dt for t, dt, sign in pairs)
-    suffix = acc.flip(1).cumsum(1).flip(1)
-    return suffix + (s_out * ds_out).sum(-1).unsqueeze(1)
+    q, dq, a, da, u, du = (t.contiguous() for t in (q, dq.float(), a, da.float(), u, du.float()))
+    B, T, H, K = q.shape
+    V = s_out.shape[-1]
+    dg = torch.empty(B, T, H, K, device=q.device, dtype=torch.float32)
+    BT, BKS = 64, min(32, key_block(K))
+    _decay_grad_kernel[(triton.cdiv(K, BKS), B * H)](
+        q, dq, a, da, u, du, s_out.float().contiguous(), ds_out.float().contiguous(), dg, T, triton.cdiv(T, BT),
+        H=H, K=K, V=V, BT=BT, BKS=BKS, BV=block_size(V, 64),
+    )
+    LAUNCHES["decay_grad"] += 1
+    return dg
 
 
 def triton_recurrent_gated_delta(
