@@ -1,6 +1,8 @@
-"""A training step of a tiny hybrid model through the Triton kernels (interpreter on CPU)
-gives the same loss and gradients as through the reference recurrence."""
+"""A training step of a tiny hybrid model through the Triton kernels (interpreter on CPU,
+compiled on a GPU when TRITON_INTERPRET=0) gives the same loss and gradients as through
+the reference recurrence."""
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -9,10 +11,12 @@ import torch.nn.functional as F
 from carvelab.carve_models.lm import HybridLM
 from carvelab.carve_models.presets import preset_config
 
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
 
 def loss_and_grads(cfg, x, y):
     torch.manual_seed(0)
-    model = HybridLM(cfg)
+    model = HybridLM(cfg).to(DEVICE)
     loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
     loss.backward()
     return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -28,8 +32,8 @@ def test_training_step_triton_equals_reference(preset, overrides, monkeypatch):
     cfg = preset_config(preset, d_model=32, n_layers=2, n_heads=2, vocab_size=32, chunk_size=16,
                         hybrid_ratio="1:1", init="matched", seed=3, **overrides)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 32, (2, 40), generator=gen)
-    y = torch.randint(0, 32, (2, 40), generator=gen)
+    x = torch.randint(0, 32, (2, 40), generator=gen).to(DEVICE)
+    y = torch.randint(0, 32, (2, 40), generator=gen).to(DEVICE)
     ref_loss, ref_grads = loss_and_grads(dataclasses.replace(cfg, backend="reference"), x, y)
     def no_fallback(*args, **kwargs):
         raise AssertionError("the Triton backend fell back to the reference")
