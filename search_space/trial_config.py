@@ -64,7 +64,7 @@ class TrainConfig:
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 0      # 0 = no periodic checkpoint
     compile_steps: int = 2         # first steps excluded from the throughput figure
-    max_seconds: Optional[float] = None  # wall-clock limit of the training loop
+    max_seconds: Optional[float] = None  # wall-clock limit of training, after the first step (compilation)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):

@@ -188,19 +188,25 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
     start = time.perf_counter() - run.train_seconds_before
     metrics: dict[str, float] = dict(run.history[-1][1]) if run.history else {}
     train = run.train
+    budget_from = None
     while run.step < train.steps:
         loss = run.train_step()
         run.step += 1
-        if math.isnan(run.first_step_s):  # this process's first step: compile/autotune/cache load
-            run.first_step_s = time.perf_counter() - run.built_at
+        now = time.perf_counter()
+        if budget_from is None:
+            # This process's first step compiles/autotunes kernels (or loads them from the
+            # node's cache). train.max_seconds excludes it, so how long a trial trains does
+            # not depend on whether another trial warmed the cache first.
+            run.first_step_s = now - run.built_at
+            budget_from = now - run.train_seconds_before
         if on_step is not None:
             on_step(run.step)
-        wall = time.perf_counter() - start
+        wall = now - start
         if not math.isfinite(loss):
             metrics = dict(metrics, train_loss=loss, wall_s=wall, step=float(run.step), **run.costs)
             logger.warning("trial diverged at step %d (loss %s)", run.step, loss)
             return run.result(FAILED, "diverged", metrics)
-        out_of_time = train.max_seconds is not None and wall >= train.max_seconds
+        out_of_time = train.max_seconds is not None and now - budget_from >= train.max_seconds
         if run.step % train.eval_every == 0 or run.step == train.steps or out_of_time:
             metrics = run.evaluate(loss, wall)
             if run.reporter.report(run.step, metrics) == STOP:

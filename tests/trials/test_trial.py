@@ -113,3 +113,24 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     other = tiny(tmp_path, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=3, lr=1e-4)
     with pytest.raises(ValueError, match="train.checkpoint_dir"):
         run_trial(other)
+
+
+def test_time_budget_excludes_the_first_step(tmp_path, monkeypatch):
+    """A first step slowed by kernel compilation does not eat the trial's training time."""
+    from carvelab.trials import trial as trial_mod
+
+    real_step = trial_mod._Run.train_step
+    calls = []
+
+    def slow_first(self):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)  # a cold Triton cache
+        return real_step(self)
+
+    monkeypatch.setattr(trial_mod._Run, "train_step", slow_first)
+    result = run_trial(tiny(tmp_path, steps=10**6, eval_every=10**6, max_seconds=0.5))
+    assert result.status == COMPLETED and result.reason == "time_budget"
+    assert result.steps > 1
+    assert result.metrics["first_step_s"] >= 1.0
+    assert result.metrics["wall_s"] >= 1.5  # 1 s compiling + 0.5 s of training
