@@ -74,6 +74,11 @@ class _Broker:
         out, self.pending = self.pending, []
         return out
 
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class _BrokerReporter:
     """The Reporter a worker hands to run_trial: forwards to the broker actor."""
@@ -118,7 +123,13 @@ class RayExecutor:
 
         self.ray = ray
         self.res = resources
-        self.broker = ray.remote(_Broker).options(num_cpus=0).remote(pruner_spec, objectives, seed)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # The broker lives on the driver's node: losing a worker node never takes the
+        # pruner (and with it the sweep) down; losing the driver's node ends the sweep anyway.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.broker = ray.remote(_Broker).options(num_cpus=0, scheduling_strategy=here).remote(
+            pruner_spec, objectives, seed)
         self.task = ray.remote(_run_remote)
 
     def submit(self, config_dict: dict, trial: int) -> Handle:

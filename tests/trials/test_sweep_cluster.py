@@ -2,7 +2,9 @@
 import pytest
 
 from carvelab.search_space.sweep_loading import load_sweep
+from carvelab.search_space.sweep_spec import ObjectiveSpec, PrunerSpec, ResourcesSpec
 from carvelab.trials.driver import run_sweep
+from carvelab.trials.scheduler import RayExecutor
 from tests.trials.sweep_helpers import assert_exactly_once, child_runs, local_cluster, tiny_sweep
 
 
@@ -26,3 +28,11 @@ def test_trials_spread_over_three_nodes(cluster, tmp_path):
     _, runs = child_runs(summary)
     nodes = {r.data.tags["node"] for r in runs}
     assert len(nodes) == 3
+
+
+def test_pruning_broker_lives_on_the_drivers_node(cluster):
+    import ray
+
+    ray.init(address=cluster.address)
+    executor = RayExecutor(ResourcesSpec(), PrunerSpec(name="median"), [ObjectiveSpec("val_accuracy", "maximize")])
+    assert ray.get(executor.broker.node.remote()) == ray.get_runtime_context().get_node_id()
