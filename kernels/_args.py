@@ -99,9 +99,12 @@ def _expand_last(name: str, x: torch.Tensor, lead: tuple[int, ...], n: int, keep
 
 def canonicalize(
     q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None, keep_dtypes=(),
 ) -> Canonical:
-    """Check every argument (naming the bad one) and bring it into the canonical layout."""
+    """Check every argument (naming the bad one) and bring it into the canonical layout.
+
+    q, k, v become fp32 unless their dtype is in ``keep_dtypes`` (kernels that upcast on
+    load take bf16 as is, which saves a copy of each); gates are always fp32."""
     _choice("erase_axis", erase_axis, ERASE_AXES)
     _choice("covariance", covariance, COVARIANCES)
     if q.dim() != 4 or k.shape != q.shape:
@@ -144,8 +147,11 @@ def canonicalize(
             raise ValueError("initial_cov is only used with covariance='propagate'")
         if tuple(initial_cov.shape) != (B, H, dk, dk):
             raise ValueError(f"initial_cov must be [B, H, dk, dk] = {[B, H, dk, dk]}; got {tuple(initial_cov.shape)}")
+    def upcast(x):
+        return x if x.dtype in keep_dtypes else x.float()
+
     return Canonical(
-        q=q.float(), k=k.float(), v=v.float(), g=g, b=b, w=w, r=r,
+        q=upcast(q), k=upcast(k), v=upcast(v), g=g, b=b, w=w, r=r,
         erase_axis=erase_axis, covariance=covariance, content=content, chunk_size=chunk_size,
         initial_state=None if initial_state is None else initial_state.float(),
         initial_cov=None if initial_cov is None else initial_cov.float(),

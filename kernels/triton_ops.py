@@ -210,6 +210,7 @@ def triton_gated_delta(
     c = canonicalize(
         q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
         chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov, scale=scale,
+        keep_dtypes=(torch.float32, torch.bfloat16),  # the kernels upcast on load; products are fp32
     )
     if kernel == "chunk" and c.erase_axis == "value":
         raise ValueError(
@@ -220,9 +221,6 @@ def triton_gated_delta(
     if T == 0:
         p = initial_cov_or_eye(c).clone() if c.covariance == "propagate" else None
         return RecurrenceOutput(v.new_zeros(B, 0, H, dv), initial_state_or_zeros(c).clone(), p)
-    # q and k keep their dtype (the kernels upcast on load); gates and products are fp32.
-    q_in = q if q.dtype in (torch.float32, torch.bfloat16) else c.q
-    k_in = k if k.dtype in (torch.float32, torch.bfloat16) else c.k
     run = _whole_sequence if c.content is None else _content_chunks
-    o, s_out, p_out = run(c, kernel, q_in, k_in)
+    o, s_out, p_out = run(c, kernel, c.q, c.k)
     return RecurrenceOutput(o.to(v.dtype), s_out, p_out)
