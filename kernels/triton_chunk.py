@@ -33,8 +33,8 @@ diagonal block, merged block by block with ``tl.dot``. State and every product a
 
 Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (sequential
 over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
-over chunks: dS per chunk, dR, dS_0), ``_inter_bwd`` (dQ, dM and the S_0/dS_C terms),
-``_intra_bwd`` (dq, da, du). T is padded with zeros to a multiple of C (identity steps).
+over chunks: dS per chunk, dR, dS_0), ``_pairs_bwd`` (dQ, dM), ``_state_terms_bwd`` (the
+S_0/dS_C terms of dq, da, du, per key slice), ``_intra_bwd`` (dq, da, du). T is padded with zeros to a multiple of C (identity steps).
 """
 from __future__ import annotations
 
@@ -265,45 +265,62 @@ def _state_bwd_kernel(
     tl.store(p_0, dS, mask=m_0)
 
 
-@autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(), key=["BT", "BV"])
 @triton.jit
-def _inter_bwd_kernel(
-    G, h, dh, dlt, do, dx, dQm, dM, dq0, da0, du0, TP, NT, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+def _pairs_bwd_kernel(
+    dlt, do, dx, dQm, dM, TP, scale,
+    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    """One chunk: dQ, dM and the S_0 / dS_C terms of dq, da, du (sums over value tiles)."""
+    """One chunk: dQ = scale·dO Δᵀ (lower part), dM = −dR Δᵀ (strictly lower), over value tiles."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     t0 = i_c * BT
     dQ = tl.zeros([BT, BT], dtype=tl.float32)
     dMt = tl.zeros([BT, BT], dtype=tl.float32)
-    dqt = tl.zeros([BT, BK], dtype=tl.float32)
-    dat = tl.zeros([BT, BK], dtype=tl.float32)
-    dut = tl.zeros([BT, BK], dtype=tl.float32)
     for i_v in range(NV):
         c0 = i_v * BV
-        dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        dl = _tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        dR = _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        p_h, m_h = _state_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
-        S0t = tl.trans(tl.load(p_h, mask=m_h, other=0.0))
-        p_d, m_d = _state_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
-        dSt = tl.trans(tl.load(p_d, mask=m_d, other=0.0))
-        dlT = tl.trans(dl)
-        dQ += tl.dot(dot_, dlT, input_precision=PREC)
-        dMt -= tl.dot(dR, dlT, input_precision=PREC)
-        dqt += tl.dot(dot_, S0t, input_precision=PREC)
-        dat -= tl.dot(dR, S0t, input_precision=PREC)
-        dut += tl.dot(dl, dSt, input_precision=PREC)
+        dlT = tl.trans(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV))
+        dQ += tl.dot(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, input_precision=PREC)
+        dMt -= tl.dot(_tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, input_precision=PREC)
     rr = tl.arange(0, BT)
     _put(dQm, tl.where(rr[:, None] >= rr[None, :], scale * dQ, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     _put(dM, tl.where(rr[:, None] > rr[None, :], dMt, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-    Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
-    _put(dq0, scale * dqt * tl.exp(Gt), i_b, t0, i_h, TP, H, K, 0, BT, BK)
-    _put(da0, dat * tl.exp(Gt), i_b, t0, i_h, TP, H, K, 0, BT, BK)
-    _put(du0, dut * tl.exp(g_last[None, :] - Gt), i_b, t0, i_h, TP, H, K, 0, BT, BK)
+
+
+@autotune(configs=autotune_configs(), key=["BKS", "BT", "BV"])
+@triton.jit
+def _state_terms_bwd_kernel(
+    G, h, dh, dlt, do, dx, dq0, da0, du0, TP, NT, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BKS: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+):
+    """One chunk and key slice: the S_0 / dS_C terms of dq, da, du, summed over value tiles.
+
+    dq0 = scale·dO S_0ᵀ ⊙ e^G,  da0 = −dR S_0ᵀ ⊙ e^G,  du0 = Δ dS_Cᵀ ⊙ e^{G_C−G}."""
+    i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    t0, k0 = i_c * BT, i_k * BKS
+    dqt = tl.zeros([BT, BKS], dtype=tl.float32)
+    dat = tl.zeros([BT, BKS], dtype=tl.float32)
+    dut = tl.zeros([BT, BKS], dtype=tl.float32)
+    rk = k0 + tl.arange(0, BKS)
+    i_mat = (i_b * NT + i_c) * H + i_h
+    for i_v in range(NV):
+        cv = i_v * BV + tl.arange(0, BV)
+        off = i_mat * K * V + rk[:, None] * V + cv[None, :]
+        m = (rk[:, None] < K) & (cv[None, :] < V)
+        S0t = tl.trans(tl.load(h + off, mask=m, other=0.0))
+        dSt = tl.trans(tl.load(dh + off, mask=m, other=0.0))
+        c0 = i_v * BV
+        dqt += tl.dot(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, input_precision=PREC)
+        dat -= tl.dot(_tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, input_precision=PREC)
+        dut += tl.dot(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV), dSt, input_precision=PREC)
+    Gt = _tile(G, i_b, t0, i_h, TP, H, K, k0, BT, BKS)
+    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, k0, BKS)
+    _put(dq0, scale * dqt * tl.exp(Gt), i_b, t0, i_h, TP, H, K, k0, BT, BKS)
+    _put(da0, dat * tl.exp(Gt), i_b, t0, i_h, TP, H, K, k0, BT, BKS)
+    _put(du0, dut * tl.exp(g_last[None, :] - Gt), i_b, t0, i_h, TP, H, K, k0, BT, BKS)
 
 
 @triton.jit
@@ -472,9 +489,11 @@ def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
     )
     dQm, dM = torch.empty(B, TP, H, BT, device=dev, dtype=f32), torch.empty(B, TP, H, BT, device=dev, dtype=f32)
     dq0, da0, du0 = (torch.empty(B, TP, H, K, device=dev, dtype=f32) for _ in range(3))
-    _inter_bwd_kernel[(NT, B * H)](
-        G, h, dh, dlt, do, dx, dQm, dM, dq0, da0, du0, TP, NT, scale,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NV=NV, PREC=prec,
+    _pairs_bwd_kernel[(NT, B * H)](dlt, do, dx, dQm, dM, TP, scale, H=H, V=V, BT=BT, BV=BV, NV=NV, PREC=prec)
+    BKS = min(BK, 64)  # key slices keep three [BT, BKS] accumulators in registers
+    _state_terms_bwd_kernel[(triton.cdiv(K, BKS), NT, B * H)](
+        G, h, dh, dlt, do, dx, dq0, da0, du0, TP, NT, scale,
+        H=H, K=K, V=V, BT=BT, BKS=BKS, BV=BV, NV=NV, PREC=prec,
     )
     dq, da, du = (torch.empty(B, TP, H, K, device=dev, dtype=f32) for _ in range(3))
     _intra_bwd_kernel[(NT * NC, B * H)](
