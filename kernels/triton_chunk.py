@@ -182,7 +182,12 @@ def _solve_fwd_kernel(
         _put(XA, tl.dot(Ai, xt, input_precision=PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
 
 
-@autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+# The sequential kernels run one program per (value tile, batch·head): the value tile is
+# tuned too, trading parallel programs against re-reading the key-side tiles per tile.
+STATE_VALUE_BLOCKS = (16, 32, 64)
+
+
+@autotune(configs=autotune_configs(value_blocks=STATE_VALUE_BLOCKS), key=["BK", "BT", "V"])
 @triton.jit
 def _state_fwd_kernel(
     u, G, W, XA, s0, h, dlt, s_out, TP, NT,
@@ -230,7 +235,7 @@ def _output_fwd_kernel(
 
 
 # ----------------------------------------------------------------------------- backward
-@autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(value_blocks=STATE_VALUE_BLOCKS), key=["BK", "BT", "V"])
 @triton.jit
 def _state_bwd_kernel(
     q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
@@ -467,7 +472,8 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
     h = torch.empty(B, NT, H, K, V, device=dev, dtype=f32)
     dlt = torch.empty(B, TP, H, V, device=dev, dtype=f32)
     s_out = torch.empty(B, H, K, V, device=dev, dtype=f32)
-    _state_fwd_kernel[(NV, B * H)](u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
+    _state_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
+        u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec)
     o = torch.empty(B, TP, H, V, device=dev, dtype=f32)
     _output_fwd_kernel[(NV, NT, B * H)](q, G, Qm, h, dlt, o, TP, NT, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
     LAUNCHES["chunk_fwd"] += 1
@@ -483,9 +489,9 @@ def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
     dh = torch.empty(B, NT, H, K, V, device=dev, dtype=f32)
     dx = torch.empty(B, TP, H, V, device=dev, dtype=f32)
     ds0 = torch.empty(B, H, K, V, device=dev, dtype=f32)
-    _state_bwd_kernel[(NV, B * H)](
+    _state_bwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
+        H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec,
     )
     dQm, dM = torch.empty(B, TP, H, BT, device=dev, dtype=f32), torch.empty(B, TP, H, BT, device=dev, dtype=f32)
     dq0, da0, du0 = (torch.empty(B, TP, H, K, device=dev, dtype=f32) for _ in range(3))

@@ -63,14 +63,27 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def autotune_configs(warps=(2, 4, 8), stages=(1, 2, 3)) -> list:
-    """num_warps x num_stages configs to autotune over on a GPU.
+def autotune_configs(warps=(2, 4, 8), stages=(1, 2, 3), value_blocks: tuple = ()) -> list:
+    """num_warps x num_stages (x value tile ``BV``, for kernels that take it) configs to
+    autotune over on a GPU.
 
-    One config only in the interpreter (which accepts no more) and when
-    ``CARVELAB_AUTOTUNE=0`` (quick GPU test runs: no per-shape tuning sweep)."""
+    One config only in the interpreter (which accepts no more; BV=32, so tests cover
+    several value tiles) and when ``CARVELAB_AUTOTUNE=0`` (quick GPU test runs: no
+    per-shape tuning sweep; the widest BV)."""
     if interpreted() or os.environ.get("CARVELAB_AUTOTUNE", "1") == "0":
-        return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+        meta = {"BV": 32 if interpreted() else max(value_blocks)} if value_blocks else {}
+        return [triton.Config(meta, num_warps=4, num_stages=1)]
+    return [triton.Config({} if bv is None else {"BV": bv}, num_warps=w, num_stages=s)
+            for bv in (value_blocks or (None,)) for w in warps for s in stages]
+
+
+def _fit_value_tile(configs, named_args, **kwargs):
+    """Drop configs whose value tile is wider than needed for V (keep at least one)."""
+    V = kwargs.get("V", named_args.get("V"))
+    if V is None:
+        return configs
+    fit = [c for c in configs if c.kwargs.get("BV", 0) <= max(16, triton.next_power_of_2(V))]
+    return fit or configs[:1]
 
 
 def autotune(configs: list, key: list):
@@ -79,6 +92,8 @@ def autotune(configs: list, key: list):
     A second process (a second trial on the same node) at the same shapes then neither
     recompiles nor re-times the configurations."""
     kwargs = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    if any("BV" in c.kwargs for c in configs):
+        kwargs["prune_configs_by"] = {"early_config_prune": _fit_value_tile}
     return triton.autotune(configs=configs, key=key, **kwargs)
 
 
