@@ -207,6 +207,12 @@ def main(argv=None) -> int:
         return 0
     from carvelab.trials import scheduler
 
+    if args.which == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("bench_sweep gpu needs a CUDA GPU on this machine (it samples that GPU's utilisation)")
+            return 2
     root = Path(args.root or tempfile.mkdtemp(prefix="carvelab-bench-"))
     scheduler.start_ray()
     try:

@@ -1,5 +1,8 @@
 """Pieces of the sweep benchmarks that need no GPU."""
-from carvelab.trials.bench_sweep import concurrency, parse_startup_output
+import pytest
+import torch
+
+from carvelab.trials.bench_sweep import concurrency, main, parse_startup_output
 
 
 def test_concurrency_counts_trials_running_at_an_instant():
@@ -10,3 +13,9 @@ def test_concurrency_counts_trials_running_at_an_instant():
 def test_startup_output_is_read_from_the_last_line():
     text = "some warning\n{\"first_step_s\": 1.5, \"backend\": \"triton_chunk\", \"status\": \"completed\"}\n"
     assert parse_startup_output(text)["first_step_s"] == 1.5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_sweep_benchmark_refuses_a_machine_without_gpu(capsys):
+    assert main(["gpu"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().out
