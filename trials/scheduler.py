@@ -26,7 +26,8 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"TRITON_CACHE_DIR": triton_cache_dir()}}
+    # A cache dir set here is passed on as is; otherwise each worker picks its own below.
+    env = {"env_vars": {"TRITON_CACHE_DIR": os.environ["TRITON_CACHE_DIR"]}} if os.environ.get("TRITON_CACHE_DIR") else {}
     if address:
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
         return False
@@ -37,7 +38,9 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 
 
 def triton_cache_dir() -> str:
-    """A persistent per-node Triton cache, so a second trial of the same shapes compiles nothing."""
+    """A persistent per-node Triton cache, so a second trial of the same shapes compiles
+    nothing: ``TRITON_CACHE_DIR`` when set, else ``~/.cache/carvelab/triton`` expanded on
+    the node that runs the trial (its user's home, not the driver's)."""
     return os.environ.get("TRITON_CACHE_DIR") or os.path.expanduser("~/.cache/carvelab/triton")
 
 
@@ -101,12 +104,13 @@ def _run_remote(config_dict: dict, trial: int, broker, threads: int) -> dict:
     import ray
 
     torch.set_num_threads(max(1, threads))
+    os.environ["TRITON_CACHE_DIR"] = triton_cache_dir()  # before any kernel compiles in this worker
     started = time.time()
     config = load_trial_config(config_dict)
     result = dataclasses.asdict(run_trial(config, _BrokerReporter(broker, trial)))
     # Where and when it ran: which node, which (fractions of) GPUs Ray gave it, wall-clock span.
     result.update(node=ray.get_runtime_context().get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
-                  started_at=started, finished_at=time.time())
+                  started_at=started, finished_at=time.time(), triton_cache=os.environ["TRITON_CACHE_DIR"])
     return result
 
 

@@ -44,3 +44,5 @@ def test_quarter_gpu_trials_run_four_at_a_time(ray_with_one_gpu, tmp_path):
     assert len(results) == 4
     assert all(r["gpu_ids"] == ["0"] for r in results)  # every trial got a share of GPU 0
     assert max_overlap([(r["started_at"], r["finished_at"]) for r in results]) == 4
+    # every worker compiled into the node's persistent Triton cache
+    assert {r["triton_cache"] for r in results} == {scheduler.triton_cache_dir()}
