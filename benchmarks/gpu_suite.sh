@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every GPU figure of BENCHMARKS.md in one go, on a machine with one CUDA GPU:
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]
+# Needs carvelab importable and, for the comparison, flash-linear-attention (fla-core).
+# Set TRITON_CACHE_DIR to a persistent folder to reuse compiled kernels between runs.
+set -euo pipefail
+OUT=${1:-gpu_results}
+mkdir -p "$OUT"
+python -c "import torch, triton; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)" | tee "$OUT/versions.txt"
+# 1. correctness: the kernel tests compiled on this GPU (fp32 and bf16 against the reference)
+TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel_tests.log"
+# 2. ours vs fla on the same inputs: compile in parallel first, then time alone
+python -m carvelab.kernels.bench --gpu --warm-only --warm-jobs 6 2>&1 | tail -1
+python -m carvelab.kernels.bench --gpu --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+# 3. compile cost per trial: cold vs warm Triton cache
+python -m carvelab.trials.bench_sweep startup gdn2 --out "$OUT/startup.json"
+# 4. the GPU quickstart with 0.25 GPU per trial: concurrency and utilisation
+python -m carvelab.trials.bench_sweep gpu --out "$OUT/gpu_sweep.json"
