@@ -93,6 +93,20 @@ def make_inputs(B, T, H, D, dtype=torch.bfloat16, seed=0):
     return dict(q=q, k=k, v=v, g=g, b=b, w=w, beta=beta, g_head=g_head)
 
 
+def leaf_inputs(shape: str) -> dict:
+    """make_inputs at a named shape, every tensor a leaf that requires grad."""
+    return {n: t.requires_grad_() for n, t in make_inputs(**SHAPES[shape]).items()}
+
+
+def qkv_grads(o: torch.Tensor, x: dict, do: torch.Tensor):
+    return torch.autograd.grad(o, [x["q"], x["k"], x["v"]], do)
+
+
+# The points timed for each shape (keys of ``points``), and those fla has a kernel for.
+POINTS = ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2_value_axis_recurrent", "gdn2_key_axis_recurrent")
+FLA_POINTS = ("gdn2", "kda", "gdn")
+
+
 def points(x):
     """name -> (our call, fla call or None), all on the same inputs."""
     from carvelab.kernels._args import ContentGate
@@ -164,11 +178,9 @@ def hbm_floor_bytes(x: dict, name: str, backward: bool) -> int:
 
 
 def bench_shape(shape: str, bandwidth: float) -> dict:
-    dims = SHAPES[shape]
-    x = make_inputs(**dims)
-    leaves = {n: t.requires_grad_() for n, t in x.items()}
-    out = {"shape": dims, "dtype": "bfloat16", "points": {}}
-    for name, (ours, theirs) in points(leaves).items():
+    x = leaf_inputs(shape)
+    out = {"shape": SHAPES[shape], "dtype": "bfloat16", "points": {}}
+    for name, (ours, theirs) in points(x).items():
         row = {}
         for who, fn in (("ours", ours), ("fla", theirs)):
             if fn is None:
@@ -176,11 +188,11 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
             try:
                 o = fn()
                 do = torch.randn(o.shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
-                grads = torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)
+                grads = qkv_grads(fn(), x, do)
                 row[who] = {
                     "fwd_ms": cuda_time(lambda: fn()),
-                    "fwd_bwd_ms": cuda_time(lambda: torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)),
-                    "peak_extra_mb": peak_extra_mb(lambda: torch.autograd.grad(fn(), [x["q"], x["k"], x["v"]], do)),
+                    "fwd_bwd_ms": cuda_time(lambda: qkv_grads(fn(), x, do)),
+                    "peak_extra_mb": peak_extra_mb(lambda: qkv_grads(fn(), x, do)),
                 }
                 row[who]["_o"] = [o.detach(), *grads]
             except Exception as exc:  # one failing point must not hide the others' figures
@@ -222,11 +234,11 @@ def _cache_dir() -> Path:
 
 def warm_one(shape: str, name: str, who: str) -> None:
     """One untimed forward+backward of one point (run in a worker process)."""
-    x = {n: t.requires_grad_() for n, t in make_inputs(**SHAPES[shape]).items()}
+    x = leaf_inputs(shape)
     fn = dict(zip(("ours", "fla"), points(x)[name]))[who]
     if fn is not None:
         o = fn()
-        torch.autograd.grad(o, [x["q"], x["k"], x["v"]], torch.randn_like(o))
+        qkv_grads(o, x, torch.randn_like(o))
         torch.cuda.synchronize()
 
 
@@ -235,8 +247,7 @@ def warm_cache(shapes: list[str], jobs: int, timeout_s: float = 480.0) -> dict:
 
     The autotune timings of those concurrent processes are unreliable, so their cached
     choices (``*.autotune.json``) are deleted afterwards; compiled binaries stay."""
-    names = list(points_names())
-    units = [(s, n, who) for who in (("fla", "ours") if USE_FLA else ("ours",)) for s in shapes for n in names
+    units = [(s, n, who) for who in (("fla", "ours") if USE_FLA else ("ours",)) for s in shapes for n in POINTS
              if who == "ours" or n in FLA_POINTS]
     start, pending, running, report = time.monotonic(), list(units), {}, {}
     while pending or running:
@@ -261,19 +272,12 @@ def warm_cache(shapes: list[str], jobs: int, timeout_s: float = 480.0) -> dict:
     return {"seconds": time.monotonic() - start, "jobs": jobs, "units": report, "autotune_choices_dropped": removed}
 
 
-FLA_POINTS = ("gdn2", "kda", "gdn")
-
-
-def points_names() -> tuple[str, ...]:
-    return ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2_value_axis_recurrent", "gdn2_key_axis_recurrent")
-
-
 # ----------------------------------------------------------------------------- profile
 def kernel_profile(shape: str, name: str = "gdn2", top: int = 14) -> dict:
     """CUDA time per kernel of one forward+backward (ours and fla), in ms, largest first."""
     from torch.profiler import ProfilerActivity, profile
 
-    x = {n: t.requires_grad_() for n, t in make_inputs(**SHAPES[shape]).items()}
+    x = leaf_inputs(shape)
     out = {}
     for who, fn in zip(("ours", "fla"), points(x)[name]):
         if fn is None:
@@ -281,7 +285,7 @@ def kernel_profile(shape: str, name: str = "gdn2", top: int = 14) -> dict:
 
         def step():
             o = fn()
-            torch.autograd.grad(o, [x["q"], x["k"], x["v"]], torch.ones_like(o))
+            qkv_grads(o, x, torch.ones_like(o))
 
         step()
         torch.cuda.synchronize()

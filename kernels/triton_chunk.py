@@ -45,7 +45,14 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels.triton_recurrent import autotune, autotune_configs, block_size, dot_precision, key_block
+from carvelab.kernels.triton_recurrent import (
+    autotune,
+    autotune_configs,
+    block_size,
+    dot_precision,
+    key_block,
+    matrix_tile_ptr,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +86,6 @@ def _row(base, i_b, t, i_h, TP, H, D: tl.constexpr, c0, BD: tl.constexpr):
     cols = c0 + tl.arange(0, BD)
     ptr = base + ((i_b * TP + t) * H + i_h) * D + cols
     return tl.load(ptr, mask=cols < D, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _state_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
-    rk = tl.arange(0, BK)
-    cv = c0 + tl.arange(0, BV)
-    return base + i_mat * K * V + rk[:, None] * V + cv[None, :], (rk[:, None] < K) & (cv[None, :] < V)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -198,11 +198,11 @@ def _state_fwd_kernel(
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     c0 = i_v * BV
-    p_s, m_s = _state_ptr(s0, i_bh, K, V, c0, BK, BV)
+    p_s, m_s = matrix_tile_ptr(s0, i_bh, K, V, c0, BK, BV)
     S = tl.load(p_s, mask=m_s, other=0.0)
     for i_c in range(NT):
         t0 = i_c * BT
-        p_h, m_h = _state_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+        p_h, m_h = matrix_tile_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
         tl.store(p_h, S, mask=m_h)
         wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
         dl = _tile(XA, i_b, t0, i_h, TP, H, V, c0, BT, BV) - tl.dot(wt, S, input_precision=PREC)
@@ -210,7 +210,7 @@ def _state_fwd_kernel(
         g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
         uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
         S = S * tl.exp(g_last)[:, None] + tl.dot(tl.trans(uh), dl, input_precision=PREC)
-    p_o, m_o = _state_ptr(s_out, i_bh, K, V, c0, BK, BV)
+    p_o, m_o = matrix_tile_ptr(s_out, i_bh, K, V, c0, BK, BV)
     tl.store(p_o, S, mask=m_o)
 
 
@@ -226,7 +226,7 @@ def _output_fwd_kernel(
     i_b, i_h = i_bh // H, i_bh % H
     t0, c0 = i_c * BT, i_v * BV
     qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
-    p_h, m_h = _state_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+    p_h, m_h = matrix_tile_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
     S0 = tl.load(p_h, mask=m_h, other=0.0)
     Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     dl = _tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
@@ -246,12 +246,12 @@ def _state_bwd_kernel(
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     c0 = i_v * BV
-    p_s, m_s = _state_ptr(ds_out, i_bh, K, V, c0, BK, BV)
+    p_s, m_s = matrix_tile_ptr(ds_out, i_bh, K, V, c0, BK, BV)
     dS = tl.load(p_s, mask=m_s, other=0.0)
     for i_rev in range(NT):
         i_c = NT - 1 - i_rev
         t0 = i_c * BT
-        p_h, m_h = _state_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
+        p_h, m_h = matrix_tile_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
         tl.store(p_h, dS, mask=m_h)
         Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
         g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
@@ -266,7 +266,7 @@ def _state_bwd_kernel(
         at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * eg
         dS = dS * tl.exp(g_last)[:, None] + scale * tl.dot(tl.trans(qt), dot_, input_precision=PREC)
         dS -= tl.dot(tl.trans(at), dR, input_precision=PREC)
-    p_0, m_0 = _state_ptr(ds0, i_bh, K, V, c0, BK, BV)
+    p_0, m_0 = matrix_tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
     tl.store(p_0, dS, mask=m_0)
 
 

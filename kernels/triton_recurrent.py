@@ -126,7 +126,7 @@ def _offsets(i_b, i_h, t, T, H, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.con
 
 
 @triton.jit
-def _tile_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
+def matrix_tile_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
     """Pointers and mask of the [BK, BV] tile at value column c0 of matrix i_mat of a [.., K, V] tensor."""
     rk = tl.arange(0, BK)
     cv = c0 + tl.arange(0, BV)
@@ -145,9 +145,9 @@ def _recurrent_fwd_kernel(
     c0 = i_v * BV
     mk = tl.arange(0, BK) < K
     mv = c0 + tl.arange(0, BV) < V
-    p_s, m_s = _tile_ptr(s0, i_bh, K, V, c0, BK, BV)
+    p_s, m_s = matrix_tile_ptr(s0, i_bh, K, V, c0, BK, BV)
     S = tl.load(p_s, mask=m_s, other=0.0).to(tl.float32)
-    p_c, _ = _tile_ptr(ckpt, i_bh * NS, K, V, c0, BK, BV)
+    p_c, _ = matrix_tile_ptr(ckpt, i_bh * NS, K, V, c0, BK, BV)
     rk, rv = _offsets(i_b, i_h, 0, T, H, K, V, c0, BK, BV)
     p_q, p_a, p_u, p_g = q + rk, a + rk, u + rk, g + rk
     p_x, p_b, p_o, p_d = x + rv, beta + rv, o + rv, delta + rv
@@ -166,7 +166,7 @@ def _recurrent_fwd_kernel(
         tl.store(p_d, d, mask=mv)
         p_q, p_a, p_u, p_g = p_q + H * K, p_a + H * K, p_u + H * K, p_g + H * K
         p_x, p_b, p_o, p_d = p_x + H * V, p_b + H * V, p_o + H * V, p_d + H * V
-    p_e, _ = _tile_ptr(s_out, i_bh, K, V, c0, BK, BV)
+    p_e, _ = matrix_tile_ptr(s_out, i_bh, K, V, c0, BK, BV)
     tl.store(p_e, S, mask=m_s)
 
 
@@ -184,7 +184,7 @@ def _recurrent_bwd_reverse_kernel(
     B = tl.num_programs(1) // H
     mk = tl.arange(0, BK) < K
     mv = c0 + tl.arange(0, BV) < V
-    p_s, m_s = _tile_ptr(ds_out, i_bh, K, V, c0, BK, BV)
+    p_s, m_s = matrix_tile_ptr(ds_out, i_bh, K, V, c0, BK, BV)
     dS = tl.load(p_s, mask=m_s, other=0.0).to(tl.float32)
     rk, rv = _offsets(i_b, i_h, T - 1, T, H, K, V, c0, BK, BV)
     p_q, p_a, p_u, p_g = q + rk, a + rk, u + rk, g + rk
@@ -202,7 +202,7 @@ def _recurrent_bwd_reverse_kernel(
         dS = dS * tl.exp(tl.load(p_g, mask=mk, other=0.0).to(tl.float32))[:, None]
         p_q, p_a, p_u, p_g, p_du = p_q - H * K, p_a - H * K, p_u - H * K, p_g - H * K, p_du - H * K
         p_b, p_d, p_do, p_dd = p_b - H * V, p_d - H * V, p_do - H * V, p_dd - H * V
-    p_0, _ = _tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
+    p_0, _ = matrix_tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
     tl.store(p_0, dS, mask=m_s)
 
 
@@ -220,7 +220,7 @@ def _recurrent_bwd_forward_kernel(
     B = tl.num_programs(2) // H
     mk = tl.arange(0, BK) < K
     mv = c0 + tl.arange(0, BV) < V
-    p_c, m_c = _tile_ptr(ckpt, i_bh * NS + i_s, K, V, c0, BK, BV)
+    p_c, m_c = matrix_tile_ptr(ckpt, i_bh * NS + i_s, K, V, c0, BK, BV)
     S = tl.load(p_c, mask=m_c, other=0.0)
     t0 = i_s * L
     rk, rv = _offsets(i_b, i_h, t0, T, H, K, V, c0, BK, BV)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import yaml
 from optuna.trial import TrialState
 
 from carvelab.search_space.yaml_io import ConfigError
+from carvelab.trials.study import finite
 from carvelab.trials.sweep_dir import SweepDir
 from carvelab.trials.tracking import _retry, flatten
 
@@ -290,19 +290,12 @@ def _keeper(trial, runs: list):
                                        r.info.status == "FINISHED", r.info.start_time or 0))[-1]
 
 
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def _missing_steps(sweep: _Sweep, run_id: str, history: list) -> list[tuple[int, str, float]]:
     """(step, key, value) of a saved history that the run lacks."""
-    keys = sorted({k for _, metrics in history for k, v in metrics.items() if _finite(v)})
+    keys = sorted({k for _, metrics in history for k, v in metrics.items() if finite(v)})
     present = {k: {m.step for m in _retry(sweep.client.get_metric_history, run_id, k)} for k in keys}
     return [(int(step), k, float(v)) for step, metrics in history for k, v in metrics.items()
-            if _finite(v) and int(step) not in present[k]]
+            if finite(v) and int(step) not in present[k]]
 
 
 # ----------------------------------------------------------------------------- the check
@@ -524,16 +517,7 @@ def _recover_trial(sweep: _Sweep, trial) -> str:
         _retry(client.log_batch, run_id, tags=[_tag("state", status), _tag("reason", reason or "")])
         _retry(client.set_terminated, run_id, status=MLFLOW_STATUS[status])
         values = [payload.get("metrics", {}).get(m) for m in sweep.objectives]
-        if status == "completed" and not all(_finite(v) for v in values):
-            status, reason = "failed", "missing_objective"
-        live.set_user_attr("state", status)
-        live.set_user_attr("steps", int(payload.get("steps", 0)))
-        if reason:
-            live.set_user_attr("reason", reason)
-        if status == "completed":
-            study.tell(live, [float(v) for v in values])
-        else:
-            study.tell(live, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
+        status, _ = st.tell_finished(study, live, status, reason, payload.get("steps", 0), values)
         return f"finished from its saved result as {status} (logged {logged} missing metric values)"
     if run is not None and run.info.status == "RUNNING":
         _retry(client.log_batch, run.info.run_id, tags=[_tag("state", "failed"), _tag("reason", "driver_died")])

@@ -281,17 +281,9 @@ class SweepDriver:
             self.tracker.finish(run_id, MLFLOW_STATUS[status])
         trial = optuna.trial.Trial(self.study, self._trial_id(number))
         values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]
-        if status == "completed" and any(v is None or not math.isfinite(float(v)) for v in values):
-            status, reason = "failed", "missing_objective"
-        trial.set_user_attr("state", status)
-        trial.set_user_attr("steps", int(payload.get("steps", 0)))
-        if reason:
-            trial.set_user_attr("reason", reason)
+        status, reason = st.tell_finished(self.study, trial, status, reason, payload.get("steps", 0), values)
         if status == "completed":
-            self.study.tell(trial, [float(v) for v in values])
             self._update_front(number, values)
-        else:
-            self.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
         self.counts[status] += 1
         self._dirty = True
         quality = payload["metrics"].get(self.spec.pruner.metric)

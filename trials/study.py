@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from typing import Any, Optional
 
@@ -26,6 +27,33 @@ logger = logging.getLogger(__name__)
 REQUEUE_REASONS = ("driver_died",)
 # Failures that never consumed a training run.
 NO_TRAINING_REASONS = ("infeasible", "driver_died", "duplicate")
+
+
+def tell_finished(study: optuna.Study, trial, status: str, reason: Optional[str], steps: int,
+                  values: list) -> tuple[str, Optional[str]]:
+    """Record a finished trial in Optuna; returns the (status, reason) recorded.
+
+    A completed trial is told its objective values; one missing an objective (None, NaN,
+    Inf) is recorded as failed with reason ``missing_objective``, never ranked."""
+    if status == "completed" and not all(finite(v) for v in values):
+        status, reason = "failed", "missing_objective"
+    trial.set_user_attr("state", status)
+    trial.set_user_attr("steps", int(steps))
+    if reason:
+        trial.set_user_attr("reason", reason)
+    if status == "completed":
+        study.tell(trial, [float(v) for v in values])
+    else:
+        study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
+    return status, reason
+
+
+def finite(v) -> bool:
+    """A metric value that can be ranked: a number, not None, NaN or Inf."""
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def point_key(point: dict, seed: int) -> str:
