@@ -29,7 +29,8 @@ def test_tracking_server_killed_and_restarted_mid_sweep_loses_nothing(mlflow_ser
     name = "server-restart"
     data = tiny_sweep(name, tmp_path / "cache", mode="grid", budget={}, space=SPACE,
                       tracking={"uri": with_credentials(mlflow_server.uri)})
-    data["base"]["train"].update(steps=12, eval_every=2)
+    # Trials of a second or more, so the server goes down while some are still training.
+    data["base"]["train"].update(steps=120, eval_every=20)
     results = tmp_path / name / "results"
     events: dict = {}
 

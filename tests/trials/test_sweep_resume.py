@@ -26,7 +26,8 @@ def test_killed_driver_resumes_without_duplicates_or_losses(tmp_path):
     data = tiny_sweep("resume", tmp_path / "cache", mode="grid", budget={},
                       space={"erase_axis": ["key", "value"], "write_gate": ["scalar", "per_value"],
                              "chunk_size": [16, 32]})
-    data["base"]["train"].update(steps=12, eval_every=4)
+    # Trials long enough (a second or more of training) that a kill lands inside one.
+    data["base"]["train"].update(steps=200, eval_every=50)
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(data))
     root = tmp_path / "sweeps"
@@ -35,16 +36,25 @@ def test_killed_driver_resumes_without_duplicates_or_losses(tmp_path):
                              "--root", str(root), "-q"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = root / "resume" / "results"
+    storage = f"sqlite:///{root / 'resume' / 'optuna.db'}"
+
+    def interrupted():
+        """Numbers of the trials RUNNING in the study that have no saved result."""
+        saved = {int(p.stem.removeprefix("trial-")) for p in results.glob("trial-*.json")}
+        trials = optuna.load_study(study_name="resume", storage=storage).trials
+        return {t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING} - saved
+
     try:
-        wait_for(lambda: results.exists() and len(list(results.glob("*.json"))) >= 1, 240, "a first result")
+        # Kill once one trial has finished and another is still training.
+        wait_for(lambda: results.exists() and len(list(results.glob("*.json"))) >= 1 and interrupted(),
+                 240, "a first result while another trial trains")
     finally:
         # The driver and the local Ray it started share one process group: end it by its id.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     spec = load_sweep(path)
-    storage = f"sqlite:///{root / 'resume' / 'optuna.db'}"
-    before = optuna.load_study(study_name="resume", storage=storage).trials
-    assert any(t.state == optuna.trial.TrialState.RUNNING for t in before), "the kill should interrupt trials"
+    lost_in_flight = interrupted()
+    assert lost_in_flight, "the kill should interrupt a trial"
 
     summary = run_sweep(spec, root)
     study, runs = assert_exactly_once(summary)
@@ -53,7 +63,8 @@ def test_killed_driver_resumes_without_duplicates_or_losses(tmp_path):
     expected = sorted((a, w, c) for a in ("key", "value") for w in ("scalar", "per_value") for c in (16, 32))
     assert points == expected  # every point once: none lost, none duplicated
     killed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    assert killed and all(t.user_attrs["reason"] == "driver_died" for t in killed)
+    assert {t.number for t in killed} == lost_in_flight  # exactly the interrupted ones failed
+    assert all(t.user_attrs["reason"] == "driver_died" for t in killed)
     assert len([r for r in runs if r.info.status == "KILLED"]) <= len(killed)
     # A third run finds nothing left to do and trains nothing.
     again = run_sweep(spec, root)
