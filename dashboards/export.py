@@ -1,8 +1,9 @@
 """Export winning configs: one YAML per point, re-runnable as-is with ``carvelab train FILE``.
 
-Each file holds the fully resolved trial config (``model``, ``task``, ``train``) plus a
-``provenance`` block (objective values, seeds, MLflow run ids, Optuna trial numbers, the
-carvelab version and git commit) that the trial-config loader accepts and ignores.
+Each file holds the fully resolved trial config (``model``, ``task``, ``train``; the model
+with the vocabulary its task gave it in training) plus a ``provenance`` block (objective
+values, seeds, MLflow run ids, Optuna trial numbers, the carvelab version and git commit)
+that the trial-config loader accepts and ignores.
 ``--format fla`` additionally writes the model part as a flash-linear-attention style
 model config for the points that library's stock models express (Gated DeltaNet, KDA),
 and lists the points it cannot express.
@@ -79,6 +80,9 @@ def export(data: SweepData, out: str | Path, rank: Optional[int] = 0, top: Optio
         run_ids = row["run_ids"] if "run_ids" in row else [row["run_id"]]
         config = resolved_config(data.spec, point, int(seeds[0]))
         config["train"]["checkpoint_dir"] = None
+        vocab = _trained_vocab(data, run_ids[0])
+        if vocab is not None:  # the task sets the vocabulary; the config's value was replaced
+            config["model"]["vocab_size"] = vocab
         config["provenance"] = {
             "sweep": data.name, "pareto_rank": row["pareto_rank"], "point": point,
             "objectives": {m: row[m] for m, _ in data.objectives}, "seeds": list(seeds),
@@ -101,6 +105,14 @@ def export(data: SweepData, out: str | Path, rank: Optional[int] = 0, top: Optio
             "These points have no flash-linear-attention stock model (only Gated DeltaNet and KDA points "
             "are exported):\n" + "\n".join(unsupported) + "\n")
     return written
+
+
+def _trained_vocab(data: SweepData, run_id: Optional[str]) -> Optional[int]:
+    """The vocabulary the trial's model was built with (its ``vocab_size`` metric), if logged."""
+    if not run_id:
+        return None
+    value = data.client.get_run(run_id).data.metrics.get("vocab_size")
+    return None if value is None else int(value)
 
 
 def _unused(path: Path) -> Path:

@@ -70,13 +70,15 @@ def build_model(config: TrialConfig, vocab_size: int, device: torch.device):
 
 
 def static_costs(model_cfg, seq_len: int) -> dict[str, float]:
-    """Cost objectives known before training (analytic, from the model config)."""
+    """Cost objectives known before training (analytic, from the model config as built), and
+    the vocabulary the task gave the model (``model.vocab_size`` of the config is replaced)."""
     from carvelab.carve_models import costs
 
     return {
         "params": float(costs.param_count(model_cfg)),
         "flops_per_token": float(costs.flops_per_token(model_cfg, seq_len)),
         "state_bytes": float(costs.state_bytes(model_cfg)),
+        "vocab_size": float(model_cfg.vocab_size),
     }
 
 

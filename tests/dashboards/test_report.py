@@ -34,6 +34,10 @@ def sweeps(tmp_path_factory):
     return root
 
 
+def grid_vocab() -> int:
+    return tiny_sweep("grid", "unused")["base"]["task"]["vocab_size"]
+
+
 def test_frame_joins_optuna_and_mlflow(sweeps):
     data = open_sweep("grid", sweeps)
     df = trials_frame(data)
@@ -97,6 +101,8 @@ def test_export_writes_rerunnable_configs_and_never_overwrites(sweeps, tmp_path)
     assert prov["seeds"] == [0, 1] and len(prov["mlflow_run_ids"]) == 2 and prov["git_commit"]
     trial = [t for t in data.study.trials if t.number == prov["optuna_trial_numbers"][0]][0]
     assert cfg.model.erase_axis == trial.params["erase_axis"] and cfg.model.write_gate == trial.params["write_gate"]
+    # the vocabulary the model was trained with (the task's), not the config default it replaced
+    assert cfg.model.vocab_size == grid_vocab() != load_trial_config({}).model.vocab_size
     again = [p for p in export(data, tmp_path, rank=0) if p.suffix == ".yaml"]
     assert not set(first) & set(again) and all(p.exists() for p in first)
 

@@ -11,7 +11,7 @@ from carvelab.trials.reporting import RecordingReporter
 from carvelab.trials.trial import COMPLETED, FAILED, PRUNED, run_trial
 
 METRICS = {"val_loss", "val_accuracy", "val_ppl", "train_loss", "tokens_per_s", "peak_mem_mb", "params",
-           "flops_per_token", "state_bytes", "wall_s", "first_step_s"}
+           "flops_per_token", "state_bytes", "vocab_size", "wall_s", "first_step_s"}
 
 
 def tiny(tmp_path, task="mqar", **train):
