@@ -297,6 +297,35 @@ def kernel_profile(shape: str, name: str = "gdn2", top: int = 14) -> dict:
     return out
 
 
+def host_vs_device(fn: Callable[[], object], reps: int = 5) -> dict:
+    """Is ``fn`` bound by the host? Median ms the host spends issuing it (from a synchronised
+    start to the call's return, before the device has finished) against the device's ms
+    (CUDA events). Host time close to device time: launches and Python, not kernels, set the pace."""
+    fn()
+    torch.cuda.synchronize()
+    host, device = [], []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        start.record()
+        fn()
+        end.record()
+        host.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.synchronize()
+        device.append(start.elapsed_time(end))
+    h, d = statistics.median(host), statistics.median(device)
+    return {"host_issue_ms": h, "device_ms": d, "host_over_device": h / d}
+
+
+def content_gate_diagnostics(shape: str) -> dict:
+    """Where the content-gate forward's time goes: kernels (profile) and host issue time."""
+    fwd = points(leaf_inputs(shape))["gdn2+content_gate"][0]
+    with torch.no_grad():
+        forward = host_vs_device(fwd)
+    return {"forward": forward, "fwd_bwd_profile": kernel_profile(shape, "gdn2+content_gate")}
+
+
 def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
     import triton
 
@@ -324,6 +353,12 @@ def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
     except Exception as exc:  # the profile is a diagnostic; never lose the timings for it
         logger.exception("kernel profile failed")
         result["profile_error"] = f"{type(exc).__name__}: {exc}"
+    try:
+        result["content_gate_" + shapes[0]] = content_gate_diagnostics(shapes[0])
+        print(f"content gate: {json.dumps(result['content_gate_' + shapes[0]])}", flush=True)
+    except Exception as exc:  # a diagnostic as well
+        logger.exception("content gate diagnostics failed")
+        result["content_gate_error"] = f"{type(exc).__name__}: {exc}"
     return result
 
 
