@@ -6,6 +6,7 @@ import sys
 import time
 
 import optuna
+import sqlalchemy
 import yaml
 
 from carvelab.search_space.sweep_loading import load_sweep
@@ -44,10 +45,17 @@ def test_killed_driver_resumes_without_duplicates_or_losses(tmp_path):
         trials = optuna.load_study(study_name="resume", storage=storage).trials
         return {t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING} - saved
 
+    def one_done_one_training():
+        if not list(results.glob("trial-*.json")):
+            return False
+        try:
+            return bool(interrupted())
+        except sqlalchemy.exc.OperationalError:  # the driver holds the SQLite write lock: look again
+            return False
+
     try:
         # Kill once one trial has finished and another is still training.
-        wait_for(lambda: results.exists() and len(list(results.glob("*.json"))) >= 1 and interrupted(),
-                 240, "a first result while another trial trains")
+        wait_for(one_done_one_training, 240, "a first result while another trial trains")
     finally:
         # The driver and the local Ray it started share one process group: end it by its id.
         os.killpg(proc.pid, signal.SIGKILL)
