@@ -347,19 +347,20 @@ def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
         result["warm_up"] = warm_cache(shapes, warm_jobs)
     result["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
     result["shapes"] = {s: bench_shape(s, result["copy_bandwidth_gbs"]) for s in shapes}
-    try:
-        result["profile_gdn2_" + shapes[0]] = kernel_profile(shapes[0])
-        print(f"profile: {json.dumps(result['profile_gdn2_' + shapes[0]])}", flush=True)
-    except Exception as exc:  # the profile is a diagnostic; never lose the timings for it
-        logger.exception("kernel profile failed")
-        result["profile_error"] = f"{type(exc).__name__}: {exc}"
-    try:
-        result["content_gate_" + shapes[0]] = content_gate_diagnostics(shapes[0])
-        print(f"content gate: {json.dumps(result['content_gate_' + shapes[0]])}", flush=True)
-    except Exception as exc:  # a diagnostic as well
-        logger.exception("content gate diagnostics failed")
-        result["content_gate_error"] = f"{type(exc).__name__}: {exc}"
+    _diagnostic(result, "profile_gdn2_" + shapes[0], "profile", lambda: kernel_profile(shapes[0]))
+    _diagnostic(result, "content_gate_" + shapes[0], "content_gate", lambda: content_gate_diagnostics(shapes[0]))
     return result
+
+
+def _diagnostic(result: dict, key: str, label: str, fn: Callable[[], dict]) -> None:
+    """result[key] = fn(), printed; a failing diagnostic is logged as ``<label>_error``, never
+    losing the timings already in ``result``."""
+    try:
+        result[key] = fn()
+        print(f"{label}: {json.dumps(result[key])}", flush=True)
+    except Exception as exc:
+        logger.exception("%s failed", label)
+        result[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
 
 
 def print_table(result: dict) -> None:

@@ -51,6 +51,7 @@ from carvelab.kernels.triton_recurrent import (
     block_size,
     dot_precision,
     key_block,
+    matrix_slice_ptr,
     matrix_tile_ptr,
 )
 
@@ -309,15 +310,13 @@ def _state_terms_bwd_kernel(
     dqt = tl.zeros([BT, BKS], dtype=tl.float32)
     dat = tl.zeros([BT, BKS], dtype=tl.float32)
     dut = tl.zeros([BT, BKS], dtype=tl.float32)
-    rk = k0 + tl.arange(0, BKS)
     i_mat = (i_b * NT + i_c) * H + i_h
     for i_v in range(NV):
-        cv = i_v * BV + tl.arange(0, BV)
-        off = i_mat * K * V + rk[:, None] * V + cv[None, :]
-        m = (rk[:, None] < K) & (cv[None, :] < V)
-        S0t = tl.trans(tl.load(h + off, mask=m, other=0.0))
-        dSt = tl.trans(tl.load(dh + off, mask=m, other=0.0))
         c0 = i_v * BV
+        p_h, m = matrix_slice_ptr(h, i_mat, K, V, k0, c0, BKS, BV)
+        p_d, _ = matrix_slice_ptr(dh, i_mat, K, V, k0, c0, BKS, BV)
+        S0t = tl.trans(tl.load(p_h, mask=m, other=0.0))
+        dSt = tl.trans(tl.load(p_d, mask=m, other=0.0))
         dqt += tl.dot(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, input_precision=PREC)
         dat -= tl.dot(_tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, input_precision=PREC)
         dut += tl.dot(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV), dSt, input_precision=PREC)

@@ -126,11 +126,18 @@ def _offsets(i_b, i_h, t, T, H, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.con
 
 
 @triton.jit
-def matrix_tile_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
-    """Pointers and mask of the [BK, BV] tile at value column c0 of matrix i_mat of a [.., K, V] tensor."""
-    rk = tl.arange(0, BK)
+def matrix_slice_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, r0, c0, BR: tl.constexpr, BV: tl.constexpr):
+    """Pointers and mask of the [BR, BV] tile at key row r0, value column c0 of matrix i_mat
+    of a [.., K, V] tensor."""
+    rk = r0 + tl.arange(0, BR)
     cv = c0 + tl.arange(0, BV)
     return base + i_mat * K * V + rk[:, None] * V + cv[None, :], (rk[:, None] < K) & (cv[None, :] < V)
+
+
+@triton.jit
+def matrix_tile_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
+    """Pointers and mask of the [BK, BV] tile (all key rows) at value column c0 of matrix i_mat."""
+    return matrix_slice_ptr(base, i_mat, K, V, 0, c0, BK, BV)
 
 
 @autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
@@ -311,10 +318,9 @@ def _decay_grad_kernel(
     # rowsum(S_T ⊙ dS_T) for these key rows: the gradient reaching g through the final state
     carry = tl.zeros([BKS], dtype=tl.float32)
     for c0 in range(0, V, BV):
-        cv = c0 + tl.arange(0, BV)
-        off = i_bh * K * V + ck[:, None] * V + cv[None, :]
-        m = mk[:, None] & (cv[None, :] < V)
-        carry += tl.sum(tl.load(s_out + off, mask=m, other=0.0) * tl.load(ds_out + off, mask=m, other=0.0), 1)
+        p_s, m = matrix_slice_ptr(s_out, i_bh, K, V, i_k * BKS, c0, BKS, BV)
+        p_d, _ = matrix_slice_ptr(ds_out, i_bh, K, V, i_k * BKS, c0, BKS, BV)
+        carry += tl.sum(tl.load(p_s, mask=m, other=0.0) * tl.load(p_d, mask=m, other=0.0), 1)
     rows = tl.arange(0, BT)
     for i_rev in range(NT):
         t = (NT - 1 - i_rev) * BT + rows
