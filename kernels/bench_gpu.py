@@ -318,11 +318,31 @@ def host_vs_device(fn: Callable[[], object], reps: int = 5) -> dict:
     return {"host_issue_ms": h, "device_ms": d, "host_over_device": h / d}
 
 
+def host_profile(fn: Callable[[], object], top: int = 20) -> list[str]:
+    """The host functions that take longest issuing ``fn`` once (cProfile, own time):
+    ``"<own ms> ms <calls>x <function>"``, largest first."""
+    import cProfile
+    import pstats
+
+    fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, prim calls, own s, cum s, callers)
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return [f"{own * 1e3:.2f} ms {calls}x {Path(f).name}:{line}({name})" for (f, line, name), (calls, _, own, _, _) in rows]
+
+
 def content_gate_diagnostics(shape: str) -> dict:
-    """Where the content-gate forward's time goes: kernels (profile) and host issue time."""
+    """Where the content-gate forward's time goes: kernels (profile), host issue time and
+    the host functions behind it."""
     fwd = points(leaf_inputs(shape))["gdn2+content_gate"][0]
     with torch.no_grad():
         forward = host_vs_device(fwd)
+        forward["host_profile"] = host_profile(fwd)
     return {"forward": forward, "fwd_bwd_profile": kernel_profile(shape, "gdn2+content_gate")}
 
 

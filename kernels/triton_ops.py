@@ -45,7 +45,6 @@ from carvelab.kernels._args import (
     RecurrenceOutput,
     activate_target,
     canonicalize,
-    content_delta,
     initial_cov_or_eye,
     initial_state_or_zeros,
 )
@@ -164,36 +163,57 @@ def _whole_sequence(c: Canonical, kernel, q, k):
     return o, s_out, p_out
 
 
+def _time_chunks(x: torch.Tensor, C: int) -> list:
+    """x [B, T, H, *] as contiguous pieces of C tokens (the last may be shorter).
+
+    One transposing copy up front; autograd then joins the pieces' gradients with one
+    stack. Slicing instead would cost one full-size zero fill and add per piece in the
+    backward, and one strided copy per piece when a kernel needs contiguous input."""
+    B, T = x.shape[:2]
+    n = T // C
+    pieces = list(x[:, :n * C].reshape(B, n, C, *x.shape[2:]).transpose(0, 1).contiguous().unbind(0)) if n else []
+    if T % C:
+        pieces.append(x[:, n * C:].contiguous())
+    return pieces
+
+
+def _content_map(content) -> torch.Tensor:
+    """[H, dv, n]: delta = m @ map per head, i.e. U_h (V_h m) as one product per chunk."""
+    return torch.matmul(content.U.float(), content.V.float()).transpose(1, 2)
+
+
 def _content_chunks(c: Canonical, kernel, q, k):
     """Torch loop over content chunks; see the module docstring."""
     B, T, H, dk, dv = c.dims
     content, C = c.content, c.chunk_size
     n_b = dk if c.erase_axis == "key" else dv
-    x = c.w * c.v
     s, p = initial_state_or_zeros(c), None
     u_all = None
     if c.covariance == "propagate":
         p = initial_cov_or_eye(c)
         if content.target == "erase":  # P never sees the erase gate: one pass for all chunks
             u_all, p = _write_dirs(c, k, c.g, c.r, p)
-    m = q.new_zeros(B, H, dv, dtype=torch.float32)
+    n = -(-T // C)
+    qs, ks, xs, gs, bs = (_time_chunks(t, C) for t in (q, k, c.w * c.v, c.g, c.b))
+    rs = _time_chunks(c.r, C) if c.r is not None else [None] * n
+    us = _time_chunks(u_all, C) if u_all is not None else [None] * n
+    cmap = _content_map(content)
+    m = q.new_zeros(B, H, 1, dv, dtype=torch.float32)
     outs = []
-    for start in range(0, T, C):
-        span = slice(start, min(start + C, T))
-        delta = content_delta(content, m)
-        g, b = c.g[:, span], c.b[:, span]
+    for i in range(n):
+        delta = torch.matmul(m, cmap).squeeze(2)  # [B, H, n]
+        g, b = gs[i], bs[i]
         if content.target == "erase":
             b = activate_target(content, b, delta).expand(-1, -1, -1, n_b)
         else:
             g = activate_target(content, g, delta).expand(-1, -1, -1, dk)
-        if u_all is not None:
-            u = u_all[:, span]
-        else:
-            u, p_c = _write_dirs(c, k[:, span], g, None if c.r is None else c.r[:, span], p)
+        u = us[i]
+        if u is None:
+            u, p_c = _write_dirs(c, ks[i], g, rs[i], p)
             p = p if p_c is None else p_c
-        o, s = _recurrence(c, kernel, q[:, span], k[:, span], u, x[:, span], g, b, s)
+        o, s = _recurrence(c, kernel, qs[i], ks[i], u, xs[i], g, b, s)
         outs.append(o)
-        m = o.mean(1)
+        m = o.mean(1).unsqueeze(2)
     return torch.cat(outs, 1), s, p
 
 

@@ -253,3 +253,16 @@ def test_key_dim_above_one_tile_is_refused():
     with pytest.raises(ValueError, match="dk=300"):
         triton_recurrent.key_block(300)
     assert triton_recurrent.key_block(12) == 16 and triton_recurrent.key_block(256) == 256
+
+
+def test_gpu_autotune_configs_leave_out_the_miscompiled_value_tile(monkeypatch):
+    """The GPU autotune space of the state kernels: every value tile, warp and stage count
+    except the combination that miscompiled on Hopper (BV=16 with 8 warps)."""
+    monkeypatch.setattr(triton_recurrent, "interpreted", lambda: False)
+    monkeypatch.delenv("CARVELAB_AUTOTUNE", raising=False)
+    configs = {(c.kwargs["BV"], c.num_warps, c.num_stages)
+               for c in triton_recurrent.autotune_configs(value_blocks=(16, 32, 64))}
+    assert configs == {(bv, w, s) for bv in (16, 32, 64) for w in (2, 4, 8) for s in (1, 2, 3)} - {
+        (16, 8, s) for s in (1, 2, 3)}
+    monkeypatch.setenv("CARVELAB_AUTOTUNE", "0")
+    assert [c.kwargs for c in triton_recurrent.autotune_configs(value_blocks=(16, 32, 64))] == [{"BV": 64}]
