@@ -39,6 +39,7 @@ S_0/dS_C terms of dq, da, du, per key slice), ``_intra_bwd`` (dq, da, du). T is 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 
 import torch
@@ -443,6 +444,16 @@ def _chunk_cumsum(g: torch.Tensor, BT: int) -> torch.Tensor:
     return G
 
 
+def _empty_f32(device, *shapes) -> list:
+    """Uninitialised fp32 tensors of the given shapes, views into one allocation: one
+    allocator call instead of one per tensor (the content gate calls the launchers once
+    per chunk, and there host time sets the pace). Group only tensors that die together:
+    any live view keeps the whole allocation."""
+    sizes = [math.prod(sh) for sh in shapes]
+    flat = torch.empty(sum(sizes), device=device, dtype=torch.float32)
+    return [part.view(sh) for part, sh in zip(flat.split(sizes), shapes)]
+
+
 def _dims(q, x, BT):
     B, T, H, K = q.shape
     V = x.shape[-1]
@@ -461,19 +472,15 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, x, BT)
     q, a, u, x = (_pad_time(t, TP) for t in (q, a, u, x))
     G = _chunk_cumsum(_pad_time(g, TP), BT)
-    dev, f32, prec, NC = q.device, torch.float32, dot_precision(q, a, u, x), BT // BC
-    M = torch.empty(B, TP, H, BT, device=dev, dtype=f32)
-    Qm, A = torch.empty_like(M), torch.empty_like(M)
+    prec, NC = dot_precision(q, a, u, x), BT // BC
+    M, W, XA = _empty_f32(q.device, (B, TP, H, BT), (B, TP, H, K), (B, TP, H, V))  # freed on return
+    Qm, A, h, dlt = _empty_f32(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V), (B, TP, H, V))  # saved
+    s_out = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+    o = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
     _intra_fwd_kernel[(NT, NC * NC, B * H)](q, a, u, G, M, Qm, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec)
-    W = torch.empty(B, TP, H, K, device=dev, dtype=f32)
-    XA = torch.empty(B, TP, H, V, device=dev, dtype=f32)
     _solve_fwd_kernel[(NT, B * H)](a, x, G, M, A, W, XA, TP, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV, PREC=prec)
-    h = torch.empty(B, NT, H, K, V, device=dev, dtype=f32)
-    dlt = torch.empty(B, TP, H, V, device=dev, dtype=f32)
-    s_out = torch.empty(B, H, K, V, device=dev, dtype=f32)
     _state_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec)
-    o = torch.empty(B, TP, H, V, device=dev, dtype=f32)
     _output_fwd_kernel[(NV, NT, B * H)](q, G, Qm, h, dlt, o, TP, NT, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
     LAUNCHES["chunk_fwd"] += 1
     return o[:, :T], s_out, (G, A, Qm, h, dlt)
@@ -484,23 +491,23 @@ def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
     G, A, Qm, h, dlt = saved
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, do, BT)
     q, a, u, do = (_pad_time(t, TP) for t in (q, a, u, do))
-    dev, f32, prec, NC = q.device, torch.float32, dot_precision(q, a, u), BT // BC
-    dh = torch.empty(B, NT, H, K, V, device=dev, dtype=f32)
-    dx = torch.empty(B, TP, H, V, device=dev, dtype=f32)
-    ds0 = torch.empty(B, H, K, V, device=dev, dtype=f32)
+    prec, NC = dot_precision(q, a, u), BT // BC
+    dh, dQm, dM, dq0, da0, du0 = _empty_f32(  # freed on return
+        q.device, (B, NT, H, K, V), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3)
+    # the returned gradients get their own allocations: one may become a leaf's .grad
+    dx = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
+    ds0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+    dq, da, du = (torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32) for _ in range(3))
     _state_bwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
         H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec,
     )
-    dQm, dM = torch.empty(B, TP, H, BT, device=dev, dtype=f32), torch.empty(B, TP, H, BT, device=dev, dtype=f32)
-    dq0, da0, du0 = (torch.empty(B, TP, H, K, device=dev, dtype=f32) for _ in range(3))
     _pairs_bwd_kernel[(NT, B * H)](dlt, do, dx, dQm, dM, TP, scale, H=H, V=V, BT=BT, BV=BV, NV=NV, PREC=prec)
     BKS = min(BK, 64)  # key slices keep three [BT, BKS] accumulators in registers
     _state_terms_bwd_kernel[(triton.cdiv(K, BKS), NT, B * H)](
         G, h, dh, dlt, do, dx, dq0, da0, du0, TP, NT, scale,
         H=H, K=K, V=V, BT=BT, BKS=BKS, BV=BV, NV=NV, PREC=prec,
     )
-    dq, da, du = (torch.empty(B, TP, H, K, device=dev, dtype=f32) for _ in range(3))
     _intra_bwd_kernel[(NT * NC, B * H)](
         q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec,
     )

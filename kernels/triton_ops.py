@@ -178,7 +178,7 @@ def _time_chunks(x: torch.Tensor, C: int) -> list:
 
 
 def _content_map(content) -> torch.Tensor:
-    """[H, dv, n]: delta = m @ map per head, i.e. U_h (V_h m) as one product per chunk."""
+    """[H, dv, n]: delta_h = m_h @ map_h, i.e. U_h (V_h m_h) as one batched product per chunk."""
     return torch.matmul(content.U.float(), content.V.float()).transpose(1, 2)
 
 
@@ -198,10 +198,10 @@ def _content_chunks(c: Canonical, kernel, q, k):
     rs = _time_chunks(c.r, C) if c.r is not None else [None] * n
     us = _time_chunks(u_all, C) if u_all is not None else [None] * n
     cmap = _content_map(content)
-    m = q.new_zeros(B, H, 1, dv, dtype=torch.float32)
+    m = q.new_zeros(H, B, dv, dtype=torch.float32)  # mean output of the previous chunk, per head
     outs = []
     for i in range(n):
-        delta = torch.matmul(m, cmap).squeeze(2)  # [B, H, n]
+        delta = torch.bmm(m, cmap).transpose(0, 1)  # [B, H, n]
         g, b = gs[i], bs[i]
         if content.target == "erase":
             b = activate_target(content, b, delta).expand(-1, -1, -1, n_b)
@@ -213,7 +213,7 @@ def _content_chunks(c: Canonical, kernel, q, k):
             p = p if p_c is None else p_c
         o, s = _recurrence(c, kernel, qs[i], ks[i], u, xs[i], g, b, s)
         outs.append(o)
-        m = o.mean(1).unsqueeze(2)
+        m = o.mean(1).transpose(0, 1)
     return torch.cat(outs, 1), s, p
 
 
