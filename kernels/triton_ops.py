@@ -22,14 +22,15 @@ through S and P.
 
 Cost of the loop, per content chunk (``LAUNCHES_PER_CALL``): 5 kernel launches forward
 and 5 backward with the chunked kernels (1 and 3 with the recurrent ones), plus 1 and 1
-for the P-pass with a decay target, plus about ten small torch ops (gate activation,
-mean, slicing copies) each way, all serialised behind the previous chunk. Without a
-content gate the whole sequence is one call of each Function, so the gate multiplies
-the launch count by about T / chunk_size. Measured once on an H100 (B=2, T=2048, H=8,
-dk=dv=128, bf16, chunk 64, one untuned config per kernel): forward 19.3 ms with the
-content gate against 1.04 ms without, forward+backward 70.7 ms against 3.6 ms; the loop
-is bound by per-chunk launch and Python overhead, not by the kernels. BENCHMARKS.md has
-the current figures (about 9x the plain kernel at B=4, T=4096, H=16, d=128).
+for the P-pass with a decay target, plus about six small torch ops (content map, gate
+activation, mean) each way, all serialised behind the previous chunk. The inputs are cut
+into chunks once, by one transposing copy whose backward is one stack (slicing per chunk
+would cost a full-size zero fill and add per chunk in the backward). Without a content
+gate the whole sequence is one call of each Function, so the gate multiplies the launch
+count by about T / chunk_size, and the loop is bound by the host's cost per launch and
+op, not by the kernels: on an H100 (B=4, T=4096, H=16, d=128, bf16, chunk 64) the forward
+took as long to issue as to run, and fwd+bwd was 10.6x the plain kernel's time while its
+kernels summed to 2x. BENCHMARKS.md has the figures; a fused in-kernel scan is the fix.
 """
 from __future__ import annotations
 
