@@ -26,8 +26,7 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 
     if ray.is_initialized():
         return False
-    # A cache dir set here is passed on as is; otherwise each worker picks its own below.
-    env = {"env_vars": {"TRITON_CACHE_DIR": os.environ["TRITON_CACHE_DIR"]}} if os.environ.get("TRITON_CACHE_DIR") else {}
+    env = worker_runtime_env()
     if address:
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
         return False
@@ -35,6 +34,18 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env,
              logging_level=logging.WARNING, log_to_driver=False)
     return True
+
+
+# Settings of the driver's environment that every worker, on any node, must see: the
+# Triton cache (when unset, each worker picks its node's own, see triton_cache_dir) and
+# CARVELAB_AUTOTUNE=0 (one configuration per kernel: compiles in seconds, runs untuned).
+WORKER_ENV_VARS = ("TRITON_CACHE_DIR", "CARVELAB_AUTOTUNE")
+
+
+def worker_runtime_env() -> dict:
+    """Ray ``runtime_env`` passing on the WORKER_ENV_VARS that are set here."""
+    env_vars = {k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)}
+    return {"env_vars": env_vars} if env_vars else {}
 
 
 def triton_cache_dir() -> str:
