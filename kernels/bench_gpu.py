@@ -346,6 +346,21 @@ def content_gate_diagnostics(shape: str) -> dict:
     return {"forward": forward, "fwd_bwd_profile": kernel_profile(shape, "gdn2+content_gate")}
 
 
+def autotune_choices() -> dict:
+    """{kernel: {autotune key: chosen config}} of our autotuned kernels in this process, to
+    see which configurations win (and which of the autotune space never does)."""
+    from triton.runtime.autotuner import Autotuner
+
+    from carvelab.kernels import triton_chunk, triton_covariance, triton_recurrent
+
+    out = {}
+    for module in (triton_chunk, triton_recurrent, triton_covariance):
+        for name, obj in vars(module).items():
+            if isinstance(obj, Autotuner):
+                out[name] = {str(key): str(config) for key, config in getattr(obj, "cache", {}).items()}
+    return out
+
+
 def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
     import triton
 
@@ -369,6 +384,7 @@ def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
     result["shapes"] = {s: bench_shape(s, result["copy_bandwidth_gbs"]) for s in shapes}
     _diagnostic(result, "profile_gdn2_" + shapes[0], "profile", lambda: kernel_profile(shapes[0]))
     _diagnostic(result, "content_gate_" + shapes[0], "content_gate", lambda: content_gate_diagnostics(shapes[0]))
+    _diagnostic(result, "autotune_choices", "autotune", autotune_choices)
     return result
 
 

@@ -1,0 +1,30 @@
+"""The GPU benchmark's diagnostic helpers that need no GPU: the host profile of a call and
+the report of autotune choices."""
+import torch
+import triton
+
+from carvelab.kernels import bench_gpu, triton_chunk
+
+
+def test_host_profile_names_the_functions_that_take_the_host_longest(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    x = torch.randn(256, 256)
+
+    def work():
+        for _ in range(50):
+            torch.sigmoid(x)
+        return x.sum()
+
+    rows = bench_gpu.host_profile(work, top=3)
+    assert len(rows) == 3
+    assert "50x" in rows[0] and "sigmoid" in rows[0], rows
+    assert float(rows[0].split(" ms ")[0]) > 0
+
+
+def test_autotune_choices_lists_every_autotuned_kernel_and_its_choices(monkeypatch):
+    config = triton.Config({"BV": 32}, num_warps=4, num_stages=2)
+    monkeypatch.setitem(triton_chunk._state_fwd_kernel.cache, (128, 64, 128, "torch.bfloat16"), config)
+    choices = bench_gpu.autotune_choices()
+    assert {"_intra_fwd_kernel", "_solve_fwd_kernel", "_state_fwd_kernel", "_state_bwd_kernel",
+            "_recurrent_fwd_kernel", "_cov_fwd_kernel"} <= set(choices)
+    assert choices["_state_fwd_kernel"][str((128, 64, 128, "torch.bfloat16"))] == str(config)
