@@ -194,14 +194,14 @@ def _content_chunks(c: Canonical, kernel, q, k):
         p = initial_cov_or_eye(c)
         if content.target == "erase":  # P never sees the erase gate: one pass for all chunks
             u_all, p = _write_dirs(c, k, c.g, c.r, p)
-    n = -(-T // C)
+    n_chunks = -(-T // C)
     qs, ks, xs, gs, bs = (_time_chunks(t, C) for t in (q, k, c.w * c.v, c.g, c.b))
-    rs = _time_chunks(c.r, C) if c.r is not None else [None] * n
-    us = _time_chunks(u_all, C) if u_all is not None else [None] * n
+    rs = _time_chunks(c.r, C) if c.r is not None else [None] * n_chunks
+    us = _time_chunks(u_all, C) if u_all is not None else [None] * n_chunks
     cmap = _content_map(content)
     m = q.new_zeros(H, B, dv, dtype=torch.float32)  # mean output of the previous chunk, per head
     outs = []
-    for i in range(n):
+    for i in range(n_chunks):
         delta = torch.bmm(m, cmap).transpose(0, 1)  # [B, H, n]
         g, b = gs[i], bs[i]
         if content.target == "erase":
