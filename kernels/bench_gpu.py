@@ -356,6 +356,7 @@ def autotune_choices() -> dict:
     out = {}
     for module in (triton_chunk, triton_recurrent, triton_covariance):
         for name, obj in vars(module).items():
+            obj = obj.autotuner if isinstance(obj, triton_recurrent.TunedKernel) else obj
             if isinstance(obj, Autotuner):
                 out[name] = {str(key): str(config) for key, config in getattr(obj, "cache", {}).items()}
     return out

@@ -119,3 +119,27 @@ def test_per_head_gates_broadcast(kernel):
     x["b"] = x["b"][..., 0].detach().requires_grad_()
     assert x["g"].shape == x["b"].shape == x["w"].shape == (1, 40, 2)
     assert_match(run_case(triton_gated_delta, case, x, kernel=kernel), run_case(gated_delta_reference, case, x))
+
+
+@pytest.mark.usefixtures("nan_empty")
+def test_tuned_kernels_launch_the_chosen_config_directly_once_chosen(monkeypatch):
+    """A second call with the same launch signatures skips Triton's autotuner (its choice
+    is remembered per signature) and gives bit-identical outputs and gradients."""
+    from triton.runtime.autotuner import Autotuner
+
+    for kernel in vars(triton_chunk).values():
+        if isinstance(kernel, triton_recurrent.TunedKernel):
+            monkeypatch.setattr(kernel, "chosen", {})  # as in a fresh process
+    runs = []
+    real_run = Autotuner.run
+    monkeypatch.setattr(Autotuner, "run", lambda self, *a, **k: runs.append(self) or real_run(self, *a, **k))
+    case = Case(T=40, H=1, dv=24)
+    x = make_inputs(case)
+    first = run_case(triton_gated_delta, case, x, kernel="chunk")
+    assert len(runs) >= 8  # every autotuned kernel of the forward and backward, at least once
+    assert triton_chunk._state_fwd_kernel.chosen and triton_chunk._intra_bwd_kernel.chosen
+    runs.clear()
+    second = run_case(triton_gated_delta, case, x, kernel="chunk")
+    assert runs == []
+    assert torch.equal(first[0].o, second[0].o) and torch.equal(first[0].state, second[0].state)
+    assert all(torch.equal(first[1][n], second[1][n]) for n in first[1])
