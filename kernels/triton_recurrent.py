@@ -124,6 +124,8 @@ class TunedKernel:
         self.chosen: dict = {}
 
     def __getattr__(self, name: str):
+        if name in ("autotuner", "chosen"):  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.autotuner, name)
 
     def __getitem__(self, grid):
