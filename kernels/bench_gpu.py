@@ -103,13 +103,17 @@ def qkv_grads(o: torch.Tensor, x: dict, do: torch.Tensor):
 
 
 # The points timed for each shape (keys of ``points``), and those fla has a kernel for.
-POINTS = ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2_value_axis_recurrent", "gdn2_key_axis_recurrent")
+POINTS = ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2+content_gate_eager", "gdn2_value_axis_recurrent",
+          "gdn2_key_axis_recurrent")
+# Ours-only points reported as a multiple of our GDN-2 chunked kernel.
+RELATIVE_POINTS = POINTS[3:]
 FLA_POINTS = ("gdn2", "kda", "gdn")
 
 
 def points(x):
     """name -> (our call, fla call or None), all on the same inputs."""
     from carvelab.kernels._args import ContentGate
+    from carvelab.kernels.cuda_graph import replay
     from carvelab.kernels.triton_chunk import triton_chunk_gated_delta as chunk
     from carvelab.kernels.triton_recurrent import triton_recurrent_gated_delta as recurrent
 
@@ -120,6 +124,11 @@ def points(x):
                           V=(torch.randn(H, 4, dv, generator=gen, device="cuda") / dv ** 0.5).requires_grad_(),
                           target="erase")
     logits = torch.logit(b.clamp(1e-4, 1 - 1e-4))
+
+    def eager(fn):  # the content-gate loop without CUDA-graph replay
+        with replay(False):
+            return fn()
+
     fla = _fla()
     return {
         "gdn2": (lambda: chunk(q, k, v, g, b, w).o,
@@ -129,6 +138,7 @@ def points(x):
         "gdn": (lambda: chunk(q, k, v, gh, beta, beta).o,
                 None if fla is None else lambda: fla["gdn"](q, k, v, gh, beta.to(q.dtype))[0]),
         "gdn2+content_gate": (lambda: chunk(q, k, v, g, logits, w, content=content).o, None),
+        "gdn2+content_gate_eager": (lambda: eager(lambda: chunk(q, k, v, g, logits, w, content=content).o), None),
         "gdn2_value_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w, erase_axis="value").o, None),
         "gdn2_key_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w).o, None),
     }
@@ -220,7 +230,7 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
     p = out["points"]
     base = p.get("gdn2", {}).get("ours", {}).get("fwd_bwd_ms")
     if base:
-        for name in ("gdn2+content_gate", "gdn2_value_axis_recurrent", "gdn2_key_axis_recurrent"):
+        for name in RELATIVE_POINTS:
             t = p.get(name, {}).get("ours", {}).get("fwd_bwd_ms")
             if t:
                 p[name]["fwd_bwd_ratio_vs_gdn2_chunk"] = t / base
@@ -337,13 +347,29 @@ def host_profile(fn: Callable[[], object], top: int = 20) -> list[str]:
 
 
 def content_gate_diagnostics(shape: str) -> dict:
-    """Where the content-gate forward's time goes: kernels (profile), host issue time and
-    the host functions behind it."""
-    fwd = points(leaf_inputs(shape))["gdn2+content_gate"][0]
+    """Where the content-gate time goes: the GPU memory reserved by its first call (eager
+    warm-up and capture, afresh here: an upper bound on what the graphs keep), host issue time vs device time of the forward with and without replay,
+    the host functions behind the eager forward, and the kernels of one fwd+bwd."""
+    from carvelab.kernels import cuda_graph
+
+    x = leaf_inputs(shape)
+    pts = points(x)
+    out = {}
+    cuda_graph.POOL.clear()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    reserved = torch.cuda.memory_reserved()
+    o = pts["gdn2+content_gate"][0]()
+    qkv_grads(o, x, torch.ones_like(o))
+    del o
+    torch.cuda.synchronize()
+    out["graphs_reserved_mb"] = (torch.cuda.memory_reserved() - reserved) / 2**20
     with torch.no_grad():
-        forward = host_vs_device(fwd)
-        forward["host_profile"] = host_profile(fwd)
-    return {"forward": forward, "fwd_bwd_profile": kernel_profile(shape, "gdn2+content_gate")}
+        for name in ("gdn2+content_gate", "gdn2+content_gate_eager"):
+            out[f"forward_{name}"] = host_vs_device(pts[name][0])
+        out["forward_gdn2+content_gate_eager"]["host_profile"] = host_profile(pts["gdn2+content_gate_eager"][0])
+    out["fwd_bwd_profile"] = kernel_profile(shape, "gdn2+content_gate")
+    return out
 
 
 def autotune_choices() -> dict:

@@ -29,8 +29,12 @@ would cost a full-size zero fill and add per chunk in the backward). Without a c
 gate the whole sequence is one call of each Function, so the gate multiplies the launch
 count by about T / chunk_size, and the loop is bound by the host's cost per launch and
 op, not by the kernels: on an H100 (B=4, T=4096, H=16, d=128, bf16, chunk 64) the forward
-took as long to issue as to run, and fwd+bwd was 10.6x the plain kernel's time while its
-kernels summed to 2x. BENCHMARKS.md has the figures; a fused in-kernel scan is the fix.
+took as long to issue as to run, and fwd+bwd was about 10x the plain kernel's time while
+its kernels summed to 2x. So on CUDA tensors ``triton_gated_delta`` captures the whole
+content-gate call, forward and backward, into CUDA graphs once per shape and replays them
+(``cuda_graph``): the host issues one replay instead of the loop, and fwd+bwd came to
+1.9x the plain kernel (BENCHMARKS.md). What remains is the loop's kernels themselves:
+each handles one chunk per (batch, head), which a fused in-kernel scan would avoid.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import logging
 
 import torch
 
+from carvelab.kernels import cuda_graph as _graph
 from carvelab.kernels import triton_chunk as _chunk
 from carvelab.kernels import triton_covariance as _cov
 from carvelab.kernels import triton_recurrent as _rec
@@ -226,7 +231,31 @@ def triton_gated_delta(
 
     kernel: "chunk" (chunked WY, key axis only) or "recurrent" (fused recurrent, either
     axis; also usable on key-axis points to cross-check the chunked kernels).
+
+    With a content gate on CUDA tensors the whole call (the per-chunk loop, forward and
+    backward) is captured once per shape and replayed as CUDA graphs (``cuda_graph``;
+    ``CARVELAB_CUDA_GRAPHS=0`` runs it eagerly).
     """
+    options = dict(erase_axis=erase_axis, covariance=covariance, chunk_size=chunk_size, scale=scale, kernel=kernel)
+    if content is None or not _graph.should_replay((q,)):
+        return _triton_gated_delta(q, k, v, g, b, w, r, content=content, initial_state=initial_state,
+                                   initial_cov=initial_cov, **options)
+    tensors = (q, k, v, g, b, w, r, initial_state, initial_cov, content.U, content.V, content.A_log)
+
+    def run(q, k, v, g, b, w, r, s0, p0, U, V, A_log):
+        out = _triton_gated_delta(q, k, v, g, b, w, r, content=content._replace(U=U, V=V, A_log=A_log),
+                                  initial_state=s0, initial_cov=p0, **options)
+        return tuple(t for t in out if t is not None)
+
+    outs = _graph.graphed_call(run, tensors, ("triton_gated_delta", content.target, *sorted(options.items())))
+    return RecurrenceOutput(outs[0], outs[1], outs[2] if len(outs) > 2 else None)
+
+
+def _triton_gated_delta(
+    q, k, v, g, b, w, r=None, *, erase_axis, covariance, content, chunk_size, initial_state, initial_cov,
+    scale, kernel,
+) -> RecurrenceOutput:
+    """``triton_gated_delta`` run eagerly."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not allowed; choose one of {list(KERNELS)}")
     c = canonicalize(
