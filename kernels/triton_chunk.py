@@ -16,7 +16,7 @@ S_0 the state at the chunk start and δ_t = x_t − S̄_tᵀ a_t::
 Backward per chunk, given dO and dS_C (= dL/dS at the chunk end)::
 
     dΔ  = scale Qᵀ dO + Û dS_C,   dR = Aᵀ dΔ  (= dX, since Δ = A R with R = X − Ã S_0)
-    dS_0 = e^{G_C} ⊙ dS_C + scale Q̃ᵀ dO − Ãᵀ dR            (reverse scan over chunks)
+    dS_0 = e^{G_C} ⊙ dS_C + scale Q̃ᵀ dO − Wᵀ dΔ            (reverse scan over chunks; Wᵀ = Ãᵀ Aᵀ)
     dA = dΔ Rᵀ  ⇒  dM = −Aᵀ dA Aᵀ = −dR Δᵀ   (strictly lower part)
     dQ = scale dO Δᵀ (lower part),  dQ̃ = scale dO S_0ᵀ,  dÃ = −dR S_0ᵀ,  dÛ = Δ dS_Cᵀ
     dq_t = e^{G_t} ⊙ dQ̃_t + Σ_{s<=t} dQ[t,s] e^{G_t−G_s} ⊙ u_s
@@ -33,7 +33,7 @@ diagonal block, merged block by block with ``tl.dot``. State and every product a
 
 Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (sequential
 over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
-over chunks: dS per chunk, dR, dS_0), ``_pairs_bwd`` (dQ, dM), ``_state_terms_bwd`` (the
+over chunks: dS and dΔ per chunk, dS_0), ``_pairs_bwd`` (dR, dQ, dM), ``_state_terms_bwd`` (the
 S_0/dS_C terms of dq, da, du, per key slice), ``_intra_bwd`` (dq, da, du). T is padded with zeros to a multiple of C (identity steps).
 """
 from __future__ import annotations
@@ -240,11 +240,15 @@ def _output_fwd_kernel(
 @autotune(configs=autotune_configs(value_blocks=STATE_VALUE_BLOCKS), key=["BK", "BT", "V"])
 @triton.jit
 def _state_bwd_kernel(
-    q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
+    q, u, G, Qm, W, do, ds_out, dh, dx, ds0, TP, NT, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Reverse over chunks: store dS_C of each chunk, dR = Aᵀ dΔ (= dx), finally dS_0."""
+    """Reverse over chunks: store dS_C and dΔ (into dx) of each chunk, finally dS_0.
+
+    Ãᵀ dR = Ãᵀ Aᵀ dΔ = Wᵀ dΔ, so the chain from one chunk's dS to the next has two
+    dependent products (Û dS, then Wᵀ dΔ); dR = Aᵀ dΔ is formed off the chain, in parallel
+    (``_pairs_bwd_kernel``)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     c0 = i_v * BV
@@ -257,17 +261,15 @@ def _state_bwd_kernel(
         tl.store(p_h, dS, mask=m_h)
         Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
         g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
-        eg = tl.exp(Gt)
         uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - Gt)
         dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
         Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+        qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(Gt)
+        local = scale * tl.dot(tl.trans(qt), dot_, input_precision=PREC)
         dD = scale * tl.dot(tl.trans(Qt), dot_, input_precision=PREC) + tl.dot(uh, dS, input_precision=PREC)
-        dR = tl.dot(tl.trans(_tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT)), dD, input_precision=PREC)
-        _put(dx, dR, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * eg
-        at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * eg
-        dS = dS * tl.exp(g_last)[:, None] + scale * tl.dot(tl.trans(qt), dot_, input_precision=PREC)
-        dS -= tl.dot(tl.trans(at), dR, input_precision=PREC)
+        _put(dx, dD, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
+        dS = dS * tl.exp(g_last)[:, None] + local - tl.dot(tl.trans(wt), dD, input_precision=PREC)
     p_0, m_0 = matrix_tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
     tl.store(p_0, dS, mask=m_0)
 
@@ -275,21 +277,26 @@ def _state_bwd_kernel(
 @autotune(configs=autotune_configs(), key=["BT", "BV"])
 @triton.jit
 def _pairs_bwd_kernel(
-    dlt, do, dx, dQm, dM, TP, scale,
+    dlt, do, A, dx, dQm, dM, TP, scale,
     H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """One chunk: dQ = scale·dO Δᵀ (lower part), dM = −dR Δᵀ (strictly lower), over value tiles."""
+    """One chunk, over value tiles: dR = Aᵀ dΔ in place (dx holds dΔ on entry, dR on exit;
+    each program reads and writes only its own tiles), dQ = scale·dO Δᵀ (lower part),
+    dM = −dR Δᵀ (strictly lower)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     t0 = i_c * BT
+    At = tl.trans(_tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT))
     dQ = tl.zeros([BT, BT], dtype=tl.float32)
     dMt = tl.zeros([BT, BT], dtype=tl.float32)
     for i_v in range(NV):
         c0 = i_v * BV
+        dR = tl.dot(At, _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), input_precision=PREC)
+        _put(dx, dR, i_b, t0, i_h, TP, H, V, c0, BT, BV)
         dlT = tl.trans(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV))
         dQ += tl.dot(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, input_precision=PREC)
-        dMt -= tl.dot(_tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, input_precision=PREC)
+        dMt -= tl.dot(dR, dlT, input_precision=PREC)
     rr = tl.arange(0, BT)
     _put(dQm, tl.where(rr[:, None] >= rr[None, :], scale * dQ, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     _put(dM, tl.where(rr[:, None] > rr[None, :], dMt, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
@@ -466,15 +473,16 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
     """q, a, u, g [B, T, H, dk]; x [B, T, H, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}.
 
     Returns o [B, T, H, dv] fp32, S_T [B, H, dk, dv] fp32 and the tensors the backward
-    needs: (G, A, Q, h, Δ), padded to a multiple of BT tokens."""
+    needs: (G, A, Q, h, Δ, W), padded to a multiple of BT tokens."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, x, BT)
     q, a, u, x = (_pad_time(t, TP) for t in (q, a, u, x))
     G = _chunk_cumsum(_pad_time(g, TP), BT)
     prec, NC = dot_precision(q, a, u, x), BT // BC
-    M, W, XA = _empty_f32(q.device, (B, TP, H, BT), (B, TP, H, K), (B, TP, H, V))  # freed on return
-    Qm, A, h, dlt = _empty_f32(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V), (B, TP, H, V))  # saved
+    M, XA = _empty_f32(q.device, (B, TP, H, BT), (B, TP, H, V))  # freed on return
+    Qm, A, h, dlt, W = _empty_f32(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V), (B, TP, H, V),
+                                  (B, TP, H, K))  # saved
     s_out = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     o = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
     _intra_fwd_kernel[(NT, NC * NC, B * H)](q, a, u, G, M, Qm, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec)
@@ -483,12 +491,12 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
         u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec)
     _output_fwd_kernel[(NV, NT, B * H)](q, G, Qm, h, dlt, o, TP, NT, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
     LAUNCHES["chunk_fwd"] += 1
-    return o[:, :T], s_out, (G, A, Qm, h, dlt)
+    return o[:, :T], s_out, (G, A, Qm, h, dlt, W)
 
 
 def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
     """Gradients (dq, da, du, dx, dS_0) of ``chunk_forward``; do and ds_out fp32."""
-    G, A, Qm, h, dlt = saved
+    G, A, Qm, h, dlt, W = saved
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, do, BT)
     q, a, u, do = (_pad_time(t, TP) for t in (q, a, u, do))
     prec, NC = dot_precision(q, a, u), BT // BC
@@ -499,10 +507,10 @@ def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
     ds0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     dq, da, du = (torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32) for _ in range(3))
     _state_bwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
-        q, a, u, G, Qm, A, do, ds_out, dh, dx, ds0, TP, NT, scale,
+        q, u, G, Qm, W, do, ds_out, dh, dx, ds0, TP, NT, scale,
         H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec,
     )
-    _pairs_bwd_kernel[(NT, B * H)](dlt, do, dx, dQm, dM, TP, scale, H=H, V=V, BT=BT, BV=BV, NV=NV, PREC=prec)
+    _pairs_bwd_kernel[(NT, B * H)](dlt, do, A, dx, dQm, dM, TP, scale, H=H, V=V, BT=BT, BV=BV, NV=NV, PREC=prec)
     BKS = min(BK, 64)  # key slices keep three [BT, BKS] accumulators in registers
     _state_terms_bwd_kernel[(triton.cdiv(K, BKS), NT, B * H)](
         G, h, dh, dlt, do, dx, dq0, da0, du0, TP, NT, scale,

@@ -33,7 +33,7 @@ took as long to issue as to run, and fwd+bwd was about 10x the plain kernel's ti
 its kernels summed to 2x. So on CUDA tensors ``triton_gated_delta`` captures the whole
 content-gate call, forward and backward, into CUDA graphs once per shape and replays them
 (``cuda_graph``): the host issues one replay instead of the loop, and fwd+bwd came to
-1.9x the plain kernel (BENCHMARKS.md). What remains is the loop's kernels themselves:
+2.3x the plain kernel (BENCHMARKS.md). What remains is the loop's kernels themselves:
 each handles one chunk per (batch, head), which a fused in-kernel scan would avoid.
 """
 from __future__ import annotations
