@@ -208,11 +208,20 @@ class _Replay(torch.autograd.Function):
         return (None, None, *grads)
 
 
+def call_key(key: Hashable, tensors: Sequence[Optional[torch.Tensor]], grad: bool) -> tuple:
+    """What a captured instance is valid for: ``key`` (the caller's options), each tensor's
+    shape, dtype, requires_grad and device, whether gradients are recorded, and the autocast
+    state (a graph captured under autocast replays its casts)."""
+    device = next(t for t in tensors if t is not None).device
+    autocast = (torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type),)
+    sig = tuple(None if t is None else (tuple(t.shape), t.dtype, t.requires_grad, t.device) for t in tensors)
+    return (key, sig, grad, autocast)
+
+
 def graphed_call(fn: Callable, tensors: Sequence[Optional[torch.Tensor]], key: Hashable) -> tuple:
     """``fn(*tensors)`` (a tuple of tensors) replayed from a CUDA graph; see the module docstring."""
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    sig = tuple(None if t is None else (tuple(t.shape), t.dtype, t.requires_grad, t.device) for t in tensors)
-    full_key = (key, sig, grad)
+    full_key = call_key(key, tensors, grad)
     with torch.cuda.device(next(t for t in tensors if t is not None).device):
         inst = POOL.acquire(full_key, lambda first: CudaGraphInstance(fn, tensors, grad, warm_up=first))
         return _Replay.apply(inst, len(tensors), *tensors)

@@ -65,6 +65,19 @@ def test_a_bad_switch_value_names_the_variable_and_what_is_allowed(monkeypatch):
         cuda_graph.graphs_enabled()
 
 
+def test_instances_are_keyed_by_shapes_dtypes_grad_and_autocast_state():
+    x, y = torch.zeros(2, 3), torch.zeros(2, 3, requires_grad=True)
+    base = cuda_graph.call_key("k", (x, None), grad=True)
+    assert cuda_graph.call_key("k", (x, None), grad=True) == base
+    assert cuda_graph.call_key("k2", (x, None), grad=True) != base
+    assert cuda_graph.call_key("k", (x, None), grad=False) != base
+    assert cuda_graph.call_key("k", (torch.zeros(2, 4), None), grad=True) != base
+    assert cuda_graph.call_key("k", (x.double(), None), grad=True) != base
+    assert cuda_graph.call_key("k", (y, None), grad=True) != base
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cuda_graph.call_key("k", (x, None), grad=True) != base
+
+
 def test_cpu_calls_never_replay():
     assert not cuda_graph.should_replay((torch.zeros(1),))
 
