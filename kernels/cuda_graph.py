@@ -67,9 +67,11 @@ def graphs_enabled() -> bool:
 
 
 def should_replay(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
-    """Replay only CUDA calls, outside another capture, with replay enabled."""
+    """Replay only compiled CUDA calls (not under TRITON_INTERPRET=1), outside another
+    capture, with replay enabled."""
     first = next(t for t in tensors if t is not None)
-    return (first.is_cuda and graphs_enabled() and not torch.cuda.is_current_stream_capturing())
+    return (first.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1" and graphs_enabled()
+            and not torch.cuda.is_current_stream_capturing())
 
 
 class _Token:

@@ -2,6 +2,7 @@
 GPU, replayed results against the eager call."""
 import gc
 import os
+import types
 
 import pytest
 import torch
@@ -78,8 +79,22 @@ def test_instances_are_keyed_by_shapes_dtypes_grad_and_autocast_state():
         assert cuda_graph.call_key("k", (x, None), grad=True) != base
 
 
-def test_cpu_calls_never_replay():
+def test_only_compiled_cuda_calls_replay(monkeypatch):
+    cuda_like = types.SimpleNamespace(is_cuda=True)
+    capturing = []
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: bool(capturing))  # no CUDA here
+    monkeypatch.setenv(cuda_graph.ENV, "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert cuda_graph.should_replay((None, cuda_like))
+    capturing.append(True)  # inside another capture: run eagerly, as part of it
+    assert not cuda_graph.should_replay((cuda_like,))
+    capturing.clear()
     assert not cuda_graph.should_replay((torch.zeros(1),))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs kernels on the host
+    assert not cuda_graph.should_replay((cuda_like,))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv(cuda_graph.ENV, "0")
+    assert not cuda_graph.should_replay((cuda_like,))
 
 
 # ----------------------------------------------------------------------------- on a GPU
