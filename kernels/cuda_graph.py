@@ -66,12 +66,17 @@ def graphs_enabled() -> bool:
     return value == "1"
 
 
+def replays_on(device) -> bool:
+    """Whether content-gate calls on ``device`` are replayed: compiled CUDA calls (not under
+    TRITON_INTERPRET=1) with replay enabled."""
+    return (torch.device(device).type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and graphs_enabled())
+
+
 def should_replay(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
-    """Replay only compiled CUDA calls (not under TRITON_INTERPRET=1), outside another
-    capture, with replay enabled."""
+    """Replay this call: ``replays_on`` its device, and not inside another capture."""
     first = next(t for t in tensors if t is not None)
-    return (first.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1" and graphs_enabled()
-            and not torch.cuda.is_current_stream_capturing())
+    return replays_on(first.device) and not torch.cuda.is_current_stream_capturing()
 
 
 class _Token:

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
+from carvelab.kernels.cuda_graph import replays_on
 from carvelab.kernels.dispatch import resolve_backend
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
@@ -83,9 +84,15 @@ def static_costs(model_cfg, seq_len: int) -> dict[str, float]:
 
 
 def kernel_backend(model_cfg, device: torch.device) -> str:
+    """The recurrence implementation the trial's layers run (``dispatch.resolve_backend``),
+    with ``+cuda_graphs`` when its content-gate loop is replayed from CUDA graphs
+    (``kernels/cuda_graph.py``), which changes both its speed and its memory."""
     if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
         return "none"
-    return resolve_backend(model_cfg.backend, device, model_cfg.erase_axis)
+    impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis)
+    if impl.startswith("triton") and model_cfg.content_gate and replays_on(device):
+        impl += "+cuda_graphs"
+    return impl
 
 
 class _Run:

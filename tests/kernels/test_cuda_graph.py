@@ -80,7 +80,7 @@ def test_instances_are_keyed_by_shapes_dtypes_grad_and_autocast_state():
 
 
 def test_only_compiled_cuda_calls_replay(monkeypatch):
-    cuda_like = types.SimpleNamespace(is_cuda=True)
+    cuda_like = types.SimpleNamespace(device=torch.device("cuda"))
     capturing = []
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: bool(capturing))  # no CUDA here
     monkeypatch.setenv(cuda_graph.ENV, "1")
