@@ -41,8 +41,9 @@ from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 
-ENV = "CARVELAB_CUDA_GRAPHS"
+from carvelab.kernels.dispatch import triton_interpreted
 
+ENV = "CARVELAB_CUDA_GRAPHS"
 
 _OVERRIDE: list = []  # innermost ``replay(...)`` setting wins over the environment
 
@@ -69,8 +70,7 @@ def graphs_enabled() -> bool:
 def replays_on(device) -> bool:
     """Whether content-gate calls on ``device`` are replayed: compiled CUDA calls (not under
     TRITON_INTERPRET=1) with replay enabled."""
-    return (torch.device(device).type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
-            and graphs_enabled())
+    return torch.device(device).type == "cuda" and not triton_interpreted() and graphs_enabled()
 
 
 def should_replay(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
