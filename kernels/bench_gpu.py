@@ -348,8 +348,9 @@ def host_profile(fn: Callable[[], object], top: int = 20) -> list[str]:
 
 def content_gate_diagnostics(shape: str) -> dict:
     """Where the content-gate time goes: the GPU memory reserved by its first call (eager
-    warm-up and capture, afresh here: an upper bound on what the graphs keep), host issue time vs device time of the forward with and without replay,
-    the host functions behind the eager forward, and the kernels of one fwd+bwd."""
+    warm-up and capture, afresh here: an upper bound on what the graphs keep), host issue
+    time vs device time of the forward with and without replay, the host functions behind
+    the eager forward, and the kernels of one fwd+bwd."""
     from carvelab.kernels import cuda_graph
 
     x = leaf_inputs(shape)

@@ -73,10 +73,9 @@ def replays_on(device) -> bool:
     return torch.device(device).type == "cuda" and not triton_interpreted() and graphs_enabled()
 
 
-def should_replay(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
-    """Replay this call: ``replays_on`` its device, and not inside another capture."""
-    first = next(t for t in tensors if t is not None)
-    return replays_on(first.device) and not torch.cuda.is_current_stream_capturing()
+def should_replay(device) -> bool:
+    """Replay a call on ``device`` now: ``replays_on`` it, and not inside another capture."""
+    return replays_on(device) and not torch.cuda.is_current_stream_capturing()
 
 
 class _Token:

@@ -237,7 +237,7 @@ def triton_gated_delta(
     ``CARVELAB_CUDA_GRAPHS=0`` runs it eagerly).
     """
     options = dict(erase_axis=erase_axis, covariance=covariance, chunk_size=chunk_size, scale=scale, kernel=kernel)
-    if content is None or not _graph.should_replay((q,)):
+    if content is None or not _graph.should_replay(q.device):
         return _triton_gated_delta(q, k, v, g, b, w, r, content=content, initial_state=initial_state,
                                    initial_cov=initial_cov, **options)
     tensors = (q, k, v, g, b, w, r, initial_state, initial_cov, content.U, content.V, content.A_log)

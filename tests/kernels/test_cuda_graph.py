@@ -2,7 +2,6 @@
 GPU, replayed results against the eager call."""
 import gc
 import os
-import types
 
 import pytest
 import torch
@@ -80,21 +79,20 @@ def test_instances_are_keyed_by_shapes_dtypes_grad_and_autocast_state():
 
 
 def test_only_compiled_cuda_calls_replay(monkeypatch):
-    cuda_like = types.SimpleNamespace(device=torch.device("cuda"))
     capturing = []
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: bool(capturing))  # no CUDA here
     monkeypatch.setenv(cuda_graph.ENV, "1")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert cuda_graph.should_replay((None, cuda_like))
+    assert cuda_graph.should_replay(torch.device("cuda"))
     capturing.append(True)  # inside another capture: run eagerly, as part of it
-    assert not cuda_graph.should_replay((cuda_like,))
+    assert not cuda_graph.should_replay(torch.device("cuda"))
     capturing.clear()
-    assert not cuda_graph.should_replay((torch.zeros(1),))
+    assert not cuda_graph.should_replay(torch.zeros(1).device)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs kernels on the host
-    assert not cuda_graph.should_replay((cuda_like,))
+    assert not cuda_graph.should_replay(torch.device("cuda"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv(cuda_graph.ENV, "0")
-    assert not cuda_graph.should_replay((cuda_like,))
+    assert not cuda_graph.should_replay(torch.device("cuda"))
 
 
 # ----------------------------------------------------------------------------- on a GPU
