@@ -274,7 +274,7 @@ def _state_bwd_kernel(
     tl.store(p_0, dS, mask=m_0)
 
 
-@autotune(configs=autotune_configs(), key=["BT", "BV"])
+@autotune(configs=autotune_configs(), key=["BT", "BV"], restore_value=("dx",))
 @triton.jit
 def _pairs_bwd_kernel(
     dlt, do, A, dx, dQm, dM, TP, scale,

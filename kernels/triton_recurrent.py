@@ -94,13 +94,18 @@ def _fit_value_tile(configs, named_args, **kwargs):
     return fit or configs[:1]
 
 
-def autotune(configs: list, key: list):
+def autotune(configs: list, key: list, restore_value: tuple = ()):
     """``triton.autotune`` whose choices persist in the Triton cache (``TRITON_CACHE_DIR``),
     wrapped in a ``TunedKernel``.
 
     A second process (a second trial on the same node) at the same shapes then neither
-    recompiles nor re-times the configurations."""
+    recompiles nor re-times the configurations. ``restore_value`` names the arguments a
+    kernel updates in place: timing the configs runs the kernel many times on the same
+    arguments, so those are saved before and restored after each run (without it the
+    first call at a new shape would return a result transformed once per timed run)."""
     kwargs = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    if restore_value:
+        kwargs["restore_value"] = list(restore_value)
     if any("BV" in c.kwargs for c in configs):
         kwargs["prune_configs_by"] = {"early_config_prune": _fit_value_tile}
     tune = triton.autotune(configs=configs, key=key, **kwargs)
