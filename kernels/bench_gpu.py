@@ -379,11 +379,12 @@ def autotune_choices() -> dict:
     from triton.runtime.autotuner import Autotuner
 
     from carvelab.kernels import triton_chunk, triton_covariance, triton_recurrent
+    from carvelab.kernels.tuning import TunedKernel
 
     out = {}
     for module in (triton_chunk, triton_recurrent, triton_covariance):
         for name, obj in vars(module).items():
-            obj = obj.autotuner if isinstance(obj, triton_recurrent.TunedKernel) else obj
+            obj = obj.autotuner if isinstance(obj, TunedKernel) else obj
             if isinstance(obj, Autotuner):
                 out[name] = {str(key): str(config) for key, config in getattr(obj, "cache", {}).items()}
     return out

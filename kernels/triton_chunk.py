@@ -46,15 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels.triton_recurrent import (
-    autotune,
-    autotune_configs,
-    block_size,
-    dot_precision,
-    key_block,
-    matrix_slice_ptr,
-    matrix_tile_ptr,
-)
+from carvelab.kernels.triton_recurrent import block_size, dot_precision, key_block, matrix_slice_ptr, matrix_tile_ptr
+from carvelab.kernels.tuning import autotune, autotune_configs
 
 logger = logging.getLogger(__name__)
 

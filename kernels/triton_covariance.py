@@ -35,7 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels.triton_recurrent import autotune, autotune_configs, key_block
+from carvelab.kernels.triton_recurrent import key_block
+from carvelab.kernels.tuning import autotune, autotune_configs
 
 logger = logging.getLogger(__name__)
 

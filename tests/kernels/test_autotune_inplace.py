@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 from carvelab.kernels import triton_chunk, triton_covariance, triton_recurrent
-from carvelab.kernels.triton_recurrent import TunedKernel
+from carvelab.kernels.tuning import TunedKernel
 
 LOADS = {"_tile", "_row", "tl.load"}
 STORES = {"_put", "tl.store"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from carvelab.kernels import dispatch, triton_chunk, triton_recurrent
+from carvelab.kernels import dispatch, triton_chunk, triton_recurrent, tuning
 from carvelab.kernels.reference import gated_delta_reference
 from carvelab.kernels.triton_ops import chunk_block, launch_counts, triton_gated_delta
 from tests.kernels.test_triton_recurrent import (
@@ -128,7 +128,7 @@ def test_tuned_kernels_launch_the_chosen_config_directly_once_chosen(monkeypatch
     from triton.runtime.autotuner import Autotuner
 
     for kernel in vars(triton_chunk).values():
-        if isinstance(kernel, triton_recurrent.TunedKernel):
+        if isinstance(kernel, tuning.TunedKernel):
             monkeypatch.setattr(kernel, "chosen", {})  # as in a fresh process
     runs = []
     real_run = Autotuner.run

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carvelab.kernels import triton_chunk, triton_recurrent
+from carvelab.kernels import triton_chunk, triton_recurrent, tuning
 from carvelab.kernels._args import ContentGate
 from carvelab.kernels.reference import gated_delta_reference
 from carvelab.kernels.triton_ops import launch_counts, triton_gated_delta
@@ -258,11 +258,11 @@ def test_key_dim_above_one_tile_is_refused():
 def test_gpu_autotune_configs_leave_out_the_miscompiled_value_tile(monkeypatch):
     """The GPU autotune space of the state kernels: every value tile, warp and stage count
     except the combination that miscompiled on Hopper (BV=16 with 8 warps)."""
-    monkeypatch.setattr(triton_recurrent, "interpreted", lambda: False)
+    monkeypatch.setattr(tuning, "triton_interpreted", lambda: False)
     monkeypatch.delenv("CARVELAB_AUTOTUNE", raising=False)
     configs = {(c.kwargs["BV"], c.num_warps, c.num_stages)
-               for c in triton_recurrent.autotune_configs(value_blocks=(16, 32, 64))}
+               for c in tuning.autotune_configs(value_blocks=(16, 32, 64))}
     assert configs == {(bv, w, s) for bv in (16, 32, 64) for w in (2, 4, 8) for s in (1, 2, 3)} - {
         (16, 8, s) for s in (1, 2, 3)}
     monkeypatch.setenv("CARVELAB_AUTOTUNE", "0")
-    assert [c.kwargs for c in triton_recurrent.autotune_configs(value_blocks=(16, 32, 64))] == [{"BV": 64}]
+    assert [c.kwargs for c in tuning.autotune_configs(value_blocks=(16, 32, 64))] == [{"BV": 64}]
