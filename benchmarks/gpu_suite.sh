@@ -14,6 +14,8 @@ CARVELAB_AUTOTUNE=0 TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider t
 # 2. ours vs fla on the same inputs: compile in parallel first, then time alone
 python -m carvelab.kernels.bench --gpu --warm-only --warm-jobs 6 2>&1 | tail -1
 python -m carvelab.kernels.bench --gpu --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+# 2b. speed against precision: our 3xTF32 products, one-pass TF32, fla's bf16 (errors vs fp32)
+CARVELAB_AUTOTUNE=0 python benchmarks/precision_ab.py large --out "$OUT/precision.json" 2>&1 | tee "$OUT/precision.log"
 # 3. compile cost per trial: cold vs warm Triton cache
 python -m carvelab.trials.bench_sweep startup gdn2 --out "$OUT/startup.json"
 # 4. the GPU quickstart with 0.25 GPU per trial: concurrency and utilisation

@@ -125,7 +125,7 @@ def startup(presets: list[str]) -> list[dict]:
                                  env=env, capture_output=True, text=True, check=True)
             runs.append(parse_startup_output(out.stdout))
         rows.append({"preset": preset, "backend": runs[0]["backend"], "cold_s": runs[0]["first_step_s"],
-                     "warm_s": runs[1]["first_step_s"]})
+                     "warm_s": runs[1]["first_step_s"], "status": [run["status"] for run in runs]})
     return rows
 
 
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         rows = startup(args.args or ["gdn2", "carve"])
         for r in rows:
             print(f"{r['preset']:6s} ({r['backend']}): model built -> first step done: cold cache {r['cold_s']:.2f} s, "
-                  f"warm cache {r['warm_s']:.2f} s (target <= 5 s warm)")
+                  f"warm cache {r['warm_s']:.2f} s (target <= 5 s warm); trials {' / '.join(r['status'])}")
         _write(args.out, rows)
         return 0
     from carvelab.trials import scheduler
