@@ -239,6 +239,13 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
 
 # ----------------------------------------------------------------------------- cache warm-up
 def _cache_dir() -> Path:
+    """The folder Triton keeps compiled kernels and autotune choices in, as Triton resolves
+    it (``TRITON_CACHE_DIR``, else its default)."""
+    import triton
+
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
+    if knobs is not None:
+        return Path(knobs.cache.dir)
     return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
 
 

@@ -28,3 +28,13 @@ def test_autotune_choices_lists_every_autotuned_kernel_and_its_choices(monkeypat
     assert {"_intra_fwd_kernel", "_solve_fwd_kernel", "_state_fwd_kernel", "_state_bwd_kernel",
             "_recurrent_fwd_kernel", "_cov_fwd_kernel"} <= set(choices)
     assert choices["_state_fwd_kernel"][str((128, 64, 128, "torch.bfloat16"))] == str(config)
+
+
+
+def test_the_warm_up_cleans_the_cache_folder_triton_uses(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "tc"))
+    assert bench_gpu._cache_dir() == tmp_path / "tc"
+    if hasattr(triton, "knobs"):  # Triton >= 3.4 also moves its default with TRITON_HOME
+        monkeypatch.delenv("TRITON_CACHE_DIR")
+        monkeypatch.setenv("TRITON_HOME", str(tmp_path / "home"))
+        assert bench_gpu._cache_dir() == tmp_path / "home" / ".triton" / "cache"
