@@ -133,15 +133,15 @@ class TunedKernel:
         return launch
 
 
-def compile_in_parallel(autotuner, args: tuple, meta: dict) -> int:
-    """Compile every config ``autotuner`` is about to time for this launch, in threads;
-    returns how many were submitted (0 where Triton cannot compile asynchronously).
+def compile_in_parallel(autotuner, args: tuple, meta: dict) -> None:
+    """Compile every config ``autotuner`` is about to time for this launch, in threads
+    (nothing where Triton cannot compile asynchronously or there is one config).
 
     A config that fails to compile is left to the autotuner, which meets the same error
     when it times that config and skips it, as it always did."""
     configs = autotuner.prune_configs(meta)
     if AsyncCompileMode is None or len(configs) < 2:
-        return 0
+        return
     with ThreadPoolExecutor(max_workers=min(len(configs), os.cpu_count() or 1)) as pool:
         with AsyncCompileMode(pool, ignore_errors=True):
             for config in configs:
@@ -149,4 +149,3 @@ def compile_in_parallel(autotuner, args: tuple, meta: dict) -> int:
                     autotuner.fn.run(*args, **{**meta, **config.all_kwargs(), "warmup": True})
                 except Exception as exc:  # noqa: BLE001 - the autotuner reports it when timing
                     logger.debug("compiling %s with %s failed: %s", autotuner.base_fn.__name__, config, exc)
-    return len(configs)

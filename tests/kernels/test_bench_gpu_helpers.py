@@ -30,7 +30,6 @@ def test_autotune_choices_lists_every_autotuned_kernel_and_its_choices(monkeypat
     assert choices["_state_fwd_kernel"][str((128, 64, 128, "torch.bfloat16"))] == str(config)
 
 
-
 def test_the_warm_up_cleans_the_cache_folder_triton_uses(monkeypatch, tmp_path):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "tc"))
     assert bench_gpu._cache_dir() == tmp_path / "tc"
