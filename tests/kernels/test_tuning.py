@@ -5,6 +5,7 @@ follow Triton's contract: the autotuner times its pruned configs one by one thro
 ``_bench``; a JIT function's ``run(..., warmup=True)`` compiles without launching and,
 while an ``AsyncCompileMode`` is active, submits the compile to that mode's executor.
 """
+import inspect
 import threading
 
 import pytest
@@ -35,7 +36,9 @@ class FakeJit:
             self.compiled.append((key, threading.current_thread().name))
             return key
 
-        return mode.submit(key, compile_, lambda kernel: None, lambda future: None)
+        # Triton 3.6 takes (key, compile, finalize); later versions add a cleanup callback
+        callbacks = (lambda kernel: None, lambda future: None)[:len(inspect.signature(mode.submit).parameters) - 2]
+        return mode.submit(key, compile_, *callbacks)
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.run(*args, grid=grid, warmup=False, **kwargs)
