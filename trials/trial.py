@@ -104,6 +104,10 @@ class _Run:
         self.device = pick_device(self.train.device)
         self.task = task_factory(config.task)
         seed_everything(self.train.seed)
+        # torch imports torch._dynamo when a process builds its first optimizer (2-3 s, once per
+        # process). Imported here, before the model is built, so that first_step_s counts the
+        # kernels' compile or cache load and the step itself, not that import.
+        import torch._dynamo  # noqa: F401
         self.model, self.model_cfg = build_model(config, self.task.vocab_size, self.device)
         self.built_at = time.perf_counter()
         self.first_step_s = float("nan")  # model built -> first step done (kernel compile/autotune)

@@ -1,7 +1,10 @@
 """run_trial: a pure function that trains, reports, prunes, diverges, resumes."""
 import dataclasses
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,7 @@ from carvelab.trials import training
 from carvelab.trials.reporting import RecordingReporter
 from carvelab.trials.trial import COMPLETED, FAILED, PRUNED, run_trial
 
+REPO = Path(__file__).resolve().parents[2]
 METRICS = {"val_loss", "val_accuracy", "val_ppl", "train_loss", "tokens_per_s", "peak_mem_mb", "params",
            "flops_per_token", "state_bytes", "vocab_size", "wall_s", "first_step_s"}
 
@@ -152,3 +156,26 @@ def test_trials_record_whether_the_content_gate_is_replayed_from_cuda_graphs(mon
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config(preset, d_model=32, n_layers=2, n_heads=2, vocab_size=32)
     assert kernel_backend(cfg, torch.device(device)) == expected
+
+
+def test_first_step_s_does_not_count_the_first_optimizers_import_of_dynamo(tmp_path):
+    # torch imports torch._dynamo (seconds, once per process) when a process builds its first
+    # optimizer; a fresh process shows whether the trial imports it before the model is built
+    script = f"""
+import sys
+from carvelab.trials import trial
+from tests.trials.test_trial import tiny
+import pathlib
+seen = []
+build = trial.build_model
+def recording_build(*args, **kwargs):
+    seen.append("torch._dynamo" in sys.modules)
+    return build(*args, **kwargs)
+trial.build_model = recording_build
+assert "torch._dynamo" not in sys.modules
+result = trial.run_trial(tiny(pathlib.Path({str(tmp_path)!r}), steps=1, eval_every=1))
+print(result.status, seen)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["completed", "[True]"]
