@@ -104,7 +104,7 @@ class _Run:
         self.device = pick_device(self.train.device)
         self.task = task_factory(config.task)
         seed_everything(self.train.seed)
-        # torch imports torch._dynamo when a process builds its first optimizer (2-3 s, once per
+        # torch imports torch._dynamo when a process builds its first optimizer (seconds, once per
         # process). Imported here, before the model is built, so that first_step_s counts the
         # kernels' compile or cache load and the step itself, not that import.
         import torch._dynamo  # noqa: F401
