@@ -26,7 +26,7 @@ MAX_SECONDS = 30 * 24 * 3600.0
 MAX_SEED = 2**32 - 1          # what torch, numpy and Optuna's samplers accept
 MAX_SAMPLER_SEED = 2**31 - 1  # leaves room for the offset a resumed sweep adds
 URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_MAPPINGS = {"sampler": S.SamplerSpec, "pruner": S.PrunerSpec, "budget": S.BudgetSpec,
+_MAPPINGS = {"sampler": S.SamplerSpec, "budget": S.BudgetSpec,
              "resources": S.ResourcesSpec, "tracking": S.TrackingSpec, "ablation": S.AblationSpec}
 _SECTIONS = {"model": ModelConfig, "task": TaskConfig, "train": TrainConfig}
 
@@ -58,13 +58,14 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
     data = resolve_interpolations(deep_merge(data, parse_overrides(overrides)), where)
     _check_sections(data, where)
     # `base`, `space` and `ablation.changes` are open mappings: checked by _validate, not by the schema.
-    free = {k: data.pop(k) for k in ("base", "space") if k in data}
+    free = {k: data.pop(k) for k in ("base", "space", "pruner") if k in data}
     changes = None
     if isinstance(data.get("ablation"), Mapping) and "changes" in data["ablation"]:
         data["ablation"] = dict(data["ablation"])
         changes = data["ablation"].pop("changes")
     raw: S.SweepFile = to_dataclass(S.SweepFile(), data, where)
     raw.base = free.get("base")
+    raw.pruner = free.get("pruner") or {}
     space = free.get("space") or {}
     if not isinstance(space, Mapping):
         raise ConfigError(f"{where}: space must be a mapping of axis or dotted path -> values, got {space!r}")
@@ -95,6 +96,8 @@ def _check_sections(data: dict, where: str) -> None:
         if key in data and not isinstance(data[key], Mapping):
             fields = [f.name for f in dataclasses.fields(cls)]
             raise ConfigError(f"{where}: {key}={data[key]!r} must be a mapping with keys {fields}")
+    if "pruner" in data and not isinstance(data["pruner"], Mapping):
+        raise ConfigError(f"{where}: pruner={data['pruner']!r} must be a mapping like {{name: median, warmup_steps: 10}}")
     objectives = data.get("objectives")
     if isinstance(objectives, list):
         for i, obj in enumerate(objectives):
@@ -275,20 +278,24 @@ def _validate_sampler(sampler: S.SamplerSpec, raw: S.SweepFile, where: str) -> N
             raise ConfigError(f"{where}: sampler.name='grid' needs finite values; space.{bad[0]} is a continuous range")
 
 
-def _validate_pruner(pruner: S.PrunerSpec, objectives: list, where: str) -> S.PrunerSpec:
-    _choice(where, "pruner.name", pruner.name, S.PRUNERS)
+def _validate_pruner(data: Mapping, objectives: list, where: str):
+    """The ``pruner`` mapping as an instance of its pruner's own spec class (unknown keys raise)."""
+    from carvelab.trials import pruners  # the registry lives with the pruners it lists
+
+    name = data.get("name", "none")
+    if not isinstance(name, str) or name not in pruners.names():
+        raise ConfigError(f"{where}: pruner.name={name!r} is not allowed; choose one of {pruners.names()}")
+    cls = pruners.entry(name).spec
+    holder = dataclasses.make_dataclass("Sweep", [("pruner", cls, dataclasses.field(default_factory=cls))])
+    pruner = to_dataclass(holder(), {"pruner": dict(data)}, where).pruner
     if pruner.metric is None:
         quality = [o.metric for o in objectives if o.metric in S.INTERMEDIATE_METRICS]
         pruner = dataclasses.replace(pruner, metric=quality[0])
     _choice(where, "pruner.metric", pruner.metric, S.INTERMEDIATE_METRICS)
-    for key in ("warmup_steps",):
-        if getattr(pruner, key) < 0:
-            raise ConfigError(f"{where}: pruner.{key}={getattr(pruner, key)} must be >= 0")
-    for key in ("min_peers", "min_dominators", "min_resource"):
-        if getattr(pruner, key) < 1:
-            raise ConfigError(f"{where}: pruner.{key}={getattr(pruner, key)} must be >= 1")
-    if pruner.reduction_factor < 2:
-        raise ConfigError(f"{where}: pruner.reduction_factor={pruner.reduction_factor} must be >= 2")
+    try:
+        pruner.check()
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return pruner
 
 

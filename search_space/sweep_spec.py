@@ -28,7 +28,6 @@ from typing import Any, Dict, List, Optional
 
 MODES = ("search", "grid", "ablation")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-PRUNERS = ("none", "median", "successive_halving", "hyperband", "pareto")
 DIRECTIONS = ("maximize", "minimize")
 PARAM_TYPES = ("categorical", "int", "float", "log_float")
 
@@ -63,17 +62,6 @@ class SamplerSpec:
     seed: int = 0
     n_startup_trials: int = 4     # tpe/gp: random trials before the model is used
     population_size: int = 8      # nsga2
-
-
-@dataclass
-class PrunerSpec:
-    name: str = "none"
-    metric: Optional[str] = None  # the intermediate metric pruned on; default: first objective
-    warmup_steps: int = 0         # never prune before this training step
-    min_peers: int = 3            # pareto/median: other trials with a report at that step
-    min_dominators: int = 1       # pareto: how many peers must dominate
-    reduction_factor: int = 3     # successive_halving / hyperband
-    min_resource: int = 1         # successive_halving / hyperband, in evaluations
 
 
 @dataclass
@@ -113,7 +101,7 @@ class SweepFile:
     ablation: AblationSpec = field(default_factory=AblationSpec)
     objectives: List[ObjectiveSpec] = field(default_factory=lambda: [ObjectiveSpec()])
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
-    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    pruner: Any = None            # a mapping, typed by its pruner's spec class (carvelab.trials.pruners)
     seeds: List[int] = field(default_factory=lambda: [0])
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
@@ -145,7 +133,7 @@ class SweepSpec:
     changes: List[Dict[str, Any]]  # ablation: one-factor changes as {path: value}
     objectives: List[ObjectiveSpec]
     sampler: SamplerSpec
-    pruner: PrunerSpec
+    pruner: Any                   # an instance of the named pruner's spec class (a PrunerSpec)
     seeds: List[int]
     budget: BudgetSpec
     resources: ResourcesSpec

@@ -25,7 +25,7 @@ from carvelab.search_space.sweep_loading import grid_points, point_config
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
-from carvelab.trials.pruning import dominates
+from carvelab.trials.pruners import dominates
 from carvelab.trials.sweep_dir import SweepDir
 from carvelab.trials.tracking import MlflowTracker, flatten, redact, redact_text
 
@@ -286,9 +286,12 @@ class SweepDriver:
             self._update_front(number, values)
         self.counts[status] += 1
         self._dirty = True
-        quality = payload["metrics"].get(self.spec.pruner.metric)
-        self.executor.complete(number, status, None if quality is None else float(quality))
+        self.executor.complete(number, status, self._pruned_value(payload))
         logger.info("trial %d %s%s", number, status, f" ({reason})" if reason else "")
+
+    def _pruned_value(self, payload: dict) -> Optional[float]:
+        quality = payload.get("metrics", {}).get(self.spec.pruner.metric)
+        return None if quality is None else float(quality)
 
     def _update_front(self, number: int, values: list) -> None:
         signs = [1.0 if o.direction == "maximize" else -1.0 for o in self.spec.objectives]
@@ -354,9 +357,11 @@ class SweepDriver:
             logger.info("trial %d was running when the driver stopped; re-queued", t.number)
 
     def _preload(self) -> None:
-        for number, payload in sorted(self.dir.all_results().items()):
-            if payload.get("history"):
-                self.executor.preload(number, payload["history"])
+        # Every ended trial's reports and its end, so a resumed sweep prunes as an uninterrupted one.
+        told = {t.number: t.user_attrs.get("state") for t in self.study.get_trials(deepcopy=False)}
+        finished = [(number, payload.get("history", []), told.get(number) or payload["status"],
+                     self._pruned_value(payload)) for number, payload in sorted(self.dir.all_results().items())]
+        self.executor.rebuild(finished)
         for t in self.study.get_trials(deepcopy=False):
             state = t.user_attrs.get("state")
             if t.state == TrialState.COMPLETE:

@@ -67,9 +67,9 @@ class _Broker:
     """Actor body: the pruner plus a log of reports for the driver."""
 
     def __init__(self, pruner_spec, objectives, seed: int = 0):
-        from carvelab.trials.pruning import make_pruner
+        from carvelab.trials.pruners import build_pruner
 
-        self.pruner = make_pruner(pruner_spec, objectives, seed)
+        self.pruner = build_pruner(pruner_spec, objectives, seed)
         self.pending: list[tuple[int, int, dict, str]] = []
 
     def report(self, trial: int, step: int, metrics: dict) -> str:
@@ -77,10 +77,11 @@ class _Broker:
         self.pending.append((trial, step, metrics, decision))
         return decision
 
-    def preload(self, trial: int, history: list) -> None:
-        """Rebuild pruner state from a finished trial's history (resume)."""
-        for step, metrics in history:
-            self.pruner.decide(trial, int(step), metrics)
+    def rebuild(self, finished: list) -> None:
+        """Pruner state as an uninterrupted sweep would have it after these trials (resume)."""
+        from carvelab.trials.pruners import rebuild
+
+        rebuild(self.pruner, finished)
 
     def complete(self, trial: int, state: str, value: Optional[float]) -> None:
         self.pruner.complete(trial, state, value)
@@ -181,8 +182,9 @@ class RayExecutor:
     def complete(self, trial: int, state: str, value: Optional[float]) -> None:
         self.broker.complete.remote(trial, state, value)
 
-    def preload(self, trial: int, history: list) -> None:
-        self.ray.get(self.broker.preload.remote(trial, history))
+    def rebuild(self, finished: list) -> None:
+        """``finished``: (trial, history, state, value) of every trial that ended (pruners.rebuild)."""
+        self.ray.get(self.broker.rebuild.remote(finished))
 
 
 def failure_reason(exc: BaseException) -> str:

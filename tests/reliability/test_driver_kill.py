@@ -141,3 +141,42 @@ def test_resumed_driver_logs_each_metric_step_once(tmp_path, local_ray, monkeypa
     assert not a.lost and not a.duplicates and not a.problems, a
     assert not a.repeats, a.repeats
     LEDGER.faults_survived += 1
+
+
+def pruning_sweep(name, folder):
+    """Two good learning rates, then two that barely train; median pruning on val_loss, one trial at a time."""
+    data = tiny_sweep(name, folder / "cache", mode="grid", budget={}, space={"train.lr": [3e-2, 1e-2, 1e-7, 1e-6]},
+                      objectives=[{"metric": "val_loss", "direction": "minimize"},
+                                  {"metric": "params", "direction": "minimize"}],
+                      pruner={"name": "median", "metric": "val_loss", "min_peers": 2},
+                      resources={"cpus_per_trial": 1, "concurrency": 1})
+    data["base"]["train"].update(steps=12, eval_every=2)
+    return write_sweep(data, folder)
+
+
+def decisions(root, name):
+    """Per learning rate: how the trial ended and at which step."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{root / name / 'optuna.db'}")
+    return {t.params["train.lr"]: (t.user_attrs["state"], t.user_attrs["steps"]) for t in study.trials
+            if "state" in t.user_attrs}
+
+
+def test_resumed_sweep_prunes_exactly_as_an_uninterrupted_one(tmp_path, local_ray):
+    """Killed after the two good trials were told: the resumed driver's pruner must know they
+    completed (not only their reports), so the two bad trials are pruned at the same steps."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    run_sweep(load_sweep(pruning_sweep("prune-whole", whole)), whole / "sweeps")
+    expected = decisions(whole / "sweeps", "prune-whole")
+    assert [expected[lr][0] for lr in (1e-7, 1e-6)] == ["pruned", "pruned"], expected
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    path = pruning_sweep("prune-killed", killed)
+    code = run_crash_driver(path, killed / "sweeps", "tell", 2, "after")
+    assert code == -9, f"the driver should have been SIGKILLed after its second tell (exit {code})"
+    assert set(decisions(killed / "sweeps", "prune-killed")) == {3e-2, 1e-2}
+    LEDGER.faults_injected += 1
+    run_sweep(load_sweep(path), killed / "sweeps")
+    assert decisions(killed / "sweeps", "prune-killed") == expected
+    LEDGER.faults_survived += 1

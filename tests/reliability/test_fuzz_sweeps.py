@@ -24,7 +24,7 @@ from carvelab.carve_models.config import ModelConfig
 from carvelab.search_space import sweep_spec as S
 from carvelab.search_space.sweep_loading import MAX_SECONDS, MAX_TRIALS
 from carvelab.search_space.trial_config import TaskConfig, TrainConfig
-from carvelab.trials import driver
+from carvelab.trials import driver, pruners
 from carvelab.trials.cli import main
 from tests.reliability.ledger import LEDGER
 from tests.trials.sweep_helpers import tiny_sweep
@@ -46,8 +46,15 @@ class Case:
     expect: list = field(default_factory=list)
 
 
+# Keys of one pruner's own spec: a case setting one names that pruner.
+PRUNER_OF = {"min_peers": "pareto", "min_dominators": "pareto", "min_resource": "successive_halving",
+             "reduction_factor": "hyperband"}
+
+
 def with_value(path, value, base=None):
     data = copy.deepcopy(base or VALID)
+    if path[0] == "pruner" and len(path) == 2 and path[1] in PRUNER_OF:
+        data["pruner"] = {**data.get("pruner", {}), "name": PRUNER_OF[path[1]]}
     node = data
     for part in path[:-1]:
         node = node.setdefault(part, {})
@@ -109,7 +116,7 @@ wrong_types = st.one_of(
 SECTIONS = {
     (): [f.name for f in fields(S.SweepFile)],
     ("sampler",): [f.name for f in fields(S.SamplerSpec)],
-    ("pruner",): [f.name for f in fields(S.PrunerSpec)],
+    ("pruner",): [f.name for f in fields(pruners.entry(VALID.get("pruner", {}).get("name", "none")).spec)],
     ("budget",): [f.name for f in fields(S.BudgetSpec)],
     ("resources",): [f.name for f in fields(S.ResourcesSpec)],
     ("tracking",): [f.name for f in fields(S.TrackingSpec)],

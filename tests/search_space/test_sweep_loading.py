@@ -129,6 +129,10 @@ MALFORMED = [
     ("bad-sampler", dict(sampler={"name": "cmaes"}), "sampler.name"),
     ("bad-pruner", dict(pruner={"name": "asha"}), "pruner.name"),
     ("pruner-cost-metric", dict(pruner={"name": "median", "metric": "params"}), "pruner.metric"),
+    # each pruner takes its own keys: a key of another pruner is not silently ignored
+    ("pruner-foreign-key", dict(pruner={"name": "median", "min_dominators": 2}), "'pruner.min_dominators'"),
+    ("pruner-not-mapping", dict(pruner="median"), "pruner='median' must be a mapping"),
+    ("pruner-bad-factor", dict(pruner={"name": "hyperband", "reduction_factor": 1}), "pruner.reduction_factor=1 must be >= 2"),
     ("negative-budget", dict(budget={"trials": -3}), "budget.trials"),
     ("huge-budget", dict(budget={"trials": 10**9}), "budget.trials"),
     ("no-budget", dict(budget={}), "budget"),

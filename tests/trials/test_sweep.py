@@ -76,7 +76,12 @@ def test_ablation_mode_runs_baseline_and_each_change_per_seed(tmp_path):
     assert baseline.params == {"erase_axis": "key", "content_gate": False}
 
 
-@pytest.mark.parametrize("pruner", ["pareto", "median", "successive_halving", "hyperband"])
+PRUNER_KEYS = {"pareto": {"min_peers": 1, "min_dominators": 1}, "median": {"min_peers": 1},
+               "successive_halving": {"min_resource": 1, "reduction_factor": 2},
+               "hyperband": {"min_resource": 1, "reduction_factor": 2}}
+
+
+@pytest.mark.parametrize("pruner", sorted(PRUNER_KEYS))
 def test_pruning_stops_bad_trials_early_in_a_multi_objective_study(pruner, tmp_path):
     # Hyperband compares trials only within one of its 4 brackets (assigned by a hash), so it
     # gets 6 trials of decreasing quality: two of them must share a bracket, the later one worse.
@@ -85,8 +90,7 @@ def test_pruning_stops_bad_trials_early_in_a_multi_objective_study(pruner, tmp_p
                       space={"train.lr": [3e-2] + bad},
                       objectives=[{"metric": "val_loss", "direction": "minimize"},
                                   {"metric": "params", "direction": "minimize"}],
-                      pruner={"name": pruner, "metric": "val_loss", "min_peers": 1, "min_dominators": 1,
-                              "min_resource": 1, "reduction_factor": 2},
+                      pruner={"name": pruner, "metric": "val_loss", **PRUNER_KEYS[pruner]},
                       resources={"cpus_per_trial": 1, "concurrency": 1})
     data["base"]["train"].update(steps=12, eval_every=2)
     summary = run_sweep(load_sweep(data), tmp_path)

@@ -2,8 +2,9 @@
 import pytest
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.search_space.sweep_spec import ObjectiveSpec, PrunerSpec, ResourcesSpec
+from carvelab.search_space.sweep_spec import ObjectiveSpec, ResourcesSpec
 from carvelab.trials.driver import run_sweep
+from carvelab.trials.pruners.optuna_shadow import MedianSpec
 from carvelab.trials.scheduler import RayExecutor
 from tests.trials.sweep_helpers import assert_exactly_once, child_runs, local_cluster, tiny_sweep
 
@@ -34,5 +35,5 @@ def test_pruning_broker_lives_on_the_drivers_node(cluster):
     import ray
 
     ray.init(address=cluster.address)
-    executor = RayExecutor(ResourcesSpec(), PrunerSpec(name="median"), [ObjectiveSpec("val_accuracy", "maximize")])
+    executor = RayExecutor(ResourcesSpec(), MedianSpec(name="median", metric="val_accuracy"), [ObjectiveSpec("val_accuracy", "maximize")])
     assert ray.get(executor.broker.node.remote()) == ray.get_runtime_context().get_node_id()
