@@ -11,15 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional
 
-DECAYS = ("channel", "scalar", "none")
-ERASE_AXES = ("key", "value")
-ERASE_GATES = ("channel", "head")
-WRITE_GATES = ("scalar", "per_value")
-COVARIANCES = ("reset", "propagate")
-CONTENT_TARGETS = ("erase", "decay")
+from carvelab.kernels.dispatch import BACKENDS
+from carvelab.kernels.options import (
+    CHUNK_SIZES,
+    CONTENT_TARGETS,
+    COVARIANCES,
+    DECAYS,
+    ERASE_AXES,
+    ERASE_GATES,
+    WRITE_GATES,
+    check_triton_chunk,
+)
+
 INITS = ("default", "matched")
-BACKENDS = ("auto", "triton", "torch", "reference")
-CHUNK_SIZES = (16, 32, 64, 128)
 
 
 def parse_hybrid_ratio(ratio: str) -> tuple[int, int]:
@@ -101,6 +105,11 @@ class ModelConfig:
                 raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
         if self.chunk_size not in CHUNK_SIZES:
             raise ValueError(f"model.chunk_size={self.chunk_size!r} is not allowed; choose one of {list(CHUNK_SIZES)}")
+        if self.backend == "triton":
+            try:
+                check_triton_chunk(self.chunk_size)
+            except ValueError as exc:
+                raise ValueError(f"model.{exc} (model.backend='triton')") from None
         for name, expand in (("expand_k", self.expand_k), ("expand_v", self.expand_v)):
             total = self.d_model * expand
             if total != int(total) or int(total) % self.n_heads:

@@ -83,4 +83,4 @@ class HybridLM(nn.Module):
         if "recurrent" not in self.cfg.layer_kinds() or not self.cfg.sequence_mixing:
             return None
         device = device if device is not None else self.embed.weight.device
-        return resolve_backend(self.cfg.backend, device, self.cfg.erase_axis)
+        return resolve_backend(self.cfg.backend, device, self.cfg.erase_axis, self.cfg.chunk_size)

@@ -23,12 +23,19 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.052, 2.048, 2.045, 2.042]
 
 
+_Z975 = 1.959963984540054  # the standard normal's 0.975 quantile
+
+
 def t975(df: int) -> float:
     if df < 1:
         return math.nan
     if df <= 30:
         return _T975[df - 1]
-    return 1.959964 + 2.37 / df  # Cornish-Fisher expansion; within 1e-3 beyond 30
+    # Cornish-Fisher expansion of the t quantile around the normal one, to the 1/df³ term:
+    # within 2e-5 of the exact quantile beyond df = 30 (the 1/df term alone was 3e-3 off at 31).
+    z = _Z975
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
 def paired_stats(diffs: list[float]) -> dict[str, float]:

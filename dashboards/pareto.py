@@ -6,7 +6,7 @@ minimisation (maximised objectives negated).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, Mapping, Sequence
 
 
 def _to_min(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[list[float]]:
@@ -50,6 +50,15 @@ def non_dominated_ranks(points: Sequence[Sequence[float]], directions: Sequence[
                     nxt.append(j)
         current, rank = nxt, rank + 1
     return ranks
+
+
+def point_front(vectors: Mapping[Hashable, Sequence[Sequence[float]]], directions: Sequence[str]) -> list:
+    """Keys of the points on the Pareto front: each point's objective vectors (one per
+    completed seed) are averaged first, then the means are ranked. This is the one
+    definition of the front: the driver's live count and the published front both use it."""
+    keys = list(vectors)
+    means = [[sum(column) / len(column) for column in zip(*vectors[k])] for k in keys]
+    return [k for k, rank in zip(keys, non_dominated_ranks(means, directions)) if rank == 0]
 
 
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float], directions: Sequence[str]) -> float:

@@ -60,7 +60,7 @@ def publish(data: SweepData, df: Optional[pl.DataFrame] = None) -> dict:
     """Recompute the front and refresh tags and artifacts. Returns a small summary dict."""
     df = trials_frame(data) if df is None else df
     if data.parent_run_id is None or not len(df):
-        return {"front": 0, "hypervolume": 0.0}
+        return {"front": 0, "front_runs": 0, "hypervolume": 0.0}
     table = front_table(data, df)
     history = hypervolume_history(df, data.objectives)
     on_front = tag_runs(data, df, table)
@@ -80,6 +80,8 @@ def publish(data: SweepData, df: Optional[pl.DataFrame] = None) -> dict:
         for path in sorted(out.iterdir()):
             data.client.log_artifact(data.parent_run_id, str(path), "pareto")
     hv = float(history["hypervolume"][-1]) if len(history) else 0.0
-    data.client.set_tag(data.parent_run_id, "pareto.front_size", str(on_front))
+    front = int((table["pareto_rank"] == 0).sum()) if len(table) else 0  # points, as the driver counts them
+    data.client.set_tag(data.parent_run_id, "pareto.front_size", str(front))
+    data.client.set_tag(data.parent_run_id, "pareto.front_runs", str(on_front))
     data.client.set_tag(data.parent_run_id, "pareto.hypervolume", f"{hv:.6g}")
-    return {"front": on_front, "hypervolume": hv}
+    return {"front": front, "front_runs": on_front, "hypervolume": hv}

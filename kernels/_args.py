@@ -22,9 +22,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-ERASE_AXES = ("key", "value")
-COVARIANCES = ("reset", "propagate")
-CONTENT_TARGETS = ("erase", "decay")
+from carvelab.kernels.options import CONTENT_TARGETS, COVARIANCES, ERASE_AXES
+
 
 
 class ContentGate(NamedTuple):

@@ -18,6 +18,7 @@ import os
 import torch
 
 from carvelab.kernels._args import RecurrenceOutput
+from carvelab.kernels.options import check_triton_chunk
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
@@ -31,8 +32,9 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device, erase_axis: str) -> str:
-    """Map a requested backend to the implementation that will run (see IMPLEMENTATIONS)."""
+def resolve_backend(backend: str, device: torch.device, erase_axis: str, chunk_size: int = 64) -> str:
+    """Map a requested backend to the implementation that will run (see IMPLEMENTATIONS);
+    ValueError when that implementation cannot run ``chunk_size`` (options.check_triton_chunk)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; choose one of {list(BACKENDS)}")
     device = torch.device(device)
@@ -47,6 +49,7 @@ def resolve_backend(backend: str, device: torch.device, erase_axis: str) -> str:
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
             f"got tensors on {device}"
         )
+    check_triton_chunk(chunk_size)
     return "triton_chunk" if erase_axis == "key" else "triton_recurrent"
 
 
@@ -55,7 +58,7 @@ def gated_delta(
     chunk_size=64, initial_state=None, initial_cov=None, scale=None, backend="auto",
 ) -> RecurrenceOutput:
     """Run the unified recurrence with the chosen backend; arguments as in the reference."""
-    impl = resolve_backend(backend, q.device, erase_axis)
+    impl = resolve_backend(backend, q.device, erase_axis, chunk_size)
     kwargs = dict(
         erase_axis=erase_axis, covariance=covariance, content=content, chunk_size=chunk_size,
         initial_state=initial_state, initial_cov=initial_cov, scale=scale,

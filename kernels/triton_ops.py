@@ -54,6 +54,7 @@ from carvelab.kernels._args import (
     initial_cov_or_eye,
     initial_state_or_zeros,
 )
+from carvelab.kernels.options import TRITON_CHUNK_SIZES, check_triton_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +143,10 @@ class CovarianceFn(torch.autograd.Function):
 
 
 def chunk_block(chunk_size: int) -> int:
-    """Tokens per WY chunk of the kernel: the requested chunk if it is 16, 32 or 64, else 64."""
-    return chunk_size if chunk_size in (16, 32, 64) else 64
+    """Tokens per WY chunk of the kernel: the requested chunk if it is one of
+    TRITON_CHUNK_SIZES; a shorter content chunk (e.g. 20) runs as one padded 64-token block.
+    Longer chunks are refused before this (``options.check_triton_chunk``)."""
+    return chunk_size if chunk_size in TRITON_CHUNK_SIZES else max(TRITON_CHUNK_SIZES)
 
 
 def _recurrence(c: Canonical, kernel, q, k, u, x, g, b, s0):
@@ -258,6 +261,7 @@ def _triton_gated_delta(
     """``triton_gated_delta`` run eagerly."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not allowed; choose one of {list(KERNELS)}")
+    check_triton_chunk(chunk_size)
     c = canonicalize(
         q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
         chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov, scale=scale,

@@ -18,6 +18,7 @@ from carvelab.search_space import sweep_spec as S
 from carvelab.search_space.loading import load_trial_config, to_dataclass
 from carvelab.search_space.trial_config import TaskConfig, TrainConfig, TrialConfig
 from carvelab.carve_models.config import ModelConfig
+from carvelab.kernels.options import check_triton_chunk
 from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -203,6 +204,7 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
         resources=raw.resources, tracking=raw.tracking, storage=raw.storage, source=where,
     )
     _check_effective_axes(spec, where)
+    _check_triton_chunks(spec, where)
     if raw.mode == "grid" or (raw.mode == "search" and raw.sampler.name == "grid"):
         for p in spec.params:
             try:
@@ -224,6 +226,27 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
 def _choice(where: str, key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{where}: {key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_triton_chunks(spec: S.SweepSpec, where: str) -> None:
+    """A chunk size the Triton kernels cannot run is refused before launch when the trials will
+    run on them (model.backend 'triton', or 'auto' with GPUs), not run on smaller chunks."""
+    base = load_trial_config(spec.base)
+    backend, gpus = base.model.backend, spec.resources.gpus_per_trial
+    if not (backend == "triton" or (backend == "auto" and gpus > 0 and base.train.device != "cpu")):
+        return
+    values = [("base.model.chunk_size", base.model.chunk_size)]
+    for p in spec.params:
+        if p.path == "model.chunk_size" and p.type in ("categorical", "int"):
+            values = [(f"space.{p.name}", v) for v in grid_values(p)]
+    values += [(f"ablation.changes[{i}].{name}", value) for i, change in enumerate(spec.changes)
+               for name, value in change.items() if param_path(name, where) == "model.chunk_size"]
+    for key, value in values:
+        try:
+            check_triton_chunk(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}: {exc} (trials run on the Triton kernels: model.backend="
+                              f"{backend!r}, resources.gpus_per_trial={gpus})") from None
 
 
 def _resolve_base(base: Any, where: str, folder: Path) -> dict:

@@ -116,7 +116,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     with pl.Config(tbl_rows=200, tbl_cols=20, fmt_str_lengths=200, tbl_width_chars=240):
         print(shown.select(columns) if len(shown) else "no completed trials yet")
     info = publish(data, df)
-    print(f"front: {info['front']} runs tagged on_front=true; hypervolume {info['hypervolume']:.6g}; "
+    print(f"front: {info['front']} points ({info['front_runs']} runs tagged on_front=true); "
+          f"hypervolume {info['hypervolume']:.6g}; "
           "artifacts under pareto/ of the parent run")
     return 0
 

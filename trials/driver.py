@@ -9,6 +9,7 @@ point and seed are re-queued (training resumes from its checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
@@ -21,11 +22,11 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from carvelab.dashboards.pareto import point_front
 from carvelab.search_space.sweep_loading import grid_points, point_config
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
-from carvelab.trials.pruners import dominates
 from carvelab.trials.sweep_dir import SweepDir
 from carvelab.trials.tracking import MlflowTracker, flatten, redact, redact_text
 
@@ -64,7 +65,7 @@ class SweepDriver:
         self.on_update = on_update or (lambda counts: None)
         self.counts = {"running": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0, "front": 0}
         self.logged: dict[int, set] = {}
-        self.fronts: dict[int, list[float]] = {}
+        self.fronts: dict[str, dict[int, list[float]]] = {}  # point -> trial -> objective values
         self._published_at = -math.inf
         self._dirty = False
 
@@ -283,7 +284,7 @@ class SweepDriver:
         values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]
         status, reason = st.tell_finished(self.study, trial, status, reason, payload.get("steps", 0), values)
         if status == "completed":
-            self._update_front(number, values)
+            self._update_front(number, trial.params, values)
         self.counts[status] += 1
         self._dirty = True
         self.executor.complete(number, status, self._pruned_value(payload))
@@ -293,11 +294,12 @@ class SweepDriver:
         quality = payload.get("metrics", {}).get(self.spec.pruner.metric)
         return None if quality is None else float(quality)
 
-    def _update_front(self, number: int, values: list) -> None:
-        signs = [1.0 if o.direction == "maximize" else -1.0 for o in self.spec.objectives]
-        self.fronts[number] = [s * float(v) for s, v in zip(signs, values)]
-        vecs = list(self.fronts.values())
-        self.counts["front"] = sum(not any(dominates(o, v) for o in vecs) for v in vecs)
+    def _update_front(self, number: int, params: dict, values: list) -> None:
+        """The live front size: points (seeds averaged) on the front, as ``dashboards`` publishes it."""
+        point = json.dumps(params, sort_keys=True, default=str)
+        self.fronts.setdefault(point, {})[number] = [float(v) for v in values]
+        vectors = {p: list(by_trial.values()) for p, by_trial in self.fronts.items()}
+        self.counts["front"] = len(point_front(vectors, [o.direction for o in self.spec.objectives]))
 
     def _publish(self, force: bool = False) -> None:
         """Refresh the Pareto front tags and artifacts in MLflow (live, throttled, and at the end)."""
@@ -365,7 +367,7 @@ class SweepDriver:
         for t in self.study.get_trials(deepcopy=False):
             state = t.user_attrs.get("state")
             if t.state == TrialState.COMPLETE:
-                self._update_front(t.number, t.values)
+                self._update_front(t.number, t.params, t.values)
             if state in self.counts and t.state != TrialState.RUNNING:
                 self.counts[state] += 1
             elif t.state == TrialState.FAIL and st.reason(t) == "infeasible":

@@ -89,7 +89,7 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
     (``kernels/cuda_graph.py``), which changes both its speed and its memory."""
     if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
         return "none"
-    impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis)
+    impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size)
     if impl.startswith("triton") and model_cfg.content_gate and replays_on(device):
         impl += "+cuda_graphs"
     return impl

@@ -15,13 +15,15 @@ BAD = [
     (dict(expand_k=-1.0), r"model.expand_k=-1.0 must be a positive number"),
     (dict(decay="linear"), r"model.decay='linear' is not allowed; choose one of \['channel', 'scalar', 'none'\]"),
     (dict(chunk_size=48), r"model.chunk_size=48 is not allowed; choose one of \[16, 32, 64, 128\]"),
+    (dict(chunk_size=128, backend="triton"), r"model.chunk_size=128 is not allowed on the Triton backend"),
     (dict(d_model=6, n_heads=2, hybrid_ratio="1:1"), r"model.d_model / model.n_heads = 3 must be even when model.hybrid_ratio='1:1'"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,message", BAD, ids=[
     "ratio-3:x", "ratio-0:0", "heads-dont-divide-dk", "heads-dont-divide-dv", "negative-d_model", "zero-layers",
-    "negative-vocab", "negative-window", "negative-expand", "unknown-decay", "chunk-48", "odd-rope-head-dim",
+    "negative-vocab", "negative-window", "negative-expand", "unknown-decay", "chunk-48", "chunk-128-triton",
+    "odd-rope-head-dim",
 ])
 def test_bad_config_raises_naming_field(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, reference_point
+from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, point_front, reference_point
 
 
 def brute_ranks(points, directions):
@@ -80,3 +80,11 @@ def test_points_not_beyond_the_reference_add_nothing():
 def test_bad_direction_is_named():
     with pytest.raises(ValueError, match="sideways"):
         non_dominated_ranks([[1, 2]], ["maximize", "sideways"])
+
+
+def test_point_front_ranks_seed_means_not_single_seeds():
+    # (accuracy, params): point "a" has one lucky seed (1.0) and one failed one (0.0): mean 0.5,
+    # beaten by "b" (0.6, same params); per trial, a's lucky seed would have been on the front.
+    vectors = {"a": [[1.0, 10.0], [0.0, 10.0]], "b": [[0.6, 10.0], [0.6, 10.0]], "c": [[0.2, 5.0]]}
+    assert point_front(vectors, ["maximize", "minimize"]) == ["b", "c"]
+    assert point_front({"a": [[1.0, 10.0]]}, ["maximize", "minimize"]) == ["a"]

@@ -7,7 +7,6 @@ import yaml
 from carvelab.dashboards.ablation import ablation_table
 from carvelab.dashboards.export import export
 from carvelab.dashboards.frame import front_table, hypervolume_history, open_sweep, trials_frame
-from carvelab.dashboards.pareto import non_dominated_ranks
 from carvelab.dashboards.report import publish
 from carvelab.search_space.loading import load_trial_config
 from carvelab.search_space.sweep_loading import load_sweep
@@ -15,6 +14,9 @@ from carvelab.trials import scheduler
 from carvelab.trials.cli import main
 from carvelab.trials.driver import run_sweep
 from tests.trials.sweep_helpers import tiny_sweep
+
+
+SUMMARIES = {}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def sweeps(tmp_path_factory):
     try:
         grid = tiny_sweep("grid", cache, mode="grid", budget={}, seeds=[0, 1],
                           space={"erase_axis": ["key", "value"], "write_gate": ["scalar", "per_value"]})
-        run_sweep(load_sweep(grid), root)
+        SUMMARIES["grid"] = run_sweep(load_sweep(grid), root)
         abl = tiny_sweep("abl", cache, mode="ablation", budget={}, space={}, seeds=[0, 1, 2],
                          ablation={"changes": [{"erase_axis": "value"}, {"train.lr": 1e-7}]})
         run_sweep(load_sweep(abl), root)
@@ -47,12 +49,37 @@ def test_frame_joins_optuna_and_mlflow(sweeps):
     assert df["run_id"].n_unique() == 8 and set(df["run_status"]) == {"FINISHED"}
 
 
+def brute_force_front(rows: list[tuple[float, float]]) -> list[bool]:
+    """(accuracy up, params down): a row is on the front when no other row is at least as good in
+    both and better in one — written out here, independently of dashboards.pareto."""
+    def beats(a, b):
+        return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+    return [not any(beats(other, row) for other in rows) for row in rows]
+
+
 def test_seeds_are_aggregated_before_ranking(sweeps):
     data = open_sweep("grid", sweeps)
-    table = front_table(data)
+    df = trials_frame(data)
+    table = front_table(data, df)
     assert len(table) == 4 and set(table["n"]) == {2}
-    ranks = non_dominated_ranks(table.select(["val_accuracy", "params"]).rows(), ["maximize", "minimize"])
-    assert sorted(ranks) == sorted(table["pareto_rank"].to_list())
+    for row in table.iter_rows(named=True):  # each point's value is the mean over its two seeds
+        seeds = df.filter(pl.col("point") == row["point"])
+        assert sorted(seeds["seed"].to_list()) == [0, 1]
+        assert row["val_accuracy"] == pytest.approx(sum(seeds["val_accuracy"]) / 2)
+    means = table.select(["val_accuracy", "params"]).rows()
+    assert [r == 0 for r in table["pareto_rank"]] == brute_force_front(means)
+
+
+def test_one_front_definition_for_the_driver_and_the_published_front(sweeps):
+    """With several seeds the driver's live count and the published front both count points."""
+    data = open_sweep("grid", sweeps)
+    info = publish(data)
+    table = front_table(data)
+    points = int((table["pareto_rank"] == 0).sum())
+    assert SUMMARIES["grid"].front_size == info["front"] == points
+    assert int(data.client.get_run(data.parent_run_id).data.tags["pareto.front_size"]) == points
+    assert info["front_runs"] == 2 * points  # both seeds of every front point are tagged
 
 
 def test_hypervolume_history_never_decreases(sweeps):
@@ -68,7 +95,7 @@ def test_publish_tags_exactly_the_front_and_logs_artifacts(sweeps, tmp_path):
     front_runs = {r for row in table.filter(pl.col("pareto_rank") == 0).iter_rows(named=True) for r in row["run_ids"]}
     exp = data.client.get_run(data.parent_run_id).info.experiment_id
     tagged = data.client.search_runs([exp], filter_string="tags.on_front = 'true'")
-    assert {r.info.run_id for r in tagged} == front_runs and info["front"] == len(front_runs)
+    assert {r.info.run_id for r in tagged} == front_runs and info["front_runs"] == len(front_runs)
     names = {a.path for a in data.client.list_artifacts(data.parent_run_id, "pareto")}
     for f in ("pareto.html", "pareto.png", "hypervolume.png", "hypervolume.csv", "trials.csv",
               "trials.parquet", "summary.md", "ablation.md"):

@@ -32,7 +32,6 @@ CHUNK_CASES = [
     Case(max_decay=20.0, chunk=32),
     Case(max_decay=20.0, content="erase", T=130, H=1),
     Case(content="erase", chunk=20, T=63),   # content chunk 20 on 64-token kernel chunks
-    Case(chunk=128, T=130, H=1),  # kernel chunk 64
     Case(dk=80, dv=16, T=40, H=1, chunk=32),  # dk over several key slices of the backward kernels
 ]
 
@@ -87,9 +86,20 @@ def test_chunk_refuses_value_axis():
         triton_chunk.triton_chunk_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], erase_axis="value")
 
 
-@pytest.mark.parametrize("chunk_size, block", [(16, 16), (32, 32), (64, 64), (128, 64), (20, 64)])
+@pytest.mark.parametrize("chunk_size, block", [(16, 16), (32, 32), (64, 64), (20, 64)])
 def test_kernel_chunk_of_a_content_chunk(chunk_size, block):
     assert chunk_block(chunk_size) == block
+
+
+@pytest.mark.parametrize("kernel", ["chunk", "recurrent"])
+def test_a_chunk_longer_than_the_kernels_is_refused_not_run_on_smaller_chunks(kernel):
+    """chunk_size=128 would run as 64-token WY chunks while the costs count 128: refused."""
+    case = Case(T=8, H=1, chunk=128)
+    x = make_inputs(case)
+    with pytest.raises(ValueError, match=r"chunk_size=128 is not allowed on the Triton backend.*\[16, 32, 64\]"):
+        run_case(triton_gated_delta, case, x, kernel=kernel)
+    with pytest.raises(ValueError, match="chunk_size=128"):
+        dispatch.resolve_backend("triton", x["q"].device, "key", 128)
 
 
 def test_chunk_forward_refuses_bad_block():

@@ -49,6 +49,13 @@ def test_bundled_gpu_quickstart_shares_one_gpu_four_ways():
     assert spec.base["train"]["device"] == "cuda"
 
 
+def test_chunk_128_stays_allowed_where_trials_run_the_torch_path():
+    assert load_sweep(sweep(space={"chunk_size": [64, 128]})).params[0].choices == [64, 128]
+    on_cpu = sweep(space={"chunk_size": [128]}, resources={"gpus_per_trial": 1})
+    on_cpu["base"]["train"] = {**on_cpu["base"].get("train", {}), "device": "cpu"}
+    assert load_sweep(on_cpu).params[0].choices == [128]
+
+
 def test_on_off_axis_values_become_booleans():
     spec = load_sweep(sweep())
     gate = [p for p in spec.params if p.name == "content_gate"][0]
@@ -134,6 +141,11 @@ MALFORMED = [
     ("pruner-not-mapping", dict(pruner="median"), "pruner='median' must be a mapping"),
     ("pruner-bad-factor", dict(pruner={"name": "hyperband", "reduction_factor": 1}), "pruner.reduction_factor=1 must be >= 2"),
     ("negative-budget", dict(budget={"trials": -3}), "budget.trials"),
+    # trials on GPUs run the Triton kernels, whose WY chunks stop at 64 tokens
+    ("triton-chunk-in-space", dict(space={"chunk_size": [64, 128]}, resources={"gpus_per_trial": 0.5}),
+     r"space.chunk_size: chunk_size=128 is not allowed on the Triton backend.*gpus_per_trial=0.5"),
+    ("triton-chunk-in-change", dict(mode="ablation", space={}, ablation={"changes": [{"chunk_size": 128}]},
+                                    resources={"gpus_per_trial": 1}), r"ablation.changes\[0\].chunk_size: chunk_size=128"),
     ("huge-budget", dict(budget={"trials": 10**9}), "budget.trials"),
     ("no-budget", dict(budget={}), "budget"),
     ("bad-gpus", dict(resources={"gpus_per_trial": 1.5}), "resources.gpus_per_trial"),
