@@ -5,22 +5,12 @@ cost objectives. Notation: d = d_model, H = n_heads, dk / dv the mixer head dims
 C = chunk_size, w = conv_size, m = mlp_width, V = vocab_size, L_r / L_a the numbers of
 recurrent / attention layers, W = window.
 
-Parameters (``param_count``, equal to ``sum(p.numel())`` of the built ``HybridLM``)::
-
-    total     = V·d [+ V·d untied head] + d (final norm) + Σ_layers (2d + 3·d·m + mixer)
-    attention = 4·d²                                            (q, k, v, o; no biases)
-    recurrent = d·H·(2dk + dv)  q, k, v        + w·H·(2dk + dv)  short convs
-              + d·H·dv + dv + H·dv·d            output gate, gated norm, output proj
-              + decay:  channel d·H·dk + H·dk + H | scalar d·H + 2H | none 0
-              + erase:  d·H·n_b  (n_b = 1 head | dk key axis | dv value axis; absent when
-                        tie_gates with propagate, where beta = 1/(1+r))
-              + write:  (d + 1)·H·n_w  (n_w = 1 scalar | dv per_value; absent when tied)
-              + noise:  d·H (propagate)
-              + content: H·n_t·rank + H·rank·dv (n_t = width of the target gate)
+Parameters (``param_count``): ``sum(p.numel())`` of ``HybridLM(cfg)`` built on the meta
+device (no memory, no initialisation), tied embeddings counted once.
 
 Forward FLOPs per token (``flops_per_token``; a multiply-add counts 2)::
 
-    2 · (every linear weight of the layers + V·d for the LM head)
+    2 · (every nn.Linear weight of the built model + V·d for a tied LM head)
     + per recurrent layer: 2·w·H·(2dk + dv)                         short convs
       + H · [ 8·dk·dv                    state: decay 1, erase read 2, write 2, read-out 2, add 1
               + 4·C·(dk + dv)            chunked WY: rows of QKᵀ, KKᵀ (2·C·dk each) and of the
@@ -46,36 +36,21 @@ State bytes at inference (``state_bytes``; fp32, times ``batch``)::
 """
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from carvelab.carve_models.config import ModelConfig
-from carvelab.carve_models.gates import content_target_width, erase_width
+from carvelab.carve_models.gates import content_target_width
 
 FP32_BYTES = 4
 
 
-def _mixer_linear_weights(cfg: ModelConfig) -> int:
-    """Weights of the recurrent mixer's linear maps (the part that costs 2 FLOPs each)."""
-    d, H, dk, dv = cfg.d_model, cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v
-    n = d * H * (2 * dk + dv) + d * H * dv + H * dv * d
-    n += {"channel": d * H * dk, "scalar": d * H, "none": 0}[cfg.decay]
-    if not (cfg.tie_gates and cfg.covariance == "propagate"):
-        n += d * H * erase_width(cfg)
-    if not cfg.tie_gates:
-        n += d * H * (1 if cfg.write_gate == "scalar" else dv)
-    if cfg.covariance == "propagate":
-        n += d * H
-    return n
+def _meta_model(cfg: ModelConfig) -> nn.Module:
+    """``HybridLM(cfg)`` on the meta device: its module tree and shapes, no storage."""
+    from carvelab.carve_models.lm import HybridLM
 
-
-def _mixer_other_params(cfg: ModelConfig) -> int:
-    """Biases, convs, norms, decay vectors and the content gate of a recurrent mixer."""
-    H, dk, dv = cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v
-    n = cfg.conv_size * H * (2 * dk + dv) + dv
-    n += {"channel": H * dk + H, "scalar": 2 * H, "none": 0}[cfg.decay]
-    if not cfg.tie_gates:
-        n += H * (1 if cfg.write_gate == "scalar" else dv)
-    if cfg.content_gate:
-        n += H * content_target_width(cfg) * cfg.content_rank + H * cfg.content_rank * dv
-    return n
+    with torch.device("meta"):
+        return HybridLM(cfg)
 
 
 def _layer_counts(cfg: ModelConfig) -> tuple[int, int]:
@@ -88,16 +63,17 @@ def _layer_counts(cfg: ModelConfig) -> tuple[int, int]:
 
 def param_count(cfg: ModelConfig) -> int:
     """Number of parameters of ``HybridLM(cfg)`` (tied embeddings counted once)."""
-    d = cfg.d_model
-    n_rec, n_att = _layer_counts(cfg)
-    per_layer = 2 * d + 3 * d * cfg.mlp_width
-    mixers = n_rec * (_mixer_linear_weights(cfg) + _mixer_other_params(cfg)) + n_att * 4 * d * d
-    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
-    return cfg.vocab_size * d + head + d + cfg.n_layers * per_layer + mixers
+    return sum(p.numel() for p in _meta_model(cfg).parameters())
+
+
+def _linear_weights(cfg: ModelConfig, model: nn.Module) -> int:
+    """Weights of every linear map a token goes through (2 FLOPs each), the LM head included."""
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return n + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
 
 
 def _recurrence_flops(cfg: ModelConfig) -> float:
-    """Per token, one recurrent layer, all heads: convs + state + chunked WY (+ P, + content)."""
+    """Per token, one recurrent layer, all heads: state + chunked WY (+ P, + content)."""
     H, dk, dv, C = cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v, cfg.chunk_size
     solves = dv if (cfg.erase_axis == "value" and cfg.erase_gate == "channel") else 1
     per_head = 8 * dk * dv + 4 * C * (dk + dv) + solves * C * C / 3
@@ -105,7 +81,7 @@ def _recurrence_flops(cfg: ModelConfig) -> float:
         per_head += 6 * dk * dk
     if cfg.content_gate:
         per_head += dv + 2 * cfg.content_rank * (dv + content_target_width(cfg)) / C
-    return 2 * cfg.conv_size * H * (2 * dk + dv) + H * per_head
+    return H * per_head
 
 
 def mean_attended(seq_len: int, window: int) -> float:
@@ -115,16 +91,27 @@ def mean_attended(seq_len: int, window: int) -> float:
     return total / seq_len
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Forward FLOPs per token at sequence length ``seq_len`` (formula in the module docstring)."""
+def flops_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+    """Forward FLOPs per token by part: ``linear`` (every linear map, the LM head included),
+    ``conv`` (the short convolutions), ``recurrence`` (the recurrences' own products) and
+    ``attention`` (scores and weighted values); formulas in the module docstring."""
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len <= 0:
         raise ValueError(f"seq_len={seq_len!r} must be a positive integer")
-    d = cfg.d_model
+    from carvelab.carve_models.conv import ShortConv
+
+    model = _meta_model(cfg)
     n_rec, n_att = _layer_counts(cfg)
-    linear = cfg.n_layers * 3 * d * cfg.mlp_width + n_rec * _mixer_linear_weights(cfg)
-    linear += n_att * 4 * d * d + cfg.vocab_size * d
-    attention = n_att * 4 * d * mean_attended(seq_len, cfg.window)
-    return 2.0 * linear + n_rec * _recurrence_flops(cfg) + attention
+    return {
+        "linear": 2.0 * _linear_weights(cfg, model),
+        "conv": 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, ShortConv)),
+        "recurrence": n_rec * _recurrence_flops(cfg),
+        "attention": n_att * 4 * cfg.d_model * mean_attended(seq_len, cfg.window),
+    }
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs per token at sequence length ``seq_len`` (the sum of ``flops_breakdown``)."""
+    return sum(flops_breakdown(cfg, seq_len).values())
 
 
 def state_bytes(cfg: ModelConfig, batch: int = 1) -> int:
