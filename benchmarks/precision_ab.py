@@ -19,7 +19,7 @@ import torch
 import carvelab.kernels.triton_chunk as _chunk
 from carvelab.kernels.bench_gpu import SHAPES, _fla, cuda_time, leaf_inputs, peak_extra_mb, qkv_grads, rel_err
 from carvelab.kernels.chunk import chunk_gated_delta
-from carvelab.kernels.triton_chunk import triton_chunk_gated_delta
+from carvelab.kernels.triton_ops import triton_chunk_gated_delta
 
 NAMES = ("q", "k", "v", "g", "b", "w")
 

@@ -29,7 +29,7 @@ from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.conv import ShortConv
 from carvelab.carve_models.gates import ContentParams, DecayGate, DeltaGates, content_target_width
 from carvelab.carve_models.norm import GatedRMSNorm
-from carvelab.kernels._args import ContentGate
+from carvelab.kernels import ContentGate
 from carvelab.kernels.dispatch import gated_delta
 
 L2_EPS = 1e-6

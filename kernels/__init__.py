@@ -1,10 +1,22 @@
 """carvelab.kernels: the gated delta recurrence family.
 
-- ``reference``: the token-by-token fp32 specification.
-- ``chunk``: the torch chunked (WY / UT transform) path for the key-axis family.
-- ``dispatch.gated_delta``: the one entry point the model layers call.
+The public surface, what the model layers and tools use:
+
+- ``gated_delta(q, k, v, g, b, w, r, ..., backend=...)``: the one entry point (``dispatch``);
+  ``resolve_backend`` says which implementation a call will run.
+- ``gated_delta_reference``: the token-by-token fp32 specification (``reference``).
+- ``ContentGate``, ``RecurrenceOutput``: the content gate's parameters and the result.
+- ``options``: the vocabulary (every axis's allowed values, the kernels' chunk sizes).
+
+Everything else here (``_args``, ``chunk``, ``triton_*``, ``_triton_common``, ``tuning``,
+``cuda_graph``) is internal; calls go one way: dispatch -> triton_ops (autograd
+Functions) -> triton_chunk / triton_recurrent / triton_covariance (launchers, kernels) ->
+_triton_common.
 """
+from carvelab.kernels import options
 from carvelab.kernels._args import ContentGate, RecurrenceOutput
+from carvelab.kernels.dispatch import BACKENDS, gated_delta, resolve_backend
 from carvelab.kernels.reference import gated_delta_reference
 
-__all__ = ["ContentGate", "RecurrenceOutput", "gated_delta_reference"]
+__all__ = ["BACKENDS", "ContentGate", "RecurrenceOutput", "gated_delta", "gated_delta_reference", "options",
+           "resolve_backend"]

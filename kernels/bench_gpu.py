@@ -114,8 +114,8 @@ def points(x):
     """name -> (our call, fla call or None), all on the same inputs."""
     from carvelab.kernels._args import ContentGate
     from carvelab.kernels.cuda_graph import replay
-    from carvelab.kernels.triton_chunk import triton_chunk_gated_delta as chunk
-    from carvelab.kernels.triton_recurrent import triton_recurrent_gated_delta as recurrent
+    from carvelab.kernels.triton_ops import triton_chunk_gated_delta as chunk
+    from carvelab.kernels.triton_ops import triton_recurrent_gated_delta as recurrent
 
     q, k, v, g, b, w, beta, gh = (x[n] for n in ("q", "k", "v", "g", "b", "w", "beta", "g_head"))
     H, dv, dk = q.shape[2], v.shape[-1], q.shape[-1]
@@ -163,7 +163,7 @@ def _fla():
 def check_against_reference() -> dict:
     """fp32, small shape: our Triton kernels vs the token-by-token reference (outputs and grads)."""
     from carvelab.kernels.reference import gated_delta_reference
-    from carvelab.kernels.triton_chunk import triton_chunk_gated_delta
+    from carvelab.kernels.triton_ops import triton_chunk_gated_delta
 
     x = make_inputs(1, 100, 2, 32, dtype=torch.float32, seed=3)
     names = ("q", "k", "v", "g", "b", "w")

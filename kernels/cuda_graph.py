@@ -41,7 +41,7 @@ from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 
-from carvelab.kernels.dispatch import triton_interpreted
+from carvelab.kernels._triton_common import triton_interpreted
 
 ENV = "CARVELAB_CUDA_GRAPHS"
 

@@ -13,8 +13,6 @@ record it; no backend ever falls back to another silently.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from carvelab.kernels._args import RecurrenceOutput
@@ -26,10 +24,6 @@ BACKENDS = ("auto", "triton", "torch", "reference")
 IMPLEMENTATIONS = (
     "reference", "torch_chunk", "torch_chunk_value", "triton_chunk", "triton_recurrent",
 )
-
-
-def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def resolve_backend(backend: str, device: torch.device, erase_axis: str, chunk_size: int = 64) -> str:
@@ -44,6 +38,8 @@ def resolve_backend(backend: str, device: torch.device, erase_axis: str, chunk_s
         return "reference"
     if backend == "torch":
         return "torch_chunk" if erase_axis == "key" else "torch_chunk_value"
+    from carvelab.kernels._triton_common import triton_interpreted
+
     if device.type != "cuda" and not triton_interpreted():
         raise ValueError(
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
@@ -70,7 +66,7 @@ def gated_delta(
     elif impl == "torch_chunk_value":
         from carvelab.kernels.chunk import chunk_gated_delta_value as fn
     elif impl == "triton_chunk":
-        from carvelab.kernels.triton_chunk import triton_chunk_gated_delta as fn
+        from carvelab.kernels.triton_ops import triton_chunk_gated_delta as fn
     else:
-        from carvelab.kernels.triton_recurrent import triton_recurrent_gated_delta as fn
+        from carvelab.kernels.triton_ops import triton_recurrent_gated_delta as fn
     return fn(q, k, v, g, b, w, r, **kwargs)

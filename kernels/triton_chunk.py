@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels.triton_recurrent import block_size, dot_precision, key_block, matrix_slice_ptr, matrix_tile_ptr
+from carvelab.kernels._triton_common import block_size, dot_precision, key_block, matrix_slice_ptr, matrix_tile_ptr
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 logger = logging.getLogger(__name__)
@@ -524,22 +524,3 @@ def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
     )
     LAUNCHES["chunk_bwd"] += 1
     return dq[:, :T], da[:, :T], du[:, :T], dx[:, :T], ds0
-
-
-def triton_chunk_gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
-):
-    """The unified recurrence on the chunked WY kernels (erase_axis="key" only).
-
-    Same arguments, semantics and ``RecurrenceOutput`` as ``gated_delta_reference``.
-    The kernel chunk is ``chunk_size`` when it is 16, 32 or 64, else 64; with a content
-    gate ``chunk_size`` is also the content chunk (see ``triton_ops``).
-    """
-    from carvelab.kernels.triton_ops import triton_gated_delta
-
-    return triton_gated_delta(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
-        scale=scale, kernel="chunk",
-    )

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels.triton_recurrent import key_block
+from carvelab.kernels._triton_common import key_block
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 logger = logging.getLogger(__name__)

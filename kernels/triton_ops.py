@@ -279,3 +279,36 @@ def _triton_gated_delta(
     run = _whole_sequence if c.content is None else _content_chunks
     o, s_out, p_out = run(c, kernel, c.q, c.k)
     return RecurrenceOutput(o.to(v.dtype), s_out, p_out)
+
+
+def triton_chunk_gated_delta(
+    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+):
+    """The unified recurrence on the chunked WY kernels (erase_axis="key" only).
+
+    Same arguments, semantics and ``RecurrenceOutput`` as ``gated_delta_reference``.
+    The kernel's WY chunk is ``chunk_size`` (one of TRITON_CHUNK_SIZES); with a content
+    gate ``chunk_size`` is also the content chunk (see the module docstring).
+    """
+    return triton_gated_delta(
+        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
+        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
+        scale=scale, kernel="chunk",
+    )
+
+
+def triton_recurrent_gated_delta(
+    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+):
+    """The unified recurrence on the fused recurrent kernels, for either erase axis.
+
+    Same arguments, semantics and ``RecurrenceOutput`` as ``gated_delta_reference``;
+    ``chunk_size`` is the content-gate chunk and the checkpoint interval of the backward.
+    """
+    return triton_gated_delta(
+        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
+        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
+        scale=scale, kernel="recurrent",
+    )

@@ -48,6 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
+from carvelab.kernels._triton_common import block_size, key_block, matrix_slice_ptr, matrix_tile_ptr
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 logger = logging.getLogger(__name__)
@@ -59,24 +60,6 @@ LAUNCHES: Counter = Counter()
 MAX_BLOCK_V = 32
 
 
-def block_size(n: int, cap: int) -> int:
-    """Power-of-two tile >= 16 covering ``n`` (``tl.dot`` needs 16), at most ``cap``."""
-    return max(16, min(triton.next_power_of_2(n), cap))
-
-
-def key_block(K: int) -> int:
-    """The key tile: every kernel keeps all of dk in one tile (at most 256 channels)."""
-    if K > 256:
-        raise ValueError(f"dk={K} is not supported by the Triton kernels; dk must be <= 256")
-    return block_size(K, 256)
-
-
-def dot_precision(*tensors: torch.Tensor) -> str:
-    """``tl.dot`` precision: exact fp32 for fp32 inputs; for bf16 inputs 3xTF32 on tensor
-    cores (plain TF32 loses about 5e-3 relative through the WY inverse)."""
-    return "ieee" if all(t.dtype == torch.float32 for t in tensors) else "tf32x3"
-
-
 @triton.jit
 def _offsets(i_b, i_h, t, T, H, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
     """Offsets of token t's key row [BK] and value-tile row [BV] in [B, T, H, K|V] tensors.
@@ -85,21 +68,6 @@ def _offsets(i_b, i_h, t, T, H, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.con
     token, which keeps integer work out of the time loop."""
     row = (i_b * T + t) * H + i_h
     return row * K + tl.arange(0, BK), row * V + c0 + tl.arange(0, BV)
-
-
-@triton.jit
-def matrix_slice_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, r0, c0, BR: tl.constexpr, BV: tl.constexpr):
-    """Pointers and mask of the [BR, BV] tile at key row r0, value column c0 of matrix i_mat
-    of a [.., K, V] tensor."""
-    rk = r0 + tl.arange(0, BR)
-    cv = c0 + tl.arange(0, BV)
-    return base + i_mat * K * V + rk[:, None] * V + cv[None, :], (rk[:, None] < K) & (cv[None, :] < V)
-
-
-@triton.jit
-def matrix_tile_ptr(base, i_mat, K: tl.constexpr, V: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr):
-    """Pointers and mask of the [BK, BV] tile (all key rows) at value column c0 of matrix i_mat."""
-    return matrix_slice_ptr(base, i_mat, K, V, 0, c0, BK, BV)
 
 
 @autotune(configs=autotune_configs(), key=["BK", "BV", "HAS_BETA"])
@@ -313,21 +281,3 @@ def decay_grad(q, dq, a, da, u, du, s_out: torch.Tensor, ds_out: torch.Tensor) -
     )
     LAUNCHES["decay_grad"] += 1
     return dg
-
-
-def triton_recurrent_gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
-):
-    """The unified recurrence on the fused recurrent kernels, for either erase axis.
-
-    Same arguments, semantics and ``RecurrenceOutput`` as ``gated_delta_reference``;
-    ``chunk_size`` is the content-gate chunk and the checkpoint interval of the backward.
-    """
-    from carvelab.kernels.triton_ops import triton_gated_delta
-
-    return triton_gated_delta(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
-        scale=scale, kernel="recurrent",
-    )

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import triton
 
-from carvelab.kernels.dispatch import triton_interpreted
+from carvelab.kernels._triton_common import triton_interpreted
 
 try:  # Triton >= 3.4: compiles submitted to an executor while the mode is active
     from triton.runtime._async_compile import AsyncCompileMode

@@ -27,7 +27,6 @@ lock; with another storage only the lock tells).
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -42,12 +41,11 @@ from optuna.trial import TrialState
 
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials.study import finite
-from carvelab.trials.sweep_dir import SweepDir
-from carvelab.trials.tracking import _retry, flatten
+from carvelab.trials.sweep_dir import LOCK_NAME, SweepDir, driver_lock, lock_owner
+from carvelab.trials.tracking import MLFLOW_STATUS, _retry, flatten
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = "driver.lock"
 # Kinds in the order --repair handles them (deletions first, so later steps see one run per trial).
 KINDS = ("run_without_trial", "duplicate_runs", "running_trial", "running_run", "complete_without_run",
          "trial_without_run", "status_mismatch", "missing_metrics")
@@ -102,36 +100,6 @@ class CheckReport:
 
 
 # ----------------------------------------------------------------------------- liveness
-@contextlib.contextmanager
-def driver_lock(sweep_path: str | Path) -> Iterator[Path]:
-    """Hold ``<sweep>/driver.lock`` (an exclusive ``flock``) for as long as a driver runs.
-
-    Raises ``ConfigError`` if another process holds it. The lock goes with the process, so a
-    SIGKILLed driver never leaves a stale one behind.
-    """
-    path = Path(sweep_path) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{path}: held by {_lock_owner(path)}; another driver is running this sweep") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield path
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _lock_owner(path: Path) -> str:
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return "another process"
-    return f"pid {pid}"
-
-
 def live_driver(sweep_path: Path, storage: str) -> Optional[str]:
     """Describe the live driver of the sweep at ``sweep_path``, or None."""
     lock = sweep_path / LOCK_NAME
@@ -140,7 +108,7 @@ def live_driver(sweep_path: Path, storage: str) -> Optional[str]:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return f"{_lock_owner(lock)} holds {lock}"
+            return f"{lock_owner(lock)} holds {lock}"
         finally:
             os.close(fd)
     # A free (or absent) lock proves nothing about a driver that does not take it.
@@ -501,7 +469,6 @@ def _fill(sweep: _Sweep, run_id: str, trial, payload: Optional[dict]) -> int:
 def _recover_trial(sweep: _Sweep, trial) -> str:
     """A RUNNING trial whose driver died: what a resumed driver does, without training anything."""
     from carvelab.trials import study as st
-    from carvelab.trials.driver import MLFLOW_STATUS
 
     client, study = sweep.client, sweep.study
     payload = sweep.dir.load_result(trial.number)

@@ -27,13 +27,12 @@ from carvelab.search_space.sweep_loading import grid_points, point_config
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
-from carvelab.trials.sweep_dir import SweepDir
-from carvelab.trials.tracking import MlflowTracker, flatten, redact, redact_text
+from carvelab.trials.sweep_dir import SweepDir, driver_lock
+from carvelab.trials.tracking import MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
 PUBLISH_EVERY_S = 20.0  # live Pareto refreshes in MLflow at most this often
-MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 
 @dataclass
@@ -86,8 +85,6 @@ class SweepDriver:
 
     def run(self) -> SweepSummary:
         from carvelab.trials import scheduler
-
-        from carvelab.trials.check import driver_lock
 
         t0 = time.monotonic()
         self.dir.bind(self.spec)

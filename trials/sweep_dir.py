@@ -10,12 +10,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import yaml
 
@@ -109,3 +111,36 @@ def _json_default(o):
     if isinstance(o, float):
         return repr(o)
     return str(o)
+
+
+LOCK_NAME = "driver.lock"
+
+
+@contextlib.contextmanager
+def driver_lock(sweep_path: str | Path) -> Iterator[Path]:
+    """Hold ``<sweep>/driver.lock`` (an exclusive ``flock``) for as long as a driver runs.
+
+    Raises ``ConfigError`` if another process holds it. The lock goes with the process, so a
+    SIGKILLed driver never leaves a stale one behind.
+    """
+    path = Path(sweep_path) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{path}: held by {lock_owner(path)}; another driver is running this sweep") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def lock_owner(path: Path) -> str:
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return "another process"
+    return f"pid {pid}"

@@ -17,6 +17,9 @@ from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
 
+# A trial's state -> its MLflow run's terminal status.
+MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
 _CRED = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*)(:(?P<pw>[^@/\s]*))?@")
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](password|passwd|pwd|token|secret|api_key)=)[^&#\s]*", re.IGNORECASE)
 # MLflow prints "View run ... at: <tracking URI>" when a run ends; the URI may carry credentials.

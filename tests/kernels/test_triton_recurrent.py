@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carvelab.kernels import triton_chunk, triton_recurrent, tuning
+from carvelab.kernels import _triton_common, triton_chunk, triton_ops, triton_recurrent, tuning
 from carvelab.kernels._args import ContentGate
 from carvelab.kernels.reference import gated_delta_reference
 from carvelab.kernels.triton_ops import launch_counts, triton_gated_delta
@@ -218,7 +218,7 @@ def test_value_axis_with_constant_mask_equals_key_axis():
 def test_recurrent_entry_point_and_bad_kernel():
     case = Case(T=5, H=1)
     x = make_inputs(case)
-    out, n = launched("recurrent_fwd", lambda: run_case(triton_recurrent.triton_recurrent_gated_delta, case, x))
+    out, n = launched("recurrent_fwd", lambda: run_case(triton_ops.triton_recurrent_gated_delta, case, x))
     assert n == 1 and out[0].o.shape == (1, 5, 1, case.dv)
     with pytest.raises(ValueError, match="kernel='fused'"):
         triton_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], kernel="fused")
@@ -251,8 +251,8 @@ def test_chunk_module_is_not_used_by_recurrent(monkeypatch):
 
 def test_key_dim_above_one_tile_is_refused():
     with pytest.raises(ValueError, match="dk=300"):
-        triton_recurrent.key_block(300)
-    assert triton_recurrent.key_block(12) == 16 and triton_recurrent.key_block(256) == 256
+        _triton_common.key_block(300)
+    assert _triton_common.key_block(12) == 16 and _triton_common.key_block(256) == 256
 
 
 def test_gpu_autotune_configs_leave_out_the_miscompiled_value_tile(monkeypatch):

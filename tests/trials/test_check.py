@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.trials import scheduler
-from carvelab.trials.check import driver_lock
 from carvelab.trials.cli import main
 from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep_dir import driver_lock
 from tests.trials.sweep_helpers import tiny_sweep
 
 NAME = "checked"
