@@ -9,8 +9,9 @@ field, the bad value and what is allowed. Sweep files address these fields as
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import List, Optional
 
+from carvelab.carve_models.mixers import kinds as mixer_kinds
 from carvelab.kernels.dispatch import BACKENDS
 from carvelab.kernels.options import (
     CHUNK_SIZES,
@@ -70,6 +71,8 @@ class ModelConfig:
     conv_size: int = 4
     # --- hybrid stack ---
     hybrid_ratio: str = "1:0"
+    block: Optional[List[str]] = None  # the repeating block of layer kinds (carve_models.mixers), e.g.
+    #                                    [recurrent, recurrent, recurrent, attention]; null = from hybrid_ratio
     window: int = 128                # sliding-window attention span (tokens, incl. itself)
     sequence_mixing: bool = True     # false: every mixer is removed (the no-mixing control)
     rope_theta: float = 10000.0
@@ -120,6 +123,15 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         parse_hybrid_ratio(self.hybrid_ratio)
+        if self.block is not None:
+            if not isinstance(self.block, list) or not self.block:
+                raise ValueError(f"model.block={self.block!r} must be a non-empty list of layer kinds {mixer_kinds()}")
+            for kind in self.block:
+                if kind not in mixer_kinds():
+                    raise ValueError(f"model.block: {kind!r} is not a layer kind; choose from {mixer_kinds()}")
+            if self.hybrid_ratio != "1:0":
+                raise ValueError(f"model.block={self.block} and model.hybrid_ratio={self.hybrid_ratio!r} both "
+                                 "describe the stack; set one (hybrid_ratio 'H:A' is H recurrent then A attention)")
         attn_head_dim = self.d_model // self.n_heads
         if "attention" in self.layer_kinds() and attn_head_dim % 2:
             raise ValueError(
@@ -150,9 +162,9 @@ class ModelConfig:
         return -(-int(8 * self.d_model / 3) // 32) * 32
 
     def layer_kinds(self) -> list[str]:
-        """"recurrent" / "attention" for each of the n_layers, repeating the H:A block."""
+        """The layer kind of each of the n_layers, repeating ``block`` (default: the H:A block)."""
         h, a = parse_hybrid_ratio(self.hybrid_ratio)
-        block = ["recurrent"] * h + ["attention"] * a
+        block = list(self.block) if self.block is not None else ["recurrent"] * h + ["attention"] * a
         return [block[i % len(block)] for i in range(self.n_layers)]
 
     @classmethod

@@ -2,7 +2,7 @@
 
     h_0 = E[input_ids]                                       [B, T, d_model]
     for each layer ℓ (kind from ``cfg.layer_kinds()``):
-        h = h + mixer_ℓ(RMSNorm(h))        mixer: GatedDeltaMixer or SlidingWindowAttention
+        h = h + mixer_ℓ(RMSNorm(h))        mixer: the kind's class (carve_models.mixers)
         h = h + SwiGLU_ℓ(RMSNorm(h))
     logits = RMSNorm(h) Eᵀ                                   [B, T, vocab]   (tied head)
 
@@ -16,10 +16,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from carvelab.carve_models.attention import SlidingWindowAttention
 from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.init import init_weights
-from carvelab.carve_models.mixer import GatedDeltaMixer
+from carvelab.carve_models.mixers import mixer_class
 from carvelab.carve_models.mlp import SwiGLU
 from carvelab.carve_models.norm import RMSNorm
 from carvelab.kernels.dispatch import resolve_backend
@@ -34,7 +33,7 @@ class Block(nn.Module):
         super().__init__()
         self.kind = kind
         self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        mixer_cls = GatedDeltaMixer if kind == "recurrent" else SlidingWindowAttention
+        mixer_cls = mixer_class(kind)
         # Without sequence mixing each position is processed alone: the no-mixing control.
         self.mixer = mixer_cls(cfg, layer_idx) if cfg.sequence_mixing else None
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)

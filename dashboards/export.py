@@ -21,6 +21,7 @@ from typing import Optional
 import polars as pl
 import yaml
 
+from carvelab.carve_models.config import ModelConfig
 from carvelab.dashboards.frame import SweepData, front_table
 from carvelab.search_space.loading import load_trial_config
 from carvelab.search_space.sweep_spec import AXES
@@ -139,7 +140,9 @@ def fla_config(model: dict) -> Optional[dict]:
     kind = "gated_deltanet" if model["decay"] == "scalar" else "kda"
     heads = model["n_heads"]
     head_dim = int(model["d_model"] * model["expand_k"]) // heads
-    kinds = _layer_kinds(model["hybrid_ratio"], model["n_layers"])
+    kinds = ModelConfig(**model).layer_kinds()
+    if set(kinds) - {"recurrent", "attention"}:
+        return None  # a layer kind fla's models do not have
     attn_layers = [i for i, k in enumerate(kinds) if k == "attention"]
     return {
         "model_type": kind, "hidden_size": model["d_model"], "num_hidden_layers": model["n_layers"],
@@ -149,9 +152,3 @@ def fla_config(model: dict) -> Optional[dict]:
         "attn": None if not attn_layers else {"layers": attn_layers, "num_heads": heads,
                                               "window_size": model["window"], "rope_theta": model["rope_theta"]},
     }
-
-
-def _layer_kinds(ratio: str, n_layers: int) -> list[str]:
-    h, a = (int(x) for x in ratio.split(":"))
-    block = ["recurrent"] * h + ["attention"] * a
-    return [block[i % len(block)] for i in range(n_layers)]

@@ -4,7 +4,7 @@ A trial config file::
 
     preset: gdn2            # optional: a named model preset, the base of `model`
     model: {d_model: 64}    # ModelConfig fields, on top of the preset
-    task: {name: mqar}      # TaskConfig fields
+    task: {name: mqar}      # the fields of that task's config (carvelab.trials.tasks)
     train: {steps: 200}     # TrainConfig fields
 
 OmegaConf structured configs in struct mode do the type checking (unknown keys raise);
@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from carvelab.carve_models.config import ModelConfig
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
+from carvelab.trials.tasks import DEFAULT_TASK, task_class  # the registry lives with the tasks
 
 # `provenance` is written by `carvelab export` (where a config came from) and ignored here.
 TOP_KEYS = ("preset", "model", "task", "train", "provenance")
@@ -56,6 +57,22 @@ def to_dataclass(cls_instance: Any, data: Mapping, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def typed_section(key: str, cls: type, data: Mapping, where: str) -> Any:
+    """``data`` (the mapping under ``key``) as a ``cls`` instance, in struct mode: unknown
+    keys and bad types raise ``ConfigError`` naming ``key.<field>``."""
+    holder = dataclasses.make_dataclass("Section", [(key, cls, dataclasses.field(default_factory=cls))])
+    return getattr(to_dataclass(holder(), {key: dict(data)}, where), key)
+
+
+def task_config(data: Mapping, where: str) -> Any:
+    """A ``task:`` mapping as an instance of its task's own config class."""
+    try:
+        cls = task_class(data.get("name", DEFAULT_TASK)).Config
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return typed_section("task", cls, data, where)
+
+
 def base_model(preset: Any, where: str) -> ModelConfig:
     if preset is None:
         return ModelConfig()
@@ -76,8 +93,9 @@ def trial_config_from_dict(data: Mapping, where: str = "<config>") -> TrialConfi
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ConfigError(f"{where}: {key} must be a mapping of fields, got {data[key]!r}")
     model = base_model(data.get("preset"), where)
-    body = {k: v for k, v in data.items() if k not in ("preset", "provenance") and v is not None}
-    return to_dataclass(TrialConfig(model=model), body, where)
+    body = {k: v for k, v in data.items() if k not in ("preset", "provenance", "task") and v is not None}
+    task = task_config(data.get("task") or {}, where)
+    return to_dataclass(TrialConfig(model=model, task=task), body, where)
 
 
 def load_trial_config(source: str | Path | Mapping, overrides: list[str] | tuple[str, ...] = ()) -> TrialConfig:

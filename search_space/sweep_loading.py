@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from carvelab.search_space import sweep_spec as S
-from carvelab.search_space.loading import load_trial_config, to_dataclass
-from carvelab.search_space.trial_config import TaskConfig, TrainConfig, TrialConfig
+from carvelab.search_space.loading import load_trial_config, task_config, to_dataclass, typed_section
+from carvelab.search_space.trial_config import TrainConfig, TrialConfig
 from carvelab.carve_models.config import ModelConfig
 from carvelab.kernels.options import check_triton_chunk
+from carvelab.trials.tasks import DEFAULT_TASK, task_class
 from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -29,7 +30,7 @@ MAX_SAMPLER_SEED = 2**31 - 1  # leaves room for the offset a resumed sweep adds
 URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _MAPPINGS = {"sampler": S.SamplerSpec, "budget": S.BudgetSpec,
              "resources": S.ResourcesSpec, "tracking": S.TrackingSpec, "ablation": S.AblationSpec}
-_SECTIONS = {"model": ModelConfig, "task": TaskConfig, "train": TrainConfig}
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig}  # and task: the base's task's own config class
 
 
 def bundled_sweeps() -> list[str]:
@@ -111,14 +112,17 @@ def _check_sections(data: dict, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------- paths
-def param_path(name: str, where: str, prefix: str = "space") -> str:
-    """Canonical axis or dotted trial-config path -> dotted path; unknown names are errors."""
+def param_path(name: str, where: str, prefix: str = "space", base: Mapping | None = None) -> str:
+    """Canonical axis or dotted trial-config path -> dotted path; unknown names are errors.
+    ``task.<field>`` must be a field of the config class of ``base``'s task."""
     if not isinstance(name, str):
         raise ConfigError(f"{where}: {prefix}: key {name!r} must be an axis name or a dotted path (a string)")
     if name in S.AXES:
         return S.AXES[name]
     section, _, fld = name.partition(".")
     cls = _SECTIONS.get(section)
+    if section == "task":
+        cls = type(task_config(dict((base or {}).get("task") or {}), where))
     if cls is None or fld not in [f.name for f in dataclasses.fields(cls)]:
         allowed = sorted(S.AXES) + ["model.<field>", "task.<field>", "train.<field>"]
         hint = ""
@@ -152,7 +156,44 @@ def point_config(spec: S.SweepSpec, point: Mapping[str, Any], seed: int) -> Tria
         path = S.AXES.get(name, name)
         data = deep_merge(data, nested(path, _normalise(path, value)))
     data = deep_merge(data, {"train": {"seed": seed}, "model": {"seed": seed}})
-    return load_trial_config(data)
+    return load_trial_config(fit_task(data, spec.task_keys))
+
+
+def fit_task(data: dict, task_keys: Mapping[str, dict]) -> dict:
+    """A point whose ``task.name`` differs from the base's: its task takes the base keys its
+    own config declares, plus the keys kept for it in ``task_keys`` (see ``_split_task_keys``)."""
+    task = dict(data.get("task") or {})
+    name = task.get("name", DEFAULT_TASK)
+    if not task_keys or name not in task_keys:
+        return data
+    own = {f.name for f in dataclasses.fields(task_class(name).Config)}
+    return {**data, "task": {**{k: v for k, v in task.items() if k in own}, **task_keys[name]}}
+
+
+def _swept_tasks(raw: S.SweepFile, where: str) -> list[str]:
+    """Task names the sweep's ``task.name`` axis or ablation changes train."""
+    values = raw.space.get("task.name", [])
+    names = list(values) if isinstance(values, list) else []
+    names += [c["task.name"] for c in raw.ablation.changes if isinstance(c, Mapping) and "task.name" in c]
+    for name in names:
+        try:
+            task_class(name)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return names
+
+
+def _split_task_keys(base: dict, tasks: list[str]) -> tuple[dict, dict]:
+    """(base with only its own task's keys, {task: keys of base's task mapping that task takes}).
+    A key no task of the sweep takes stays in base, where loading refuses it."""
+    if not tasks or not isinstance(base.get("task"), Mapping):
+        return base, {}
+    task = dict(base["task"])
+    own = {f.name for f in dataclasses.fields(task_class(task.get("name", DEFAULT_TASK)).Config)}
+    fields_of = {t: {f.name for f in dataclasses.fields(task_class(t).Config)} for t in tasks}
+    foreign = {k for k in task if k not in own and any(k in f for f in fields_of.values())}
+    kept = {t: {k: v for k, v in task.items() if k in f and k != "name"} for t, f in fields_of.items()}
+    return {**base, "task": {k: v for k, v in task.items() if k not in foreign}}, kept
 
 
 def grid_points(spec: S.SweepSpec) -> list[dict]:
@@ -188,7 +229,8 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     if not NAME_RE.match(raw.name or ""):
         raise ConfigError(f"{where}: name={raw.name!r} must be 1-100 characters of letters, digits, '_', '.', '-'")
     _choice(where, "mode", raw.mode, S.MODES)
-    base = _resolve_base(raw.base, where, folder)
+    base, task_keys = _split_task_keys(_raw_base(raw.base, where, folder), _swept_tasks(raw, where))
+    base = _checked_base(base, where)
     objectives = _validate_objectives(raw.objectives, where)
     _validate_sampler(raw.sampler, raw, where)
     pruner = _validate_pruner(raw.pruner, objectives, where)
@@ -197,11 +239,11 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     _validate_resources(raw.resources, where)
     _validate_uris(raw, where)
     params = [_param(name, value, base, where) for name, value in raw.space.items()]
-    changes = _validate_changes(raw, base, where)
+    changes = _validate_changes(raw, base, task_keys, where)
     spec = S.SweepSpec(
         name=raw.name, base=base, mode=raw.mode, params=params, changes=changes,
         objectives=objectives, sampler=raw.sampler, pruner=pruner, seeds=seeds, budget=raw.budget,
-        resources=raw.resources, tracking=raw.tracking, storage=raw.storage, source=where,
+        resources=raw.resources, tracking=raw.tracking, storage=raw.storage, source=where, task_keys=task_keys,
     )
     _check_effective_axes(spec, where)
     _check_triton_chunks(spec, where)
@@ -240,7 +282,7 @@ def _check_triton_chunks(spec: S.SweepSpec, where: str) -> None:
         if p.path == "model.chunk_size" and p.type in ("categorical", "int"):
             values = [(f"space.{p.name}", v) for v in grid_values(p)]
     values += [(f"ablation.changes[{i}].{name}", value) for i, change in enumerate(spec.changes)
-               for name, value in change.items() if param_path(name, where) == "model.chunk_size"]
+               for name, value in change.items() if param_path(name, where, base=spec.base) == "model.chunk_size"]
     for key, value in values:
         try:
             check_triton_chunk(value)
@@ -249,22 +291,24 @@ def _check_triton_chunks(spec: S.SweepSpec, where: str) -> None:
                               f"{backend!r}, resources.gpus_per_trial={gpus})") from None
 
 
-def _resolve_base(base: Any, where: str, folder: Path) -> dict:
+def _raw_base(base: Any, where: str, folder: Path) -> dict:
+    """``base`` (a preset name, a trial-config file or a mapping) as a trial-config mapping."""
     if base is None:
         raise ConfigError(f"{where}: base is required: a preset name (e.g. gdn2) or a trial config mapping")
     if isinstance(base, str):
         if base.endswith((".yaml", ".yml")):
             path = Path(base) if Path(base).is_absolute() else folder / base
             try:
-                data = read_yaml(path)
+                return read_yaml(path)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: base={base!r}: {exc}") from None
-        else:
-            data = {"preset": base}
-    elif isinstance(base, Mapping):
-        data = dict(base)
-    else:
-        raise ConfigError(f"{where}: base={base!r} must be a preset name, a .yaml path or a mapping")
+        return {"preset": base}
+    if isinstance(base, Mapping):
+        return dict(base)
+    raise ConfigError(f"{where}: base={base!r} must be a preset name, a .yaml path or a mapping")
+
+
+def _checked_base(data: dict, where: str) -> dict:
     try:
         load_trial_config(data)
     except ConfigError as exc:
@@ -308,9 +352,7 @@ def _validate_pruner(data: Mapping, objectives: list, where: str):
     name = data.get("name", "none")
     if not isinstance(name, str) or name not in pruners.names():
         raise ConfigError(f"{where}: pruner.name={name!r} is not allowed; choose one of {pruners.names()}")
-    cls = pruners.entry(name).spec
-    holder = dataclasses.make_dataclass("Sweep", [("pruner", cls, dataclasses.field(default_factory=cls))])
-    pruner = to_dataclass(holder(), {"pruner": dict(data)}, where).pruner
+    pruner = typed_section("pruner", pruners.entry(name).spec, data, where)
     if pruner.metric is None:
         quality = [o.metric for o in objectives if o.metric in S.INTERMEDIATE_METRICS]
         pruner = dataclasses.replace(pruner, metric=quality[0])
@@ -391,7 +433,7 @@ def _apply(base: dict, path: str, value: Any, key: str, where: str) -> None:
 
 
 def _param(name: str, value: Any, base: dict, where: str) -> S.ParamSpec:
-    path = param_path(name, where)
+    path = param_path(name, where, base=base)
     if isinstance(value, (list, tuple)):
         value = {"type": "categorical", "choices": list(value)}
     if not isinstance(value, Mapping):
@@ -443,7 +485,7 @@ def _finite(v: Any) -> bool:
         return False
 
 
-def _validate_changes(raw: S.SweepFile, base: dict, where: str) -> list:
+def _validate_changes(raw: S.SweepFile, base: dict, task_keys: dict, where: str) -> list:
     changes = [dict(c) for c in raw.ablation.changes]
     if raw.mode != "ablation":
         if changes:
@@ -459,10 +501,10 @@ def _validate_changes(raw: S.SweepFile, base: dict, where: str) -> list:
             raise ConfigError(f"{where}: ablation.changes[{i}] is empty")
         merged: dict = dict(base)
         for name, value in change.items():
-            path = param_path(name, where, prefix=f"ablation.changes[{i}]")
+            path = param_path(name, where, prefix=f"ablation.changes[{i}]", base=base)
             merged = deep_merge(merged, nested(path, _normalise(path, value)))
         try:
-            load_trial_config(merged)
+            load_trial_config(fit_task(merged, task_keys))
         except ConfigError as exc:
             raise ConfigError(f"{where}: ablation.changes[{i}]={change}: {str(exc).split(': ', 1)[-1]}") from None
         out.append({name: _normalise(S.AXES.get(name, name), v) for name, v in change.items()})

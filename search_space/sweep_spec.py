@@ -140,3 +140,5 @@ class SweepSpec:
     tracking: TrackingSpec
     storage: Optional[str]
     source: str = "<sweep>"
+    # With ``task.name`` swept: base ``task:`` keys that only other swept tasks take, per task.
+    task_keys: Dict[str, Dict[str, Any]] = field(default_factory=dict)

@@ -1,50 +1,20 @@
 """Typed trial configuration: what one trial trains on, and how.
 
-``TrialConfig = model (carve_models.ModelConfig) + task (TaskConfig) + train (TrainConfig)``.
+``TrialConfig = model (carve_models.ModelConfig) + task + train (TrainConfig)``; the task
+part is an instance of the named task's own config class (``carvelab.trials.tasks``:
+each task declares its keys there, next to its data).
 These are plain dataclasses; YAML loading (OmegaConf struct mode) lives in
 ``carvelab.search_space.loading``. Validation errors name the key path.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from carvelab.carve_models.config import ModelConfig
 
-TASKS = ("mqar", "update_mqar", "lm")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-
-
-@dataclass
-class TaskConfig:
-    """One task. Fields a task does not use are ignored by it (documented per field)."""
-
-    name: str = "mqar"
-    vocab_size: int = 128          # mqar/update_mqar: token vocabulary; lm: 256 for text, for a .bin a floor on the vocabulary derived from the data
-    seq_len: int = 64
-    num_kv_pairs: int = 8          # mqar/update_mqar
-    power_a: float = 0.01          # mqar/update_mqar: power-law placement of queries (Zoology's alpha)
-    num_updates: int = 4           # update_mqar: keys re-assigned to new values later in the sequence
-    train_examples: int = 20000    # mqar/update_mqar: size of the training set
-    val_examples: int = 500        # all: validation examples (lm: windows of seq_len)
-    data_path: Optional[str] = None  # lm: None = bundled stdlib corpus, a .txt file, or a uint16 .bin
-    data_seed: int = 0             # seeds generation; validation uses a disjoint seed stream
-    cache_dir: Optional[str] = None  # None = $CARVELAB_CACHE or ~/.cache/carvelab
-
-    def __post_init__(self) -> None:
-        if self.name not in TASKS:
-            raise ValueError(f"task.name={self.name!r} is not allowed; choose one of {list(TASKS)}")
-        for name in ("vocab_size", "seq_len", "num_kv_pairs", "train_examples", "val_examples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"task.{name}={value!r} must be a positive integer")
-        if not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool) or self.data_seed < 0:
-            raise ValueError(f"task.data_seed={self.data_seed!r} must be a non-negative integer")
-        if not isinstance(self.num_updates, int) or self.num_updates < 0:
-            raise ValueError(f"task.num_updates={self.num_updates!r} must be a non-negative integer")
-        if not isinstance(self.power_a, (int, float)) or self.power_a <= 0:
-            raise ValueError(f"task.power_a={self.power_a!r} must be a positive number")
 
 
 @dataclass
@@ -91,5 +61,12 @@ class TrainConfig:
 @dataclass
 class TrialConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: Any = field(default_factory=lambda: default_task_config())  # a TaskConfig subclass instance
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def default_task_config():
+    """The default task's config (the task registry lives with the tasks)."""
+    from carvelab.trials.tasks import DEFAULT_TASK, task_class
+
+    return task_class(DEFAULT_TASK).Config()

@@ -56,6 +56,22 @@ def triton_cache_dir() -> str:
     return os.environ.get("TRITON_CACHE_DIR") or os.path.expanduser("~/.cache/carvelab/triton")
 
 
+def extension_modules() -> list[str]:
+    """Modules outside carvelab that registered tasks or pruners here; every worker imports
+    them before it builds anything, so their registrations exist there too."""
+    from carvelab.trials import pruners, tasks
+
+    found = {cls.__module__ for cls in tasks.TASKS.values()} | pruners.modules()
+    return sorted(m for m in found if not m.startswith("carvelab.") and m != "__main__")
+
+
+def import_extensions(names: list[str]) -> None:
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+
+
 def stop_ray() -> None:
     import ray
 
@@ -66,9 +82,10 @@ def stop_ray() -> None:
 class _Broker:
     """Actor body: the pruner plus a log of reports for the driver."""
 
-    def __init__(self, pruner_spec, objectives, seed: int = 0):
+    def __init__(self, pruner_spec, objectives, seed: int = 0, extensions: tuple = ()):
         from carvelab.trials.pruners import build_pruner
 
+        import_extensions(list(extensions))
         self.pruner = build_pruner(pruner_spec, objectives, seed)
         self.pending: list[tuple[int, int, dict, str]] = []
 
@@ -108,7 +125,7 @@ class _BrokerReporter:
         return ray.get(self.broker.report.remote(self.trial, step, metrics))
 
 
-def _run_remote(config_dict: dict, trial: int, broker, threads: int) -> dict:
+def _run_remote(config_dict: dict, trial: int, broker, threads: int, extensions: tuple = ()) -> dict:
     import torch
 
     from carvelab.search_space.loading import load_trial_config
@@ -119,6 +136,7 @@ def _run_remote(config_dict: dict, trial: int, broker, threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
     os.environ["TRITON_CACHE_DIR"] = triton_cache_dir()  # before any kernel compiles in this worker
     started = time.time()
+    import_extensions(list(extensions))
     config = load_trial_config(config_dict)
     result = dataclasses.asdict(run_trial(config, _BrokerReporter(broker, trial)))
     # Where and when it ran: which node, which (fractions of) GPUs Ray gave it, wall-clock span.
@@ -145,8 +163,9 @@ class RayExecutor:
         # The broker lives on the driver's node: losing a worker node never takes the
         # pruner (and with it the sweep) down; losing the driver's node ends the sweep anyway.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.extensions = tuple(extension_modules())
         self.broker = ray.remote(_Broker).options(num_cpus=0, scheduling_strategy=here).remote(
-            pruner_spec, objectives, seed)
+            pruner_spec, objectives, seed, self.extensions)
         self.task = ray.remote(_run_remote)
 
     def submit(self, config_dict: dict, trial: int) -> Handle:
@@ -155,7 +174,7 @@ class RayExecutor:
         if self.res.gpus_per_trial:
             opts["num_gpus"] = self.res.gpus_per_trial
         threads = int(self.res.cpus_per_trial)
-        ref = self.task.options(**opts).remote(config_dict, trial, self.broker, threads)
+        ref = self.task.options(**opts).remote(config_dict, trial, self.broker, threads, self.extensions)
         return Handle(trial, ref, time.monotonic())
 
     def wait(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, Optional[dict], Optional[BaseException]]]:

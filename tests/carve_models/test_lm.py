@@ -116,3 +116,47 @@ def test_rejects_bad_input_shape():
     model = HybridLM(preset_config("kda", **TINY))
     with pytest.raises(ValueError, match=r"input_ids must be \[B, T\]"):
         model(torch.zeros(4, dtype=torch.long))
+
+
+class ShiftMixer(torch.nn.Module):
+    """A toy layer kind: each position reads the previous one through a linear map."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.proj = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.proj(torch.nn.functional.pad(x, (0, 0, 1, 0))[:, :-1])
+
+
+def test_a_layer_kind_added_to_the_registry_builds_into_the_stack(monkeypatch):
+    from carvelab.carve_models import mixers
+
+    monkeypatch.setitem(mixers.MIXERS, "shift", f"{__name__}:ShiftMixer")
+    cfg = preset_config("gdn2", vocab_size=32, d_model=16, n_heads=2, n_layers=3, chunk_size=16,
+                        backend="reference", block=["recurrent", "shift"])
+    assert cfg.layer_kinds() == ["recurrent", "shift", "recurrent"]
+    model = HybridLM(cfg)
+    assert [type(b.mixer).__name__ for b in model.layers] == ["GatedDeltaMixer", "ShiftMixer", "GatedDeltaMixer"]
+    ids = torch.randint(0, 32, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert model(ids).shape == (*ids.shape, 32)
+    assert param_count(cfg) == model.num_parameters()  # the count reads the built stack, new kind included
+    # causal: changing the last token leaves every earlier position's output alone
+    changed = ids.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 32
+    assert torch.equal(model(ids)[:, :-1], model(changed)[:, :-1])
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(block=["recurrent", "conv"]), r"model.block: 'conv' is not a layer kind; choose from \['recurrent', 'attention'\]"),
+    (dict(block=[]), r"model.block=\[\] must be a non-empty list"),
+    (dict(block=["attention"], hybrid_ratio="3:1"), r"both describe the stack; set one"),
+])
+def test_bad_blocks_are_refused_naming_the_key(kw, message):
+    with pytest.raises(ValueError, match=message):
+        preset_config("gdn2", **kw)
+
+
+def test_hybrid_ratio_is_shorthand_for_a_block():
+    assert preset_config("gdn2", n_layers=4, hybrid_ratio="3:1").layer_kinds() == \
+        preset_config("gdn2", n_layers=4, block=["recurrent"] * 3 + ["attention"]).layer_kinds()

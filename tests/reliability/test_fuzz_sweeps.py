@@ -23,15 +23,16 @@ from hypothesis import strategies as st
 from carvelab.carve_models.config import ModelConfig
 from carvelab.search_space import sweep_spec as S
 from carvelab.search_space.sweep_loading import MAX_SECONDS, MAX_TRIALS
-from carvelab.search_space.trial_config import TaskConfig, TrainConfig
-from carvelab.trials import driver, pruners
+from carvelab.search_space.trial_config import TrainConfig
+from carvelab.trials import driver, pruners, tasks
 from carvelab.trials.cli import main
 from tests.reliability.ledger import LEDGER
 from tests.trials.sweep_helpers import tiny_sweep
 
 EXAMPLES = 300
 VALID = tiny_sweep("fuzz", "/nonexistent/cache")
-SECTION_FIELDS = {"model": ModelConfig, "task": TaskConfig, "train": TrainConfig}
+SECTION_FIELDS = {"model": ModelConfig, "task": tasks.task_class(VALID["base"]["task"]["name"]).Config,
+                  "train": TrainConfig}
 
 
 @dataclass
@@ -124,7 +125,7 @@ SECTIONS = {
     ("objectives", 0): ["metric", "direction"],
     ("base",): ["preset", "model", "task", "train", "provenance"],
     ("base", "model"): [f.name for f in fields(ModelConfig)],
-    ("base", "task"): [f.name for f in fields(TaskConfig)],
+    ("base", "task"): [f.name for f in fields(SECTION_FIELDS["task"])],
     ("base", "train"): [f.name for f in fields(TrainConfig)],
 }
 identifier = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True)

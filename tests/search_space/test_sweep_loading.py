@@ -181,3 +181,16 @@ def test_malformed_yaml_file_names_the_file(tmp_path):
 def test_unknown_bundled_name_lists_the_bundled_ones():
     with pytest.raises(ConfigError, match="quickstart"):
         load_sweep("no-such-sweep")
+
+
+def test_a_task_axis_takes_each_swept_tasks_keys_from_the_base():
+    data = sweep(mode="grid", space={"task.name": ["mqar", "lm"]})
+    data["base"]["task"] = {"name": "mqar", "num_kv_pairs": 4, "data_path": "corpus.txt", "seq_len": 40}
+    spec = load_sweep(data)
+    assert spec.task_keys["lm"] == {"data_path": "corpus.txt", "seq_len": 40}
+    mqar, lm = point_config(spec, {"task.name": "mqar"}, 0).task, point_config(spec, {"task.name": "lm"}, 0).task
+    assert (type(mqar).__name__, mqar.num_kv_pairs, mqar.seq_len) == ("MQARConfig", 4, 40)
+    assert (type(lm).__name__, lm.data_path, lm.seq_len) == ("LMConfig", "corpus.txt", 40)
+    data["base"]["task"]["num_updates"] = 2  # a key of a task this sweep does not train
+    with pytest.raises(ConfigError, match="unknown key 'task.num_updates'"):
+        load_sweep(data)

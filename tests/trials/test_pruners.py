@@ -2,13 +2,12 @@
 shadow study, their saved state, and the rebuild a resumed sweep relies on."""
 import json
 import random
-from dataclasses import dataclass
 
 import pytest
 
 from carvelab.search_space.sweep_spec import ObjectiveSpec
 from carvelab.trials import pruners
-from carvelab.trials.pruners import PrunerSpec, build_pruner, dominates, rebuild, register
+from carvelab.trials.pruners import build_pruner, dominates, rebuild
 from carvelab.trials.pruners.optuna_shadow import HalvingSpec, MedianSpec
 from carvelab.trials.pruners.pareto import ParetoPruner, ParetoSpec
 from carvelab.trials.reporting import CONTINUE, STOP
@@ -111,34 +110,6 @@ def test_registry_lists_the_built_in_pruners_with_their_own_specs():
     assert pruners.entry("hyperband").spec is HalvingSpec
     with pytest.raises(ValueError, match=r"pruner.name='asha' is not allowed; choose one of \[.*'median'"):
         pruners.entry("asha")
-
-
-def test_a_pruner_registered_from_outside_the_package_is_built_by_name():
-    @dataclass
-    class EveryOtherSpec(PrunerSpec):
-        period: int = 2
-
-    @register("test_every_other", EveryOtherSpec)
-    class EveryOther:
-        def __init__(self, spec, objectives, seed=0):
-            self.spec = spec
-
-        def decide(self, trial, step, metrics):
-            return STOP if trial % self.spec.period else CONTINUE
-
-        def complete(self, trial, state, value):
-            pass
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
-    p = build_pruner(EveryOtherSpec(name="test_every_other", metric="val_loss", period=3), [])
-    assert [p.decide(t, 1, {}) for t in range(4)] == [CONTINUE, STOP, STOP, CONTINUE]
-    with pytest.raises(ValueError, match="already registered"):
-        register("test_every_other", EveryOtherSpec)(ParetoPruner)
 
 
 # ----------------------------------------------------------------------------- saved state and resume

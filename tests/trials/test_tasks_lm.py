@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from carvelab.search_space.trial_config import TaskConfig
-from carvelab.trials.tasks import LMTask, _corpus, build_task
+from carvelab.trials.tasks import LMConfig, LMTask, _corpus, build_task
 
 SMALL_STDLIB = 300_000  # bytes: enough for a few dozen files, builds in well under a second
 
 
-def make_cfg(tmp_path, **overrides) -> TaskConfig:
+def make_cfg(tmp_path, **overrides) -> LMConfig:
     fields = dict(name="lm", seq_len=31, val_examples=23, data_seed=5,
                   cache_dir=str(tmp_path / "cache"))
     fields.update(overrides)
-    return TaskConfig(**fields)
+    return LMConfig(**fields)
 
 
 @pytest.fixture

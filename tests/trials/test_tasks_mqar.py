@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from carvelab.search_space.trial_config import TaskConfig
-from carvelab.trials.tasks import IGNORE_INDEX, MQARTask, build_task
+from carvelab.trials.tasks import IGNORE_INDEX, MQARConfig, MQARTask, build_task
 
 
-def make_cfg(tmp_path, **overrides) -> TaskConfig:
+def make_cfg(tmp_path, **overrides) -> MQARConfig:
     fields = dict(name="mqar", vocab_size=64, seq_len=37, num_kv_pairs=5, train_examples=301,
                   val_examples=53, data_seed=3, cache_dir=str(tmp_path / "cache"))
     fields.update(overrides)
-    return TaskConfig(**fields)
+    return MQARConfig(**fields)
 
 
 def all_examples(task, batch_size=17):

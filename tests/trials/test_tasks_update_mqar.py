@@ -5,16 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from carvelab.search_space.trial_config import TaskConfig
-from carvelab.trials.tasks import IGNORE_INDEX, UpdateMQARTask, build_task
+from carvelab.trials.tasks import IGNORE_INDEX, UpdateMQARConfig, UpdateMQARTask, build_task
 
 
-def make_cfg(tmp_path, **overrides) -> TaskConfig:
+def make_cfg(tmp_path, **overrides) -> UpdateMQARConfig:
     fields = dict(name="update_mqar", vocab_size=70, seq_len=53, num_kv_pairs=5, num_updates=3,
                   train_examples=257, val_examples=61, data_seed=1,
                   cache_dir=str(tmp_path / "cache"))
     fields.update(overrides)
-    return TaskConfig(**fields)
+    return UpdateMQARConfig(**fields)
 
 
 def validation_set(task):

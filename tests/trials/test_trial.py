@@ -18,9 +18,14 @@ METRICS = {"val_loss", "val_accuracy", "val_ppl", "train_loss", "tokens_per_s", 
            "flops_per_token", "state_bytes", "vocab_size", "wall_s", "first_step_s"}
 
 
+# each task takes its own keys (a key of another task is an error)
+TASK_KEYS = {"mqar": {"num_kv_pairs": 4, "train_examples": 256},
+             "update_mqar": {"num_kv_pairs": 4, "num_updates": 2, "train_examples": 256}, "lm": {}}
+
+
 def tiny(tmp_path, task="mqar", **train):
-    task_cfg = {"name": task, "seq_len": 40, "num_kv_pairs": 4, "num_updates": 2, "vocab_size": 32,
-                "train_examples": 256, "val_examples": 32, "cache_dir": str(tmp_path / "cache")}
+    task_cfg = {"name": task, "seq_len": 40, "vocab_size": 32, "val_examples": 32, "cache_dir": str(tmp_path / "cache"),
+                **TASK_KEYS[task]}
     return load_trial_config({
         "preset": "gdn2",
         "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "chunk_size": 16, "backend": "torch"},

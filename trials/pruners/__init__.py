@@ -17,6 +17,7 @@ from carvelab.trials.pruners.base import (
     dominates,
     entry,
     metric_direction,
+    modules,
     names,
     rebuild,
     register,
@@ -27,4 +28,4 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["END_STATES", "Pruner", "PrunerSpec", "build_pruner", "dominates", "entry", "metric_direction",
-           "names", "rebuild", "register"]
+           "modules", "names", "rebuild", "register"]

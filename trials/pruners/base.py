@@ -91,6 +91,11 @@ def register(name: str, spec: type) -> Callable[[Builder], Builder]:
     return add
 
 
+def modules() -> set[str]:
+    """Modules the registered pruners are defined in."""
+    return {e.build.__module__ for e in _REGISTRY.values()} | {e.spec.__module__ for e in _REGISTRY.values()}
+
+
 def names() -> list[str]:
     return sorted(_REGISTRY)
 

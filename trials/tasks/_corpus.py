@@ -31,7 +31,6 @@ from typing import Optional
 
 import numpy as np
 
-from carvelab.search_space.trial_config import TaskConfig
 from carvelab.trials.tasks import _cache
 
 logger = logging.getLogger(__name__)
@@ -60,8 +59,8 @@ class Corpus:
     val_files: tuple[str, ...] = ()
 
 
-def load_corpus(cfg: TaskConfig) -> Corpus:
-    """The corpus ``cfg.data_path`` names (see the module docstring)."""
+def load_corpus(cfg) -> Corpus:
+    """The corpus the lm task config ``cfg`` (``LMConfig``) names by ``data_path`` (see the module docstring)."""
     if cfg.data_path is None:
         return stdlib_corpus(cfg.cache_dir)
     path = Path(cfg.data_path).expanduser()
@@ -85,7 +84,7 @@ def text_corpus(path: Path) -> Corpus:
     return Corpus(train, val, BYTE_VOCAB, source=str(path))
 
 
-def bin_corpus(path: Path, cfg: TaskConfig) -> Corpus:
+def bin_corpus(path: Path, cfg) -> Corpus:
     """uint16 tokens of ``path``, validation from a sibling ``val.bin`` or the last 5%."""
     train = _uint16_memmap(path, cfg.data_path)
     sibling = path.with_name("val.bin")

@@ -18,9 +18,9 @@ from typing import Iterator
 
 import numpy as np
 
-from carvelab.search_space.trial_config import TaskConfig
 from carvelab.trials.tasks import _cache
 from carvelab.trials.tasks.base import (
+    TaskConfig,
     Batch,
     Task,
     batch_ranges,

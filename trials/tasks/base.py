@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from typing import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Iterator, Optional
 
 import numpy as np
 import torch
@@ -19,6 +20,34 @@ IGNORE_INDEX = -100
 QUALITY_METRICS = ("accuracy", "loss")
 
 Batch = tuple[torch.LongTensor, torch.LongTensor]
+# What an evaluation reports for every task (``trials.training.evaluate``).
+EVAL_METRICS = ("val_loss", "val_accuracy", "val_ppl")
+
+
+@dataclass
+class TaskConfig:
+    """Keys every task takes; each task's own config subclasses this and adds its keys.
+
+    A sweep or trial file's ``task:`` mapping is typed by the config class of the task its
+    ``name`` names, so a key another task uses is an error, not silently ignored."""
+
+    name: str = "mqar"
+    vocab_size: int = 128            # the token vocabulary (lm: a floor for a .bin's, unused for text)
+    seq_len: int = 64
+    val_examples: int = 500          # validation examples (lm: windows of seq_len)
+    data_seed: int = 0               # seeds generation; validation uses a disjoint seed stream
+    cache_dir: Optional[str] = None  # None = $CARVELAB_CACHE or ~/.cache/carvelab
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "seq_len", "val_examples"):
+            positive_field(self, key)
+        check_data_seed(self.data_seed)
+
+
+def positive_field(cfg: TaskConfig, key: str) -> None:
+    value = getattr(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"task.{key}={value!r} must be a positive integer")
 
 
 class Task(ABC):
@@ -26,6 +55,8 @@ class Task(ABC):
 
     Attributes:
         name: the task's name (``TaskConfig.name``).
+        Config: the task's config dataclass (a ``TaskConfig`` subclass).
+        metrics: the metrics its evaluation reports.
         vocab_size: the model vocabulary the task needs (every token id is below it).
         seq_len: T, the length of every sequence.
         quality_metric: ``"accuracy"`` (higher is better, over scored positions) or
@@ -36,6 +67,8 @@ class Task(ABC):
     vocab_size: int
     seq_len: int
     quality_metric: str
+    Config: ClassVar[type] = TaskConfig   # the task's own config class
+    metrics: ClassVar[tuple] = EVAL_METRICS
 
     @abstractmethod
     def train_batch(self, step: int, batch_size: int) -> Batch:

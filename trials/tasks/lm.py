@@ -15,15 +15,16 @@ The quality metric is the validation loss (lower is better).
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
 
-from carvelab.search_space.trial_config import TaskConfig
 from carvelab.trials.tasks._corpus import load_corpus
 from carvelab.trials.tasks.base import (
     Batch,
     Task,
+    TaskConfig,
     batch_ranges,
     check_batch_args,
     check_data_seed,
@@ -41,13 +42,20 @@ def windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.nd
     return chunk[:, :-1], chunk[:, 1:]
 
 
+@dataclass
+class LMConfig(TaskConfig):
+    name: str = "lm"
+    data_path: Optional[str] = None  # None = the bundled stdlib corpus, a .txt file, or a uint16 .bin
+
+
 class LMTask(Task):
     """Next-token language modelling; ``vocab_size`` comes from the data."""
 
     name = "lm"
     quality_metric = "loss"
+    Config = LMConfig
 
-    def __init__(self, cfg: TaskConfig):
+    def __init__(self, cfg: LMConfig):
         check_data_seed(cfg.data_seed)
         self.cfg = cfg
         self.seq_len = cfg.seq_len

@@ -28,11 +28,27 @@ N distinct values).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from carvelab.search_space.trial_config import TaskConfig
 from carvelab.trials.tasks._examples import ExampleSetTask
-from carvelab.trials.tasks.base import IGNORE_INDEX
+from carvelab.trials.tasks.base import IGNORE_INDEX, TaskConfig, positive_field
+
+
+@dataclass
+class MQARConfig(TaskConfig):
+    name: str = "mqar"
+    num_kv_pairs: int = 8          # N: key-value pairs in the context, each queried once
+    power_a: float = 0.01          # power-law placement of queries (Zoology's alpha)
+    train_examples: int = 20000    # size of the training set
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("num_kv_pairs", "train_examples"):
+            positive_field(self, key)
+        if not isinstance(self.power_a, (int, float)) or isinstance(self.power_a, bool) or self.power_a <= 0:
+            raise ValueError(f"task.power_a={self.power_a!r} must be a positive number")
 
 # Random scores drawn per call of ``sample_distinct`` (bounds its scratch memory, ~16 MB).
 _DISTINCT_SCRATCH = 1 << 21
@@ -93,7 +109,7 @@ def empty_examples(rng: np.random.Generator, n: int, seq_len: int,
     return inputs, np.full((n, seq_len), IGNORE_INDEX, dtype=np.int64)
 
 
-def check_recall_config(cfg: TaskConfig, num_updates: int = 0) -> None:
+def check_recall_config(cfg: MQARConfig, num_updates: int = 0) -> None:
     """Length and vocabulary checks shared by MQAR and Update-MQAR (``U = num_updates``).
 
     Needs ``T >= 4 (N + U)``: 2N context tokens plus N queries, U updates and U
@@ -123,12 +139,13 @@ class MQARTask(ExampleSetTask):
     """Multi-query associative recall; scored on ``num_kv_pairs`` positions per sequence."""
 
     name = "mqar"
+    Config = MQARConfig
 
     @classmethod
-    def validate(cls, cfg: TaskConfig) -> None:
+    def validate(cls, cfg: MQARConfig) -> None:
         check_recall_config(cfg)
 
-    def data_fields(self, cfg: TaskConfig) -> dict:
+    def data_fields(self, cfg: MQARConfig) -> dict:
         return {"vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len,
                 "num_kv_pairs": cfg.num_kv_pairs, "power_a": float(cfg.power_a)}
 

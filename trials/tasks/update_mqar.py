@@ -29,10 +29,12 @@ Requires ``U <= N``, ``T >= 4 (N + U)`` and ``V >= max(2N, 2 (N + U) - 1)``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from carvelab.search_space.trial_config import TaskConfig
 from carvelab.trials.tasks.mqar import (
+    MQARConfig,
     MQARTask,
     check_recall_config,
     empty_examples,
@@ -58,13 +60,25 @@ def free_slot_pairs(rng: np.random.Generator, taken: np.ndarray, num_slots: int,
     return np.minimum(first, second), np.maximum(first, second)
 
 
+@dataclass
+class UpdateMQARConfig(MQARConfig):
+    name: str = "update_mqar"
+    num_updates: int = 4           # keys re-assigned to new values later in the sequence
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.num_updates, int) or isinstance(self.num_updates, bool) or self.num_updates < 0:
+            raise ValueError(f"task.num_updates={self.num_updates!r} must be a non-negative integer")
+
+
 class UpdateMQARTask(MQARTask):
     """MQAR with ``num_updates`` keys re-assigned; scored on ``N + U`` positions per sequence."""
 
     name = "update_mqar"
+    Config = UpdateMQARConfig
 
     @classmethod
-    def validate(cls, cfg: TaskConfig) -> None:
+    def validate(cls, cfg: UpdateMQARConfig) -> None:
         if cfg.num_updates > cfg.num_kv_pairs:
             raise ValueError(
                 f"task.num_updates={cfg.num_updates} must not exceed "
@@ -73,7 +87,7 @@ class UpdateMQARTask(MQARTask):
             )
         check_recall_config(cfg, cfg.num_updates)
 
-    def data_fields(self, cfg: TaskConfig) -> dict:
+    def data_fields(self, cfg: UpdateMQARConfig) -> dict:
         return {**super().data_fields(cfg), "num_updates": cfg.num_updates}
 
     def generate(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
