@@ -16,6 +16,7 @@ from statistics import mean, stdev
 import polars as pl
 
 from carvelab.dashboards.frame import SweepData, completed, trials_frame
+from carvelab.search_space.sweep_loading import base_levels
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -78,10 +79,10 @@ def ablation_table(data: SweepData, df: pl.DataFrame | None = None) -> pl.DataFr
     done = completed(df)
     if not len(done):
         return pl.DataFrame()
-    if data.spec.get("mode") == "ablation":
+    if data.spec.mode == "ablation":
         pairs = _pairs_by_label(done)
     else:
-        pairs = _pairs_one_factor(done, _base_levels(data))
+        pairs = _pairs_one_factor(done, base_levels(data.spec))
     rows = []
     for label, items in pairs.items():
         for metric, direction in data.objectives:
@@ -93,21 +94,6 @@ def ablation_table(data: SweepData, df: pl.DataFrame | None = None) -> pl.DataFr
                          "baseline": base_mean, **stats,
                          "relative": stats["mean"] / abs(base_mean) if base_mean else math.nan})
     return pl.DataFrame(rows)
-
-
-def _base_levels(data: SweepData) -> dict:
-    from carvelab.search_space.loading import load_trial_config
-    from carvelab.search_space.sweep_spec import AXES
-    import dataclasses
-
-    cfg = dataclasses.asdict(load_trial_config(data.spec["base"]))
-    out = {}
-    for p in data.spec.get("params", []):
-        node = cfg
-        for part in AXES.get(p["name"], p["name"]).split("."):
-            node = node[part]
-        out[p["name"]] = node
-    return out
 
 
 def ablation_markdown(table: pl.DataFrame) -> str:

@@ -23,9 +23,7 @@ import yaml
 
 from carvelab.carve_models.config import ModelConfig
 from carvelab.dashboards.frame import SweepData, front_table
-from carvelab.search_space.loading import load_trial_config
-from carvelab.search_space.sweep_spec import AXES
-from carvelab.search_space.yaml_io import deep_merge
+from carvelab.search_space.sweep_loading import point_config
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +42,6 @@ def version() -> str:
         return metadata.version("carvelab")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def resolved_config(spec: dict, point: dict, seed: int) -> dict:
-    """The trial config of a point of a stored sweep, as plain data (checkpoint dir cleared)."""
-    data = dict(spec["base"])
-    for name, value in point.items():
-        node = value
-        for part in reversed(AXES.get(name, name).split(".")):
-            node = {part: node}
-        data = deep_merge(data, node)
-    data = deep_merge(data, {"train": {"seed": seed}, "model": {"seed": seed}})
-    return dataclasses.asdict(load_trial_config(data))
 
 
 def select(table: pl.DataFrame, rank: Optional[int], top: Optional[int], objective: str, direction: str) -> pl.DataFrame:
@@ -79,7 +65,7 @@ def export(data: SweepData, out: str | Path, rank: Optional[int] = 0, top: Optio
         seeds = row["seeds"] if "seeds" in row else [row["seed"]]
         numbers = row["numbers"] if "numbers" in row else [row["number"]]
         run_ids = row["run_ids"] if "run_ids" in row else [row["run_id"]]
-        config = resolved_config(data.spec, point, int(seeds[0]))
+        config = dataclasses.asdict(point_config(data.spec, point, int(seeds[0])))
         config["train"]["checkpoint_dir"] = None
         vocab = _trained_vocab(data, run_ids[0])
         if vocab is not None:  # the task sets the vocabulary; the config's value was replaced

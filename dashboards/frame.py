@@ -15,10 +15,10 @@ from typing import Any, Optional
 
 import optuna
 import polars as pl
-import yaml
 
 from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, reference_point
-from carvelab.search_space.yaml_io import ConfigError
+from carvelab.search_space.sweep_dir import SweepDir
+from carvelab.search_space.sweep_spec import SweepSpec
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class SweepData:
     name: str
     path: Path
-    spec: dict
+    spec: SweepSpec
     study: optuna.Study
     tracking_uri: str
     client: Any  # MlflowClient
@@ -35,30 +35,27 @@ class SweepData:
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
-        return [(o["metric"], o["direction"]) for o in self.spec["objectives"]]
+        return [(o.metric, o.direction) for o in self.spec.objectives]
 
 
 def open_sweep(name: str, root: str | Path = "carvelab_sweeps") -> SweepData:
     """Open a sweep's Optuna study and MLflow experiment from its directory."""
     from mlflow.tracking import MlflowClient
 
-    path = Path(root).expanduser().resolve() / name
-    snapshot = path / "sweep.yaml"
-    if not snapshot.exists():
-        raise ConfigError(f"{path}: no sweep named {name!r} here (use --root to point at its folder)")
-    spec = yaml.safe_load(snapshot.read_text())
-    storage = spec.get("storage") or f"sqlite:///{path / 'optuna.db'}"
-    tracking = (spec.get("tracking") or {}).get("uri") or f"sqlite:///{path / 'mlflow.db'}"
+    folder = SweepDir(root, name)
+    spec = folder.spec()
+    storage = spec.storage or folder.optuna_url
+    tracking = spec.tracking.uri or folder.mlflow_uri
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
     client = MlflowClient(tracking_uri=tracking)
-    experiment = client.get_experiment_by_name((spec.get("tracking") or {}).get("experiment") or name)
+    experiment = client.get_experiment_by_name(spec.tracking.experiment or name)
     parent = None
     if experiment is not None:
         runs = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.`carvelab.role` = 'sweep' and tags.`carvelab.sweep` = '{name}'")
         parent = runs[0].info.run_id if runs else None
-    return SweepData(name, path, spec, study, tracking, client, parent)
+    return SweepData(name, folder.path, spec, study, tracking, client, parent)
 
 
 def _run_metrics(data: SweepData) -> dict[str, dict]:
@@ -125,7 +122,7 @@ def front_table(data: SweepData, df: Optional[pl.DataFrame] = None) -> pl.DataFr
     """Completed trials (points averaged over seeds when the sweep has replicates) with ranks."""
     df = trials_frame(data) if df is None else df
     objectives = data.objectives
-    if len(data.spec.get("seeds", [0])) > 1:
+    if len(data.spec.seeds) > 1:
         table = aggregate_seeds(df, objectives)
     else:
         table = completed(df)

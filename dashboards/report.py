@@ -41,7 +41,7 @@ def tag_runs(data: SweepData, df: pl.DataFrame, table: pl.DataFrame) -> int:
 
 def summary_markdown(data: SweepData, df: pl.DataFrame, table: pl.DataFrame, history: pl.DataFrame) -> str:
     counts = df.group_by("state").len().sort("state").rows() if len(df) else []
-    lines = [f"# Sweep `{data.name}`", "", f"Mode: {data.spec.get('mode')}; trials: "
+    lines = [f"# Sweep `{data.name}`", "", f"Mode: {data.spec.mode}; trials: "
              + ", ".join(f"{s.lower()} {n}" for s, n in counts), ""]
     if len(history):
         lines += [f"Hypervolume: {history['hypervolume'][-1]:.6g} after {history['trial_steps'][-1]} training steps.", ""]
@@ -75,7 +75,7 @@ def publish(data: SweepData, df: Optional[pl.DataFrame] = None) -> dict:
         flat.write_csv(out / "trials.csv")
         flat.write_parquet(out / "trials.parquet")
         (out / "summary.md").write_text(summary_markdown(data, df, table, history))
-        if data.spec.get("mode") == "ablation" or len(data.spec.get("seeds", [0])) > 1:
+        if data.spec.mode == "ablation" or len(data.spec.seeds) > 1:
             (out / "ablation.md").write_text(ablation_markdown(ablation_table(data, df)))
         for path in sorted(out.iterdir()):
             data.client.log_artifact(data.parent_run_id, str(path), "pareto")

@@ -196,6 +196,18 @@ def _split_task_keys(base: dict, tasks: list[str]) -> tuple[dict, dict]:
     return {**base, "task": {k: v for k, v in task.items() if k not in foreign}}, kept
 
 
+def base_levels(spec: S.SweepSpec) -> dict:
+    """Each swept parameter's value in the base config (what a one-factor change departs from)."""
+    config = dataclasses.asdict(load_trial_config(fit_task(dict(spec.base), spec.task_keys)))
+    out = {}
+    for p in spec.params:
+        node = config
+        for part in p.path.split("."):
+            node = node[part]
+        out[p.name] = node
+    return out
+
+
 def grid_points(spec: S.SweepSpec) -> list[dict]:
     """Every combination of the space's values (grid mode), in file order."""
     names = [p.name for p in spec.params]

@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
-from carvelab.search_space.yaml_io import ConfigError
+from carvelab.search_space.sweep_dir import LOCK_NAME, SweepDir, driver_lock, lock_owner
 from carvelab.trials.study import finite
-from carvelab.trials.sweep_dir import LOCK_NAME, SweepDir, driver_lock, lock_owner
 from carvelab.trials.tracking import MLFLOW_STATUS, _retry, flatten
 
 logger = logging.getLogger(__name__)
@@ -161,17 +159,13 @@ class _Sweep:
 
     def __init__(self, name: str, root: str | Path):
         self.dir = SweepDir(root, name)
-        snapshot = self.dir.path / "sweep.yaml"
-        if not snapshot.exists():
-            raise ConfigError(f"{self.dir.path}: no sweep named {name!r} here (use --root to point at its folder)")
-        self.spec = yaml.safe_load(snapshot.read_text())
+        self.spec = self.dir.spec()
         self.name = name
-        self.storage = self.spec.get("storage") or self.dir.optuna_url
-        tracking = self.spec.get("tracking") or {}
-        self.tracking_uri = tracking.get("uri") or self.dir.mlflow_uri
-        self.experiment_name = tracking.get("experiment") or name
-        self.objectives = [o["metric"] for o in self.spec.get("objectives", [])]
-        self.seeds = self.spec.get("seeds") or [0]
+        self.storage = self.spec.storage or self.dir.optuna_url
+        self.tracking_uri = self.spec.tracking.uri or self.dir.mlflow_uri
+        self.experiment_name = self.spec.tracking.experiment or name
+        self.objectives = [o.metric for o in self.spec.objectives]
+        self.seeds = self.spec.seeds
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
             self.study: Optional[optuna.Study] = optuna.load_study(study_name=name, storage=self.storage)

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from carvelab.dashboards.pareto import point_front
+from carvelab.search_space.sweep_dir import SweepDir, driver_lock
 from carvelab.search_space.sweep_loading import grid_points, point_config
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
-from carvelab.trials.sweep_dir import SweepDir, driver_lock
 from carvelab.trials.tracking import MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -64,6 +63,8 @@ class SweepDriver:
         self.on_update = on_update or (lambda counts: None)
         self.counts = {"running": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0, "front": 0}
         self.logged: dict[int, set] = {}
+        self.run_ids: dict[int, str] = {}               # trial number -> its MLflow run
+        self.live: dict[int, optuna.trial.Trial] = {}   # trial number -> the running trial, to be told
         self.fronts: dict[str, dict[int, list[float]]] = {}  # point -> trial -> objective values
         self._published_at = -math.inf
         self._dirty = False
@@ -213,6 +214,7 @@ class SweepDriver:
                 "label": trial.user_attrs.get("label", ""), "optuna_study": self.spec.name}
         run_id = self.tracker.start_child(trial.number, flatten(config_dict), tags)
         trial.set_user_attr("mlflow_run_id", run_id)
+        self.run_ids[trial.number], self.live[trial.number] = run_id, trial
         handle = self.executor.submit(config_dict, trial.number)
         return _Inflight(handle, trial, run_id)
 
@@ -244,10 +246,7 @@ class SweepDriver:
                 self.logged[trial_number].add(step)
 
     def _run_id(self, number: int) -> Optional[str]:
-        return self.study._storage.get_trial(self._trial_id(number)).user_attrs.get("mlflow_run_id")
-
-    def _trial_id(self, number: int) -> int:
-        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        return self.run_ids.get(number)
 
     def _finish(self, item: _Inflight, result: Optional[dict], exc: Optional[BaseException]) -> None:
         from carvelab.trials.scheduler import failure_reason
@@ -277,7 +276,7 @@ class SweepDriver:
             self.tracker.set_tags(run_id, {"state": status, "reason": reason or "",
                                            "backend": payload.get("backend", ""), "node": payload.get("node", "")})
             self.tracker.finish(run_id, MLFLOW_STATUS[status])
-        trial = optuna.trial.Trial(self.study, self._trial_id(number))
+        trial = self.live.pop(number)
         values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]
         status, reason = st.tell_finished(self.study, trial, status, reason, payload.get("steps", 0), values)
         if status == "completed":
@@ -307,8 +306,7 @@ class SweepDriver:
         from carvelab.dashboards.frame import SweepData
         from carvelab.dashboards.report import publish
 
-        data = SweepData(self.spec.name, self.dir.path, yaml.safe_load((self.dir.path / "sweep.yaml").read_text()),
-                         self.study, self.tracking_uri, self.tracker.client, self.parent)
+        data = SweepData(self.spec.name, self.dir.path, self.dir.spec(), self.study, self.tracking_uri, self.tracker.client, self.parent)
         try:
             publish(data)
         except Exception:  # a report is not worth stopping a sweep for; the traceback goes to the log
@@ -338,6 +336,9 @@ class SweepDriver:
             if payload is not None:
                 logger.info("finishing trial %d from its saved result", t.number)
                 run_id = t.user_attrs.get("mlflow_run_id")
+                self.live[t.number] = optuna.trial.Trial(self.study, t._trial_id)
+                if run_id:
+                    self.run_ids[t.number] = run_id
                 if run_id:  # steps streamed before the crash are not logged again
                     self.logged[t.number] = self.tracker.logged_steps(run_id, payload.get("history", []))
                 self._record(t.number, payload)

@@ -4,22 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-import yaml
 
-from carvelab.search_space.yaml_io import ConfigError
-from carvelab.trials.sweep_dir import SweepDir
+from carvelab.search_space.sweep_dir import SweepDir
 
 
 def sweep_table(name: str, root: str | Path = "carvelab_sweeps") -> str:
     sd = SweepDir(root, name)
-    snapshot = sd.path / "sweep.yaml"
-    if not snapshot.exists():
-        raise ConfigError(f"{sd.path}: no sweep named {name!r} here (use --root to point at its folder)")
-    spec = yaml.safe_load(snapshot.read_text())
-    storage = spec.get("storage") or sd.optuna_url
+    spec = sd.spec()
+    storage = spec.storage or sd.optuna_url
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
-    metrics = [o["metric"] for o in spec["objectives"]]
+    metrics = [o.metric for o in spec.objectives]
     header = ["#", "state", "reason", "seed", "steps"] + metrics + ["point"]
     rows = []
     for t in study.get_trials(deepcopy=False):

@@ -21,7 +21,7 @@ def _targets() -> dict:
     import optuna
     from optuna.storages._rdb.storage import RDBStorage
 
-    from carvelab.trials.sweep_dir import SweepDir
+    from carvelab.search_space.sweep_dir import SweepDir
     from carvelab.trials.tracking import MlflowTracker
 
     return {

@@ -10,11 +10,11 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from carvelab.search_space.sweep_dir import driver_lock
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.trials import scheduler
 from carvelab.trials.cli import main
 from carvelab.trials.driver import run_sweep
-from carvelab.trials.sweep_dir import driver_lock
 from tests.trials.sweep_helpers import tiny_sweep
 
 NAME = "checked"

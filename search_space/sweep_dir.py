@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 
 import yaml
 
+from carvelab.search_space import sweep_spec as S
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 
@@ -82,6 +83,13 @@ class SweepDir:
         os.chmod(snapshot, 0o600)  # it may hold storage/tracking credentials
         return False
 
+    def spec(self) -> SweepSpec:
+        """The sweep's validated spec as it was first run, read back from ``sweep.yaml``."""
+        snapshot = self.path / "sweep.yaml"
+        if not snapshot.exists():
+            raise ConfigError(f"{self.path}: no sweep named {self.path.name!r} here (use --root to point at its folder)")
+        return spec_from_snapshot(yaml.safe_load(snapshot.read_text()))
+
     # ------------------------------------------------------------------ results
     def save_result(self, number: int, payload: dict) -> None:
         atomic_write(self.result_path(number), json.dumps(payload, default=_json_default))
@@ -98,6 +106,30 @@ class SweepDir:
         for p in folder.glob("trial-*.json"):
             out[int(p.stem.split("-")[1])] = json.loads(p.read_text())
         return out
+
+
+def _typed(cls: type, data: dict):
+    """``cls(**data)`` with the keys ``cls`` has (a snapshot was validated when it was written;
+    keys an older version wrote and this one dropped are left out)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in (data or {}).items() if k in names})
+
+
+def spec_from_snapshot(data: dict) -> SweepSpec:
+    """A ``SweepSpec`` from the plain data ``SweepDir.bind`` wrote."""
+    from carvelab.trials import pruners  # the registry lives with the pruners
+
+    pruner = data.get("pruner") or {}
+    return SweepSpec(
+        name=data["name"], base=data["base"], mode=data["mode"],
+        params=[_typed(S.ParamSpec, p) for p in data.get("params", [])], changes=data.get("changes", []),
+        objectives=[_typed(S.ObjectiveSpec, o) for o in data["objectives"]],
+        sampler=_typed(S.SamplerSpec, data.get("sampler")),
+        pruner=_typed(pruners.entry(pruner.get("name", "none")).spec, pruner), seeds=data.get("seeds") or [0],
+        budget=_typed(S.BudgetSpec, data.get("budget")), resources=_typed(S.ResourcesSpec, data.get("resources")),
+        tracking=_typed(S.TrackingSpec, data.get("tracking")), storage=data.get("storage"),
+        source=data.get("source", "<sweep>"), task_keys=data.get("task_keys") or {},
+    )
 
 
 def _plain(obj):
