@@ -27,11 +27,11 @@ from carvelab.search_space.sweep_loading import grid_points, point_config
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
+from carvelab.trials.callbacks import FrontPublisher
 from carvelab.trials.tracking import MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
-PUBLISH_EVERY_S = 20.0  # live Pareto refreshes in MLflow at most this often
 
 
 @dataclass
@@ -56,7 +56,7 @@ class _Inflight:
 
 class SweepDriver:
     def __init__(self, spec: SweepSpec, root: str | Path = "carvelab_sweeps", address: Optional[str] = None,
-                 on_update: Optional[Callable[[dict], None]] = None):
+                 on_update: Optional[Callable[[dict], None]] = None, callbacks: Optional[list] = None):
         self.spec = spec
         self.dir = SweepDir(root, spec.name)
         self.address = address
@@ -66,8 +66,8 @@ class SweepDriver:
         self.run_ids: dict[int, str] = {}               # trial number -> its MLflow run
         self.live: dict[int, optuna.trial.Trial] = {}   # trial number -> the running trial, to be told
         self.fronts: dict[str, dict[int, list[float]]] = {}  # point -> trial -> objective values
-        self._published_at = -math.inf
-        self._dirty = False
+        # None: the default, the live Pareto front in MLflow (callbacks.FrontPublisher)
+        self.callbacks = [FrontPublisher()] if callbacks is None else list(callbacks)
 
     # ------------------------------------------------------------------ set-up
     def _open(self) -> None:
@@ -102,12 +102,16 @@ class SweepDriver:
             self._recover()
             self._preload()
             st.plan_remaining(self.study, self.spec)
-            loop_start = self._published_at = time.monotonic()  # first live refresh after PUBLISH_EVERY_S
+            loop_start = time.monotonic()
+            for cb in self.callbacks:
+                cb.on_sweep_start(self)
             self._loop(t0)
             self.loop_s = time.monotonic() - loop_start
             status = "FINISHED"
         finally:
-            self._publish(force=True)
+            if getattr(self, "parent", None):
+                for cb in self.callbacks:
+                    cb.on_sweep_end(self)
             self.tracker.set_tags(self.parent, {f"carvelab.count.{k}": v for k, v in self.counts.items()})
             self.tracker.finish(self.parent, status)
             if started:
@@ -147,7 +151,8 @@ class SweepDriver:
             for handle, result, exc in done:
                 self._finish(inflight.pop(handle.trial), result, exc)
             self._cancel_overdue(inflight)
-            self._publish()
+            for cb in self.callbacks:
+                cb.on_tick(self)
 
     def _may_start(self) -> bool:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -282,7 +287,8 @@ class SweepDriver:
         if status == "completed":
             self._update_front(number, trial.params, values)
         self.counts[status] += 1
-        self._dirty = True
+        for cb in self.callbacks:
+            cb.on_trial_recorded(self, number, status)
         self.executor.complete(number, status, self._pruned_value(payload))
         logger.info("trial %d %s%s", number, status, f" ({reason})" if reason else "")
 
@@ -296,23 +302,6 @@ class SweepDriver:
         self.fronts.setdefault(point, {})[number] = [float(v) for v in values]
         vectors = {p: list(by_trial.values()) for p, by_trial in self.fronts.items()}
         self.counts["front"] = len(point_front(vectors, [o.direction for o in self.spec.objectives]))
-
-    def _publish(self, force: bool = False) -> None:
-        """Refresh the Pareto front tags and artifacts in MLflow (live, throttled, and at the end)."""
-        if not getattr(self, "parent", None) or not self._dirty:
-            return
-        if not force and time.monotonic() - self._published_at < PUBLISH_EVERY_S:
-            return
-        from carvelab.dashboards.frame import SweepData
-        from carvelab.dashboards.report import publish
-
-        data = SweepData(self.spec.name, self.dir.path, self.dir.spec(), self.study, self.tracking_uri, self.tracker.client, self.parent)
-        try:
-            publish(data)
-        except Exception:  # a report is not worth stopping a sweep for; the traceback goes to the log
-            logger.exception("could not refresh the Pareto report in MLflow")
-        self._published_at = time.monotonic()
-        self._dirty = False
 
     def _cancel_overdue(self, inflight: dict) -> None:
         limit = self.spec.resources.trial_timeout_s
@@ -386,5 +375,5 @@ def _draw(dist, rng):
 
 
 def run_sweep(spec: SweepSpec, root: str | Path = "carvelab_sweeps", address: Optional[str] = None,
-              on_update: Optional[Callable[[dict], None]] = None) -> SweepSummary:
-    return SweepDriver(spec, root, address, on_update).run()
+              on_update: Optional[Callable[[dict], None]] = None, callbacks: Optional[list] = None) -> SweepSummary:
+    return SweepDriver(spec, root, address, on_update, callbacks).run()

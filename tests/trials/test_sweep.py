@@ -125,3 +125,37 @@ def test_a_converged_sampler_still_explores_untrained_points(tmp_path):
     study, _ = assert_exactly_once(run_sweep(load_sweep(data), tmp_path))
     trained = {(t.params["erase_axis"], t.params["write_gate"]) for t in study.trials if t.state == COMPLETE}
     assert len(trained) == 4
+
+
+class Ledger:
+    """A sweep callback that writes down what it was told."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_sweep_start(self, sweep):
+        self.events.append(("start", None, None))
+
+    def on_trial_recorded(self, sweep, number, status):
+        assert sweep.dir.load_result(number) is not None  # called after the result is durable
+        self.events.append(("recorded", number, status))
+
+    def on_tick(self, sweep):
+        pass
+
+    def on_sweep_end(self, sweep):
+        self.events.append(("end", None, None))
+
+
+def test_callbacks_see_every_recorded_trial_once_between_start_and_end(tmp_path):
+    from carvelab.trials.callbacks import FrontPublisher
+
+    data = tiny_sweep("callbacks", tmp_path / "cache", mode="grid", budget={})
+    ledger = Ledger()
+    summary = run_sweep(load_sweep(data), tmp_path, callbacks=[ledger, FrontPublisher(every_s=0.0)])
+    study = study_of(summary)
+    assert ledger.events[0][0] == "start" and ledger.events[-1][0] == "end"
+    recorded = sorted((n, s) for kind, n, s in ledger.events if kind == "recorded")
+    assert recorded == sorted((t.number, t.user_attrs["state"]) for t in study.trials)
+    client, _ = child_runs(summary)
+    assert client.get_run(summary.parent_run_id).data.tags["pareto.front_size"] == str(summary.front_size)
