@@ -160,14 +160,15 @@ def point_config(spec: S.SweepSpec, point: Mapping[str, Any], seed: int) -> Tria
 
 
 def fit_task(data: dict, task_keys: Mapping[str, dict]) -> dict:
-    """A point whose ``task.name`` differs from the base's: its task takes the base keys its
-    own config declares, plus the keys kept for it in ``task_keys`` (see ``_split_task_keys``)."""
+    """A point of a sweep with a ``task.name`` axis: its task takes the keys of the point's
+    mapping that its own config declares, plus the base keys kept for it in ``task_keys``
+    (see ``_split_task_keys``); the point's own values win."""
     task = dict(data.get("task") or {})
     name = task.get("name", DEFAULT_TASK)
     if not task_keys or name not in task_keys:
         return data
     own = {f.name for f in dataclasses.fields(task_class(name).Config)}
-    return {**data, "task": {**{k: v for k, v in task.items() if k in own}, **task_keys[name]}}
+    return {**data, "task": {**task_keys[name], **{k: v for k, v in task.items() if k in own}}}
 
 
 def _swept_tasks(raw: S.SweepFile, where: str) -> list[str]:
@@ -184,15 +185,17 @@ def _swept_tasks(raw: S.SweepFile, where: str) -> list[str]:
 
 
 def _split_task_keys(base: dict, tasks: list[str]) -> tuple[dict, dict]:
-    """(base with only its own task's keys, {task: keys of base's task mapping that task takes}).
-    A key no task of the sweep takes stays in base, where loading refuses it."""
+    """(base with only its own task's keys, {task: the keys of base's task mapping that only
+    other tasks take, for each swept task that takes them}). Keys the base's task shares with
+    a swept task stay in base and reach that task through the point. A key no task of the
+    sweep takes stays in base, where loading refuses it."""
     if not tasks or not isinstance(base.get("task"), Mapping):
         return base, {}
     task = dict(base["task"])
     own = {f.name for f in dataclasses.fields(task_class(task.get("name", DEFAULT_TASK)).Config)}
     fields_of = {t: {f.name for f in dataclasses.fields(task_class(t).Config)} for t in tasks}
     foreign = {k for k in task if k not in own and any(k in f for f in fields_of.values())}
-    kept = {t: {k: v for k, v in task.items() if k in f and k != "name"} for t, f in fields_of.items()}
+    kept = {t: {k: task[k] for k in foreign if k in f} for t, f in fields_of.items()}
     return {**base, "task": {k: v for k, v in task.items() if k not in foreign}}, kept
 
 

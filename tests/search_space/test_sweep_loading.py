@@ -187,10 +187,18 @@ def test_a_task_axis_takes_each_swept_tasks_keys_from_the_base():
     data = sweep(mode="grid", space={"task.name": ["mqar", "lm"]})
     data["base"]["task"] = {"name": "mqar", "num_kv_pairs": 4, "data_path": "corpus.txt", "seq_len": 40}
     spec = load_sweep(data)
-    assert spec.task_keys["lm"] == {"data_path": "corpus.txt", "seq_len": 40}
+    assert spec.task_keys["lm"] == {"data_path": "corpus.txt"}
     mqar, lm = point_config(spec, {"task.name": "mqar"}, 0).task, point_config(spec, {"task.name": "lm"}, 0).task
     assert (type(mqar).__name__, mqar.num_kv_pairs, mqar.seq_len) == ("MQARConfig", 4, 40)
     assert (type(lm).__name__, lm.data_path, lm.seq_len) == ("LMConfig", "corpus.txt", 40)
     data["base"]["task"]["num_updates"] = 2  # a key of a task this sweep does not train
     with pytest.raises(ConfigError, match="unknown key 'task.num_updates'"):
         load_sweep(data)
+
+
+def test_a_swept_task_key_is_not_replaced_by_the_base_value_on_another_task():
+    data = sweep(mode="grid", space={"task.name": ["mqar", "lm"], "task.seq_len": [40, 64]})
+    data["base"]["task"] = {"name": "mqar", "num_kv_pairs": 4, "data_path": "corpus.txt", "seq_len": 40}
+    spec = load_sweep(data)
+    for name in ("mqar", "lm"):
+        assert point_config(spec, {"task.name": name, "task.seq_len": 64}, 0).task.seq_len == 64
