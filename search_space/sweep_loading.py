@@ -19,6 +19,7 @@ from carvelab.search_space.loading import load_trial_config, task_config, to_dat
 from carvelab.search_space.trial_config import TrainConfig, TrialConfig
 from carvelab.carve_models.config import ModelConfig
 from carvelab.kernels.options import check_triton_chunk
+from carvelab.trials import pruners  # the task and pruner registries live with their implementations
 from carvelab.trials.tasks import DEFAULT_TASK, task_class
 from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
 
@@ -362,8 +363,6 @@ def _validate_sampler(sampler: S.SamplerSpec, raw: S.SweepFile, where: str) -> N
 
 def _validate_pruner(data: Mapping, objectives: list, where: str):
     """The ``pruner`` mapping as an instance of its pruner's own spec class (unknown keys raise)."""
-    from carvelab.trials import pruners  # the registry lives with the pruners it lists
-
     name = data.get("name", "none")
     if not isinstance(name, str) or name not in pruners.names():
         raise ConfigError(f"{where}: pruner.name={name!r} is not allowed; choose one of {pruners.names()}")

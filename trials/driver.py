@@ -326,9 +326,8 @@ class SweepDriver:
                 logger.info("finishing trial %d from its saved result", t.number)
                 run_id = t.user_attrs.get("mlflow_run_id")
                 self.live[t.number] = optuna.trial.Trial(self.study, t._trial_id)
-                if run_id:
-                    self.run_ids[t.number] = run_id
                 if run_id:  # steps streamed before the crash are not logged again
+                    self.run_ids[t.number] = run_id
                     self.logged[t.number] = self.tracker.logged_steps(run_id, payload.get("history", []))
                 self._record(t.number, payload)
                 continue
