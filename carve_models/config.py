@@ -20,6 +20,7 @@ from carvelab.kernels.options import (
     DECAYS,
     ERASE_AXES,
     ERASE_GATES,
+    PRECISIONS,
     WRITE_GATES,
     check_triton_chunk,
 )
@@ -82,6 +83,8 @@ class ModelConfig:
     init: str = "default"            # matched: every parameter seeded by (seed, its name)
     seed: int = 0
     backend: str = "auto"            # kernel backend, see carvelab.kernels.dispatch
+    precision: str = "auto"          # products of the Triton kernels (kernels.options): exact | fast;
+    #                                  auto = fast on the Triton backend, exact on torch / reference
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,6 +103,7 @@ class ModelConfig:
             ("decay", DECAYS), ("erase_axis", ERASE_AXES), ("erase_gate", ERASE_GATES),
             ("write_gate", WRITE_GATES), ("covariance", COVARIANCES),
             ("content_target", CONTENT_TARGETS), ("init", INITS), ("backend", BACKENDS),
+            ("precision", ("auto",) + PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name}={getattr(self, name)!r} is not allowed; choose one of {list(allowed)}")
@@ -113,6 +117,11 @@ class ModelConfig:
                 check_triton_chunk(self.chunk_size)
             except ValueError as exc:
                 raise ValueError(f"model.{exc} (model.backend='triton')") from None
+        if self.precision == "fast" and self.backend in ("torch", "reference"):
+            raise ValueError(
+                f"model.precision='fast' runs on the Triton kernels only; model.backend={self.backend!r} "
+                "computes in fp32: use precision 'exact' or 'auto', or backend 'triton' / 'auto'"
+            )
         for name, expand in (("expand_k", self.expand_k), ("expand_v", self.expand_v)):
             total = self.d_model * expand
             if total != int(total) or int(total) % self.n_heads:

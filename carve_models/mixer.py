@@ -9,7 +9,7 @@ x [B, T, d_model] -> y [B, T, d_model]:
     y    = W_o (RMSNorm(o) ⊙ silu(W_z x))                              (per head)
 
 The recurrence runs only through ``carvelab.kernels.dispatch.gated_delta`` with
-``backend=cfg.backend``. With the content gate on, the target gate goes to the kernel
+``backend=cfg.backend`` and ``precision=cfg.precision``. With the content gate on, the target gate goes to the kernel
 as its pre-activation together with ``ContentGate(U, V, target, A_log)``.
 
 A note on exactness: with ``init: matched`` the ``gdn2`` and ``carve`` presets differ
@@ -73,6 +73,7 @@ class GatedDeltaMixer(nn.Module):
         out = gated_delta(
             q, k, v, g, b, w, r, erase_axis=self.cfg.erase_axis, covariance=self.cfg.covariance,
             content=content, chunk_size=self.cfg.chunk_size, backend=self.cfg.backend,
+            precision=self.cfg.precision,
         )
         return self._output(out.o, x)
 

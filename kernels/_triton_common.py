@@ -1,7 +1,7 @@
 """Helpers shared by the Triton kernels (recurrent, chunked, covariance) and their launchers.
 
-Nothing here imports another module of ours, so every kernel module can use it and calls
-keep one direction: dispatch -> triton_ops (entry points, autograd Functions) ->
+Nothing here imports another module of ours but ``options`` (which imports nothing), so
+every kernel module can use it and calls keep one direction: dispatch -> triton_ops (entry points, autograd Functions) ->
 triton_chunk / triton_recurrent / triton_covariance (launchers and kernels) -> this module.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from carvelab.kernels.options import PRECISIONS
 
 
 def triton_interpreted() -> bool:
@@ -31,9 +33,47 @@ def key_block(K: int) -> int:
 
 
 def dot_precision(*tensors: torch.Tensor) -> str:
-    """``tl.dot`` precision: exact fp32 for fp32 inputs; for bf16 inputs 3xTF32 on tensor
-    cores (plain TF32 loses about 5e-3 relative through the WY inverse)."""
+    """``tl.dot`` precision of ``exact``: exact fp32 for fp32 inputs; for bf16 inputs 3xTF32
+    on tensor cores (plain TF32 loses about 5e-3 relative through the WY inverse)."""
     return "ieee" if all(t.dtype == torch.float32 for t in tensors) else "tf32x3"
+
+
+def dot_precisions(precision: str, *tensors: torch.Tensor) -> tuple[str, str]:
+    """(products, WY solve) ``PREC`` of the chunked kernels for ``precision`` (options.PRECISIONS).
+
+    ``exact``: ``dot_precision`` for both. ``fast``: bf16 operands with fp32 accumulation
+    for every product except the in-chunk solve of the WY inverse, which multiplies in
+    one-pass TF32 (as fla does). Under the interpreter bf16 operands are rounded exactly
+    (``round_bf16``) and multiplied in fp32, and the solve runs in fp32 (no TF32 on a CPU)."""
+    if precision == "exact":
+        prec = dot_precision(*tensors)
+        return prec, prec
+    if precision == "fast":
+        return ("bf16_host" if triton_interpreted() else "bf16"), ("ieee" if triton_interpreted() else "tf32")
+    raise ValueError(f"precision={precision!r} is not allowed; choose one of {list(PRECISIONS)}")
+
+
+@triton.jit
+def round_bf16(x):
+    """x (fp32) rounded to the nearest bf16 (ties to even), kept in fp32: bit for bit what
+    a bf16 conversion gives, also under the interpreter (whose own conversion truncates)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def mm(a, b, PREC: tl.constexpr):
+    """a @ b accumulated in fp32. PREC: ``bf16`` rounds both operands to bf16 (tensor cores),
+    ``bf16_host`` does the same under the interpreter (whose bf16 dot is unusable): operands
+    rounded by ``round_bf16``, products exact in fp32; any other value is ``tl.dot``'s
+    input_precision (ieee, tf32, tf32x3)."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == "bf16_host":
+        return tl.dot(round_bf16(a), round_bf16(b), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit

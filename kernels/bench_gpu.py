@@ -104,10 +104,11 @@ def qkv_grads(o: torch.Tensor, x: dict, do: torch.Tensor):
 
 # The points timed for each shape (keys of ``points``), and those fla has a kernel for.
 POINTS = ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2+content_gate_eager", "gdn2_value_axis_recurrent",
-          "gdn2_key_axis_recurrent")
-# Ours-only points reported as a multiple of our GDN-2 chunked kernel.
-RELATIVE_POINTS = POINTS[3:]
-FLA_POINTS = ("gdn2", "kda", "gdn")
+          "gdn2_key_axis_recurrent", "gdn2[fast]", "kda[fast]", "gdn[fast]", "gdn2+content_gate[fast]")
+# Ours-only points reported as a multiple of our GDN-2 chunked kernel (exact, or [fast] for [fast]).
+RELATIVE_POINTS = ("gdn2+content_gate", "gdn2+content_gate_eager", "gdn2_value_axis_recurrent",
+                   "gdn2_key_axis_recurrent", "gdn2+content_gate[fast]")
+FLA_POINTS = ("gdn2", "kda", "gdn", "gdn2[fast]", "kda[fast]", "gdn[fast]")
 
 
 def points(x):
@@ -141,6 +142,14 @@ def points(x):
         "gdn2+content_gate_eager": (lambda: eager(lambda: chunk(q, k, v, g, logits, w, content=content).o), None),
         "gdn2_value_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w, erase_axis="value").o, None),
         "gdn2_key_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w).o, None),
+        # precision="fast": bf16 tensor-core products, TF32 solve (kernels/options.py)
+        "gdn2[fast]": (lambda: chunk(q, k, v, g, b, w, precision="fast").o,
+                       None if fla is None else lambda: fla["gdn2"](q, k, v, g, b.to(q.dtype), w.to(q.dtype))[0]),
+        "kda[fast]": (lambda: chunk(q, k, v, g, beta, beta, precision="fast").o,
+                      None if fla is None else lambda: fla["kda"](q, k, v, g, beta.to(q.dtype))[0]),
+        "gdn[fast]": (lambda: chunk(q, k, v, gh, beta, beta, precision="fast").o,
+                      None if fla is None else lambda: fla["gdn"](q, k, v, gh, beta.to(q.dtype))[0]),
+        "gdn2+content_gate[fast]": (lambda: chunk(q, k, v, g, logits, w, content=content, precision="fast").o, None),
     }
 
 
@@ -221,19 +230,19 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
         for who in ("ours", "fla"):
             if who in row:
                 row[who].pop("_o", None)
-        if name in ("gdn2", "kda", "gdn") and "fwd_bwd_ms" in row.get("ours", {}):
-            floor_ms = hbm_floor_bytes(x, name, True) / (bandwidth * 1e9) * 1e3
+        if name in FLA_POINTS and "fwd_bwd_ms" in row.get("ours", {}):
+            floor_ms = hbm_floor_bytes(x, name.removesuffix("[fast]"), True) / (bandwidth * 1e9) * 1e3
             row["hbm_floor_fwd_bwd_ms"] = floor_ms
             row["ours_x_floor"] = row["ours"]["fwd_bwd_ms"] / floor_ms
         out["points"][name] = row
         print(f"[{shape}] {name}: {json.dumps(row, default=str)}", flush=True)
     p = out["points"]
-    base = p.get("gdn2", {}).get("ours", {}).get("fwd_bwd_ms")
-    if base:
-        for name in RELATIVE_POINTS:
-            t = p.get(name, {}).get("ours", {}).get("fwd_bwd_ms")
-            if t:
-                p[name]["fwd_bwd_ratio_vs_gdn2_chunk"] = t / base
+    for name in RELATIVE_POINTS:
+        base = p.get("gdn2[fast]" if name.endswith("[fast]") else "gdn2", {}).get("ours", {})
+        t = p.get(name, {}).get("ours", {})
+        if base.get("fwd_bwd_ms") and t.get("fwd_bwd_ms"):
+            p[name]["fwd_bwd_ratio_vs_gdn2_chunk"] = t["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+            p[name]["peak_extra_mb_ratio_vs_gdn2_chunk"] = t["peak_extra_mb"] / base["peak_extra_mb"]
     return out
 
 

@@ -9,14 +9,15 @@ Backends:
     auto       triton on CUDA tensors, torch on CPU tensors
 
 ``resolve_backend`` tells which implementation a call will actually use, so a trial can
-record it; no backend ever falls back to another silently.
+record it; no backend ever falls back to another silently. ``resolve_precision`` does the
+same for ``precision="auto"`` (fast on the Triton kernels, exact elsewhere).
 """
 from __future__ import annotations
 
 import torch
 
 from carvelab.kernels._args import RecurrenceOutput
-from carvelab.kernels.options import check_triton_chunk
+from carvelab.kernels.options import check_precision, check_triton_chunk
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
@@ -49,16 +50,30 @@ def resolve_backend(backend: str, device: torch.device, erase_axis: str, chunk_s
     return "triton_chunk" if erase_axis == "key" else "triton_recurrent"
 
 
+def resolve_precision(precision: str, implementation: str) -> str:
+    """``auto`` -> ``fast`` on a Triton implementation, ``exact`` elsewhere; an explicit value
+    is returned as given once ``implementation`` can run it (options.check_precision)."""
+    if precision == "auto":
+        return "fast" if implementation.startswith("triton") else "exact"
+    check_precision(precision, implementation)
+    return precision
+
+
 def gated_delta(
     q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None, backend="auto",
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None, backend="auto", precision="exact",
 ) -> RecurrenceOutput:
-    """Run the unified recurrence with the chosen backend; arguments as in the reference."""
+    """Run the unified recurrence with the chosen backend; arguments as in the reference.
+    ``precision``: one of options.PRECISIONS (``fast`` runs on the Triton backend only) or
+    ``auto`` (``resolve_precision``)."""
     impl = resolve_backend(backend, q.device, erase_axis, chunk_size)
+    precision = resolve_precision(precision, impl)
     kwargs = dict(
         erase_axis=erase_axis, covariance=covariance, content=content, chunk_size=chunk_size,
         initial_state=initial_state, initial_cov=initial_cov, scale=scale,
     )
+    if impl.startswith("triton"):
+        kwargs["precision"] = precision
     if impl == "reference":
         from carvelab.kernels.reference import gated_delta_reference as fn
     elif impl == "torch_chunk":

@@ -8,6 +8,14 @@ gate, the content chunk too). The torch chunked path runs every value of CHUNK_S
 asked; the Triton kernels have WY chunks of TRITON_CHUNK_SIZES tokens only, so a model
 whose chunk is larger is refused on the Triton backend (its speed and its analytic cost
 would describe different chunks) rather than run on smaller chunks.
+
+Precision. ``exact``: the chunked Triton kernels multiply fp32 inputs in fp32 (``ieee``)
+and bf16 inputs in 3xTF32, so bf16 and fp32 runs meet fp32-level error budgets.
+``fast``: bf16 tensor-core operands with fp32 accumulation in every product, one-pass
+TF32 in the WY inverse's in-chunk solve; state, gates and accumulators stay fp32 (what
+flash-linear-attention's chunked kernels do). The recurrent and covariance kernels have
+no tensor-core products and compute in fp32 under either value; the torch and reference
+backends run ``exact`` only and refuse ``fast``.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ COVARIANCES = ("reset", "propagate")        # delta rule, or Bayesian covariance
 CONTENT_TARGETS = ("erase", "decay")        # the gate CARVE's content gate corrects
 CHUNK_SIZES = (16, 32, 64, 128)             # model chunk sizes (WY chunk; content chunk with the gate)
 TRITON_CHUNK_SIZES = (16, 32, 64)           # WY chunks the Triton kernels run
+PRECISIONS = ("exact", "fast")              # products of the chunked Triton kernels (below)
 
 
 def check_triton_chunk(chunk_size: int) -> None:
@@ -28,4 +37,15 @@ def check_triton_chunk(chunk_size: int) -> None:
             f"chunk_size={chunk_size} is not allowed on the Triton backend: its WY chunks are "
             f"{list(TRITON_CHUNK_SIZES)} tokens; choose one of those, or backend='torch' "
             f"(which runs {list(CHUNK_SIZES)})"
+        )
+
+
+def check_precision(precision: str, implementation: str) -> None:
+    """Raise ValueError unless ``implementation`` (dispatch.IMPLEMENTATIONS) runs ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not allowed; choose one of {list(PRECISIONS)}")
+    if precision == "fast" and not implementation.startswith("triton"):
+        raise ValueError(
+            f"precision='fast' runs on the Triton backend only; the {implementation!r} implementation "
+            "computes in fp32 (precision='exact')"
         )

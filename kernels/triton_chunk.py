@@ -22,14 +22,15 @@ Backward per chunk, given dO and dS_C (= dL/dS at the chunk end)::
     dq_t = e^{G_t} ⊙ dQ̃_t + Σ_{s<=t} dQ[t,s] e^{G_t−G_s} ⊙ u_s
     da_t = e^{G_t} ⊙ dÃ_t + Σ_{s<t}  dM[t,s] e^{G_t−G_s} ⊙ u_s
     du_s = e^{G_C−G_s} ⊙ dÛ_s + Σ_{t>=s} dQ[t,s] e^{G_t−G_s} ⊙ q_t + Σ_{t>s} dM[t,s] e^{G_t−G_s} ⊙ a_t
-    dg: from dq, da, du by the scaling identity (``triton_recurrent.decay_grad``).
+    dg_t = Σ_{s>=t in the chunk} (q⊙dq + a⊙da − u⊙du)_s + rowsum(S_end ⊙ dS_end)   (scaling identity)
 
 Numerics: every exponent is a difference G_t − G_s <= 0 (g <= 0). Products over two
 16-token sub-chunks i > j factor through the first row r of sub-chunk i (or the last
 row of sub-chunk j), e^{G_t−r} · e^{r−G_s}, both factors <= 1, so they run on ``tl.dot``
 and never overflow even at g ≈ −20 per token; pairs inside one sub-chunk are formed
 elementwise, one column at a time. A is found by forward substitution on each [16, 16]
-diagonal block, merged block by block with ``tl.dot``. State and every product are fp32.
+diagonal block, merged block by block with ``tl.dot``. State and accumulators are fp32;
+products take fp32, 3xTF32 or bf16 operands by ``precision`` (``options``).
 
 Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (sequential
 over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
@@ -46,7 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels._triton_common import block_size, dot_precision, key_block, matrix_slice_ptr, matrix_tile_ptr
+from carvelab.kernels._triton_common import block_size, dot_precisions, key_block, matrix_slice_ptr, matrix_tile_ptr
+from carvelab.kernels._triton_common import mm as _mm
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 logger = logging.getLogger(__name__)
@@ -104,8 +106,8 @@ def _intra_fwd_kernel(
         up = tl.exp(_tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
         down = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
         down = tl.trans(down)
-        Mb = tl.dot(_tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, input_precision=PREC)
-        Qb = tl.dot(_tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, input_precision=PREC)
+        Mb = _mm(_tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, PREC)
+        Qb = _mm(_tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, PREC)
     elif i_i == i_j:
         a_i = _tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
         q_i = _tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
@@ -175,16 +177,16 @@ def _solve_fwd_kernel(
             tl.debug_barrier()  # blocks A_kj written above are visible to every thread
             acc = tl.zeros([BC, BC], dtype=tl.float32)
             for k in tl.static_range(j, i):
-                acc += tl.dot(_tile(M, i_b, t0 + i * BC, i_h, TP, H, BT, k * BC, BC, BC),
-                              _tile(A, i_b, t0 + k * BC, i_h, TP, H, BT, j * BC, BC, BC), input_precision=PREC)
-            _put(A, -tl.dot(Aii, acc, input_precision=PREC), i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
+                acc += _mm(_tile(M, i_b, t0 + i * BC, i_h, TP, H, BT, k * BC, BC, BC),
+                           _tile(A, i_b, t0 + k * BC, i_h, TP, H, BT, j * BC, BC, BC), PREC)
+            _put(A, -_mm(Aii, acc, PREC), i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
     tl.debug_barrier()
     Ai = _tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
-    _put(W, tl.dot(Ai, at, input_precision=PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    _put(W, _mm(Ai, at, PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
     for i_v in range(NV):
         xt = _tile(x, i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
-        _put(XA, tl.dot(Ai, xt, input_precision=PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
+        _put(XA, _mm(Ai, xt, PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
 
 
 # The sequential kernels run one program per (value tile, batch·head): the value tile is
@@ -210,11 +212,11 @@ def _state_fwd_kernel(
         p_h, m_h = matrix_tile_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
         tl.store(p_h, S, mask=m_h)
         wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        dl = _tile(XA, i_b, t0, i_h, TP, H, V, c0, BT, BV) - tl.dot(wt, S, input_precision=PREC)
+        dl = _tile(XA, i_b, t0, i_h, TP, H, V, c0, BT, BV) - _mm(wt, S, PREC)
         _put(dlt, dl, i_b, t0, i_h, TP, H, V, c0, BT, BV)
         g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
         uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
-        S = S * tl.exp(g_last)[:, None] + tl.dot(tl.trans(uh), dl, input_precision=PREC)
+        S = S * tl.exp(g_last)[:, None] + _mm(tl.trans(uh), dl, PREC)
     p_o, m_o = matrix_tile_ptr(s_out, i_bh, K, V, c0, BK, BV)
     tl.store(p_o, S, mask=m_o)
 
@@ -235,7 +237,7 @@ def _output_fwd_kernel(
     S0 = tl.load(p_h, mask=m_h, other=0.0)
     Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     dl = _tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-    out = tl.dot(qt, S0, input_precision=PREC) + tl.dot(Qt, dl, input_precision=PREC)
+    out = _mm(qt, S0, PREC) + _mm(Qt, dl, PREC)
     _put(o, scale * out, i_b, t0, i_h, TP, H, V, c0, BT, BV)
 
 
@@ -268,11 +270,11 @@ def _state_bwd_kernel(
         dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
         Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
         qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(Gt)
-        local = scale * tl.dot(tl.trans(qt), dot_, input_precision=PREC)
-        dD = scale * tl.dot(tl.trans(Qt), dot_, input_precision=PREC) + tl.dot(uh, dS, input_precision=PREC)
+        local = scale * _mm(tl.trans(qt), dot_, PREC)
+        dD = scale * _mm(tl.trans(Qt), dot_, PREC) + _mm(uh, dS, PREC)
         _put(dx, dD, i_b, t0, i_h, TP, H, V, c0, BT, BV)
         wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        dS = dS * tl.exp(g_last)[:, None] + local - tl.dot(tl.trans(wt), dD, input_precision=PREC)
+        dS = dS * tl.exp(g_last)[:, None] + local - _mm(tl.trans(wt), dD, PREC)
     p_0, m_0 = matrix_tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
     tl.store(p_0, dS, mask=m_0)
 
@@ -295,11 +297,11 @@ def _pairs_bwd_kernel(
     dMt = tl.zeros([BT, BT], dtype=tl.float32)
     for i_v in range(NV):
         c0 = i_v * BV
-        dR = tl.dot(At, _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), input_precision=PREC)
+        dR = _mm(At, _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), PREC)
         _put(dx, dR, i_b, t0, i_h, TP, H, V, c0, BT, BV)
         dlT = tl.trans(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV))
-        dQ += tl.dot(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, input_precision=PREC)
-        dMt -= tl.dot(dR, dlT, input_precision=PREC)
+        dQ += _mm(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, PREC)
+        dMt -= _mm(dR, dlT, PREC)
     rr = tl.arange(0, BT)
     _put(dQm, tl.where(rr[:, None] >= rr[None, :], scale * dQ, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     _put(dM, tl.where(rr[:, None] > rr[None, :], dMt, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
@@ -328,9 +330,9 @@ def _state_terms_bwd_kernel(
         p_d, _ = matrix_slice_ptr(dh, i_mat, K, V, k0, c0, BKS, BV)
         S0t = tl.trans(tl.load(p_h, mask=m, other=0.0))
         dSt = tl.trans(tl.load(p_d, mask=m, other=0.0))
-        dqt += tl.dot(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, input_precision=PREC)
-        dat -= tl.dot(_tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, input_precision=PREC)
-        dut += tl.dot(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV), dSt, input_precision=PREC)
+        dqt += _mm(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, PREC)
+        dat -= _mm(_tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, PREC)
+        dut += _mm(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV), dSt, PREC)
     Gt = _tile(G, i_b, t0, i_h, TP, H, K, k0, BT, BKS)
     g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, k0, BKS)
     _put(dq0, scale * dqt * tl.exp(Gt), i_b, t0, i_h, TP, H, K, k0, BT, BKS)
@@ -351,8 +353,8 @@ def _pairs_as_rows(
     for i_j in range(0, i_i):
         t_j = c_t0 + i_j * BC
         uj = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
-        acc_q += tl.dot(_tile(dQm, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, input_precision=PREC)
-        acc_a += tl.dot(_tile(dM, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, input_precision=PREC)
+        acc_q += _mm(_tile(dQm, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, PREC)
+        acc_a += _mm(_tile(dM, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, PREC)
     up = tl.exp(G_i - ref[None, :])
     dq += up * acc_q
     da += up * acc_a
@@ -387,8 +389,8 @@ def _pairs_as_cols(
         f = tl.exp(_tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
         dQb = tl.trans(_tile(dQm, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
         dMb = tl.trans(_tile(dM, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
-        acc += tl.dot(dQb, _tile(q, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, input_precision=PREC)
-        acc += tl.dot(dMb, _tile(a, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, input_precision=PREC)
+        acc += _mm(dQb, _tile(q, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, PREC)
+        acc += _mm(dMb, _tile(a, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, PREC)
     du += tl.exp(ref[None, :] - G_i) * acc
     rr = tl.arange(0, BC)
     ok = tl.arange(0, BK)
@@ -431,6 +433,36 @@ def _intra_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
+@triton.jit
+def _decay_grad_kernel(
+    q, dq, a, da, u, du, h, dh, s_out, dg, TP, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr,
+):
+    """dg of one (key slice, chunk, batch·head): the suffix sum inside the chunk of
+    q⊙dq + a⊙da − u⊙du, plus rowsum(S_end ⊙ dS_end) of the chunk's end state.
+
+    The scaling identity holds for any span whose end state and its gradient are known, so
+    each chunk closes its own sum with its end state (h of the next chunk, S_T for the last)
+    and dS_end (dh): no sum runs across chunks, and the rounding of the products (bf16
+    with precision="fast") accumulates over one chunk only, not over the whole sequence."""
+    i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    ck = i_k * BKS + tl.arange(0, BKS)
+    i_next = tl.minimum(i_c + 1, NT - 1)  # the last chunk ends in S_T, not in an h
+    carry = tl.zeros([BKS], dtype=tl.float32)
+    for c0 in range(0, V, BV):
+        p_n, m = matrix_slice_ptr(h, (i_b * NT + i_next) * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
+        p_t, _ = matrix_slice_ptr(s_out, i_bh, K, V, i_k * BKS, c0, BKS, BV)
+        p_d, _ = matrix_slice_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
+        s_end = tl.where(i_c < NT - 1, tl.load(p_n, mask=m, other=0.0), tl.load(p_t, mask=m, other=0.0))
+        carry += tl.sum(s_end * tl.load(p_d, mask=m, other=0.0), 1)
+    t0 = i_c * BT
+    acc = _tile(q, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(dq, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
+    acc += _tile(a, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(da, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
+    acc -= _tile(u, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(du, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
+    _put(dg, tl.cumsum(acc, 0, reverse=True) + carry[None, :], i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
+
+
 def _pad_time(x: torch.Tensor, TP: int) -> torch.Tensor:
     """Zero-pad [B, T, H, D] to TP tokens: zero inputs and zero log-decay are identity steps."""
     T = x.shape[1]
@@ -472,8 +504,9 @@ def _dims(q, x, BT):
     return B, T, H, K, V, NT, NT * BT, key_block(K), BV, triton.cdiv(V, BV)
 
 
-def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
-    """q, a, u, g [B, T, H, dk]; x [B, T, H, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}.
+def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int, precision: str = "exact"):
+    """q, a, u, g [B, T, H, dk]; x [B, T, H, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64};
+    precision one of options.PRECISIONS (``_triton_common.dot_precisions``).
 
     Returns o [B, T, H, dv] fp32, S_T [B, H, dk, dv] fp32 and the tensors the backward
     needs: (G, A, Q, h, Δ, W), padded to a multiple of BT tokens."""
@@ -482,14 +515,15 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, x, BT)
     q, a, u, x = (_pad_time(t, TP) for t in (q, a, u, x))
     G = _chunk_cumsum(_pad_time(g, TP), BT)
-    prec, NC = dot_precision(q, a, u, x), BT // BC
+    (prec, solve_prec), NC = dot_precisions(precision, q, a, u, x), BT // BC
     M, XA = _empty_f32(q.device, (B, TP, H, BT), (B, TP, H, V))  # freed on return
     Qm, A, h, dlt, W = _empty_f32(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V), (B, TP, H, V),
                                   (B, TP, H, K))  # saved
     s_out = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     o = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
     _intra_fwd_kernel[(NT, NC * NC, B * H)](q, a, u, G, M, Qm, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec)
-    _solve_fwd_kernel[(NT, B * H)](a, x, G, M, A, W, XA, TP, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV, PREC=prec)
+    _solve_fwd_kernel[(NT, B * H)](a, x, G, M, A, W, XA, TP, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV,
+                                   PREC=solve_prec)
     _state_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec)
     _output_fwd_kernel[(NV, NT, B * H)](q, G, Qm, h, dlt, o, TP, NT, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
@@ -497,12 +531,13 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int):
     return o[:, :T], s_out, (G, A, Qm, h, dlt, W)
 
 
-def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
-    """Gradients (dq, da, du, dx, dS_0) of ``chunk_forward``; do and ds_out fp32."""
+def chunk_backward(q, a, u, saved, s_out, do, ds_out, scale: float, BT: int, precision: str = "exact"):
+    """Gradients (dq, da, du, dx, dg, dS_0) of ``chunk_forward``; s_out its S_T; do and ds_out
+    fp32. dg [B, T, H, dk] by the scaling identity, closed chunk by chunk (``_decay_grad_kernel``)."""
     G, A, Qm, h, dlt, W = saved
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, do, BT)
     q, a, u, do = (_pad_time(t, TP) for t in (q, a, u, do))
-    prec, NC = dot_precision(q, a, u), BT // BC
+    (prec, _), NC = dot_precisions(precision, q, a, u), BT // BC
     dh, dQm, dM, dq0, da0, du0 = _empty_f32(  # freed on return
         q.device, (B, NT, H, K, V), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3)
     # the returned gradients get their own allocations: one may become a leaf's .grad
@@ -522,5 +557,10 @@ def chunk_backward(q, a, u, saved, do, ds_out, scale: float, BT: int):
     _intra_bwd_kernel[(NT * NC, B * H)](
         q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec,
     )
+    dg = torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32)
+    BKS = min(32, BK)
+    _decay_grad_kernel[(triton.cdiv(K, BKS), NT, B * H)](
+        q, dq, a, da, u, du, h, dh, s_out, dg, TP, NT, H=H, K=K, V=V, BT=BT, BKS=BKS, BV=min(BV, 32),
+    )
     LAUNCHES["chunk_bwd"] += 1
-    return dq[:, :T], da[:, :T], du[:, :T], dx[:, :T], ds0
+    return dq[:, :T], da[:, :T], du[:, :T], dx[:, :T], dg[:, :T], ds0

@@ -54,7 +54,7 @@ from carvelab.kernels._args import (
     initial_cov_or_eye,
     initial_state_or_zeros,
 )
-from carvelab.kernels.options import TRITON_CHUNK_SIZES, check_triton_chunk
+from carvelab.kernels.options import TRITON_CHUNK_SIZES, check_precision, check_triton_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,11 @@ class KeyChunkFn(torch.autograd.Function):
     """(q, a, u, x, g, s0) -> (o fp32 [B,T,H,dv], S_T fp32); see ``triton_chunk``."""
 
     @staticmethod
-    def forward(ctx, q, a, u, x, g, s0, scale, block_t):
+    def forward(ctx, q, a, u, x, g, s0, scale, block_t, precision):
         q, a, u, x, g = map(_c, (q, a, u, x, g))
-        o, s_out, saved = _chunk.chunk_forward(q, a, u, x, g, s0.float().contiguous(), scale, block_t)
+        o, s_out, saved = _chunk.chunk_forward(q, a, u, x, g, s0.float().contiguous(), scale, block_t, precision)
         ctx.save_for_backward(q, a, u, s_out, *saved)
-        ctx.scale, ctx.block_t, ctx.dv = scale, block_t, x.shape[-1]
+        ctx.scale, ctx.block_t, ctx.dv, ctx.precision = scale, block_t, x.shape[-1], precision
         return o, s_out
 
     @staticmethod
@@ -116,9 +116,9 @@ class KeyChunkFn(torch.autograd.Function):
         B, T, H, _ = q.shape
         do = _zeros_if_none(do, q.new_empty(B, T, H, ctx.dv))
         ds_out = _zeros_if_none(ds_out, s_out)
-        dq, da, du, dx, ds0 = _chunk.chunk_backward(q, a, u, saved, do, ds_out, ctx.scale, ctx.block_t)
-        dg = _rec.decay_grad(q, dq, a, da, u, du, s_out, ds_out)
-        return dq, da, du, dx, dg, ds0, None, None
+        dq, da, du, dx, dg, ds0 = _chunk.chunk_backward(q, a, u, saved, s_out, do, ds_out, ctx.scale,
+                                                        ctx.block_t, ctx.precision)
+        return dq, da, du, dx, dg, ds0, None, None, None
 
 
 class CovarianceFn(torch.autograd.Function):
@@ -149,12 +149,12 @@ def chunk_block(chunk_size: int) -> int:
     return chunk_size if chunk_size in TRITON_CHUNK_SIZES else max(TRITON_CHUNK_SIZES)
 
 
-def _recurrence(c: Canonical, kernel, q, k, u, x, g, b, s0):
+def _recurrence(c: Canonical, kernel, precision, q, k, u, x, g, b, s0):
     """One recurrence call over [B, L, H, *] tensors (gates activated); returns (o, S_L)."""
     if c.erase_axis == "key":
         a = b * k
         if kernel == "chunk":
-            return KeyChunkFn.apply(q, a, u, x, g, s0, c.scale, chunk_block(c.chunk_size))
+            return KeyChunkFn.apply(q, a, u, x, g, s0, c.scale, chunk_block(c.chunk_size), precision)
         return RecurrentFn.apply(q, a, u, x, g, None, s0, c.scale, c.chunk_size)
     return RecurrentFn.apply(q, k, u, x, g, b, s0, c.scale, c.chunk_size)
 
@@ -166,9 +166,9 @@ def _write_dirs(c: Canonical, k, g, r, p0):
     return CovarianceFn.apply(k, g, r, p0, c.chunk_size)
 
 
-def _whole_sequence(c: Canonical, kernel, q, k):
+def _whole_sequence(c: Canonical, kernel, precision, q, k):
     u, p_out = _write_dirs(c, k, c.g, c.r, initial_cov_or_eye(c) if c.covariance == "propagate" else None)
-    o, s_out = _recurrence(c, kernel, q, k, u, c.w * c.v, c.g, c.b, initial_state_or_zeros(c))
+    o, s_out = _recurrence(c, kernel, precision, q, k, u, c.w * c.v, c.g, c.b, initial_state_or_zeros(c))
     return o, s_out, p_out
 
 
@@ -191,7 +191,7 @@ def _content_map(content) -> torch.Tensor:
     return torch.matmul(content.U.float(), content.V.float()).transpose(1, 2)
 
 
-def _content_chunks(c: Canonical, kernel, q, k):
+def _content_chunks(c: Canonical, kernel, precision, q, k):
     """Torch loop over content chunks; see the module docstring."""
     B, T, H, dk, dv = c.dims
     content, C = c.content, c.chunk_size
@@ -220,7 +220,7 @@ def _content_chunks(c: Canonical, kernel, q, k):
         if u is None:
             u, p_c = _write_dirs(c, ks[i], g, rs[i], p)
             p = p if p_c is None else p_c
-        o, s = _recurrence(c, kernel, qs[i], ks[i], u, xs[i], g, b, s)
+        o, s = _recurrence(c, kernel, precision, qs[i], ks[i], u, xs[i], g, b, s)
         outs.append(o)
         m = o.mean(1).transpose(0, 1)
     return torch.cat(outs, 1), s, p
@@ -228,18 +228,21 @@ def _content_chunks(c: Canonical, kernel, q, k):
 
 def triton_gated_delta(
     q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None, kernel="chunk",
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None, kernel="chunk", precision="exact",
 ) -> RecurrenceOutput:
     """The unified recurrence on Triton kernels; arguments and result as in the reference.
 
     kernel: "chunk" (chunked WY, key axis only) or "recurrent" (fused recurrent, either
     axis; also usable on key-axis points to cross-check the chunked kernels).
+    precision: one of options.PRECISIONS; it sets the chunked kernels' products (the
+    recurrent kernels compute in fp32 under either).
 
     With a content gate on CUDA tensors the whole call (the per-chunk loop, forward and
     backward) is captured once per shape and replayed as CUDA graphs (``cuda_graph``;
     ``CARVELAB_CUDA_GRAPHS=0`` runs it eagerly).
     """
-    options = dict(erase_axis=erase_axis, covariance=covariance, chunk_size=chunk_size, scale=scale, kernel=kernel)
+    options = dict(erase_axis=erase_axis, covariance=covariance, chunk_size=chunk_size, scale=scale, kernel=kernel,
+                   precision=precision)
     if content is None or not _graph.should_replay(q.device):
         return _triton_gated_delta(q, k, v, g, b, w, r, content=content, initial_state=initial_state,
                                    initial_cov=initial_cov, **options)
@@ -256,12 +259,13 @@ def triton_gated_delta(
 
 def _triton_gated_delta(
     q, k, v, g, b, w, r=None, *, erase_axis, covariance, content, chunk_size, initial_state, initial_cov,
-    scale, kernel,
+    scale, kernel, precision,
 ) -> RecurrenceOutput:
     """``triton_gated_delta`` run eagerly."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not allowed; choose one of {list(KERNELS)}")
     check_triton_chunk(chunk_size)
+    check_precision(precision, "triton_" + kernel)
     c = canonicalize(
         q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
         chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov, scale=scale,
@@ -277,13 +281,13 @@ def _triton_gated_delta(
         p = initial_cov_or_eye(c).clone() if c.covariance == "propagate" else None
         return RecurrenceOutput(v.new_zeros(B, 0, H, dv), initial_state_or_zeros(c).clone(), p)
     run = _whole_sequence if c.content is None else _content_chunks
-    o, s_out, p_out = run(c, kernel, c.q, c.k)
+    o, s_out, p_out = run(c, kernel, precision, c.q, c.k)
     return RecurrenceOutput(o.to(v.dtype), s_out, p_out)
 
 
 def triton_chunk_gated_delta(
     q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None, precision="exact",
 ):
     """The unified recurrence on the chunked WY kernels (erase_axis="key" only).
 
@@ -294,13 +298,13 @@ def triton_chunk_gated_delta(
     return triton_gated_delta(
         q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
         chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
-        scale=scale, kernel="chunk",
+        scale=scale, kernel="chunk", precision=precision,
     )
 
 
 def triton_recurrent_gated_delta(
     q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+    chunk_size=64, initial_state=None, initial_cov=None, scale=None, precision="exact",
 ):
     """The unified recurrence on the fused recurrent kernels, for either erase axis.
 
@@ -310,5 +314,5 @@ def triton_recurrent_gated_delta(
     return triton_gated_delta(
         q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
         chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
-        scale=scale, kernel="recurrent",
+        scale=scale, kernel="recurrent", precision=precision,
     )

@@ -35,6 +35,7 @@ class TrainConfig:
     checkpoint_every: int = 0      # 0 = no periodic checkpoint
     compile_steps: int = 2         # first steps excluded from the throughput figure
     max_seconds: Optional[float] = None  # wall-clock limit of training, after the first step (compilation)
+    cuda_graph: bool = True        # on a GPU, replay the whole step from a CUDA graph (trials/step_graph.py)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):
@@ -48,6 +49,8 @@ class TrainConfig:
         for name in ("lr", "grad_clip"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
                 raise ValueError(f"train.{name}={getattr(self, name)!r} must be a positive number")
+        if not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"train.cuda_graph={self.cuda_graph!r} must be true or false")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
         if self.weight_decay < 0:

@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_dir import LOCK_NAME, SweepDir, driver_lock, lock_owner
 from carvelab.trials.study import finite
-from carvelab.trials.tracking import MLFLOW_STATUS, _retry, flatten
+from carvelab.trials.tracking import MLFLOW_STATUS, _retry, flatten, result_tags
 
 logger = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ def _fill(sweep: _Sweep, run_id: str, trial, payload: Optional[dict]) -> int:
         trial.state.name, "failed")
     tags = {"state": state, "reason": trial.user_attrs.get("reason", "")}
     if payload:
-        tags.update(backend=payload.get("backend", ""), node=payload.get("node", ""))
+        tags.update(result_tags(payload))
     _retry(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     return len(items)
 

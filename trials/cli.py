@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with tqdm(total=config.train.steps, desc="train", unit="step", disable=args.quiet) as bar:
         result = run_trial(config, on_step=lambda step: bar.update(step - bar.n))
     rows = [("status", result.status), ("reason", result.reason or "-"), ("steps", str(result.steps)),
-            ("backend", result.backend)]
+            ("backend", result.backend), ("precision", result.precision), ("step", result.step_mode)]
     rows += [(k, _fmt(v)) for k, v in sorted(result.metrics.items())]
     print(format_table(rows))
     return 0 if result.status != "failed" else 1

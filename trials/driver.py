@@ -28,7 +28,7 @@ from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
 from carvelab.trials.callbacks import FrontPublisher
-from carvelab.trials.tracking import MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text
+from carvelab.trials.tracking import MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text, result_tags
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
@@ -278,8 +278,7 @@ class SweepDriver:
                 self.dir.failure_path(number).parent.mkdir(parents=True, exist_ok=True)
                 self.dir.failure_path(number).write_text(payload["traceback"])
                 self.tracker.log_text(run_id, payload["traceback"], "traceback.txt")
-            self.tracker.set_tags(run_id, {"state": status, "reason": reason or "",
-                                           "backend": payload.get("backend", ""), "node": payload.get("node", "")})
+            self.tracker.set_tags(run_id, {"state": status, "reason": reason or "", **result_tags(payload)})
             self.tracker.finish(run_id, MLFLOW_STATUS[status])
         trial = self.live.pop(number)
         values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]

@@ -18,14 +18,22 @@ def rss_high_water_mb() -> float:
 
 
 class Meter:
-    """Counts tokens and time over the steps after the first ``skip`` (compile/warm-up)."""
+    """Counts tokens and wall time over the steps after the first ``skip`` (compile/warm-up).
+
+    Time runs in windows: a window opens at the first counted step after a ``flush`` (the
+    device is synchronised once, so earlier work is not counted) and closes at the next
+    ``flush`` (evaluation, checkpoint, end), which synchronises again and adds the wall time
+    in between. Steps inside a window never wait for the device, so the host can queue the
+    next step while the GPU runs this one; per-step synchronisation made small trials wait
+    for each launch queue to drain."""
 
     def __init__(self, device: torch.device, skip: int):
         self.device = device
         self.skip = skip
         self.tokens = 0
         self.seconds = 0.0
-        self._t0 = 0.0
+        self._t0 = None
+        self._pending = 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -33,18 +41,28 @@ class Meter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def start(self) -> None:
-        self._sync()
-        self._t0 = time.perf_counter()
+    def start(self, step: int) -> None:
+        """Before training step ``step`` (0-based)."""
+        if self._t0 is None and step >= self.skip:
+            self._sync()
+            self._t0 = time.perf_counter()
 
     def stop(self, step: int, tokens: int) -> None:
-        self._sync()
+        """After training step ``step`` processed ``tokens`` tokens (no synchronisation)."""
         if step >= self.skip:
+            self._pending += tokens
+
+    def flush(self) -> None:
+        """Close the open window: wait for the device, then count its time and tokens."""
+        if self._t0 is not None:
+            self._sync()
             self.seconds += time.perf_counter() - self._t0
-            self.tokens += tokens
+            self.tokens += self._pending
+        self._t0, self._pending = None, 0
 
     @property
     def tokens_per_s(self) -> float:
+        """Over the closed windows (``flush`` first to include the open one)."""
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
     def peak_memory_mb(self) -> float:
@@ -53,6 +71,7 @@ class Meter:
         return rss_high_water_mb()
 
     def state(self) -> dict:
+        self.flush()
         return {"tokens": self.tokens, "seconds": self.seconds}
 
     def load_state(self, state: dict) -> None:

@@ -19,6 +19,13 @@ logger = logging.getLogger(__name__)
 
 # A trial's state -> its MLflow run's terminal status.
 MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+# Tags of a trial's run taken from its result payload: what ran, with which products, where.
+RESULT_TAGS = ("backend", "precision", "step_mode", "node")
+
+
+def result_tags(payload: dict) -> dict[str, str]:
+    """The RESULT_TAGS of a trial's result payload ("" where the payload has none)."""
+    return {key: str(payload.get(key, "")) for key in RESULT_TAGS}
 
 _CRED = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*)(:(?P<pw>[^@/\s]*))?@")
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](password|passwd|pwd|token|secret|api_key)=)[^&#\s]*", re.IGNORECASE)

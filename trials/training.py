@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,16 @@ from carvelab.search_space.trial_config import TrainConfig
 from carvelab.trials.tasks.base import IGNORE_INDEX as IGNORE
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms, biases, gate constants)."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: Optional[bool] = None,
+                   capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms, biases, gate constants).
+
+    ``fused`` (default: when every parameter is on a GPU): torch's fused AdamW, one kernel
+    per parameter group and step instead of a handful per parameter tensor; the same update.
+    ``capturable``: the step may be captured in a CUDA graph (step counts and the learning
+    rate live on the device; ``set_lr`` writes the rate in place)."""
+    if fused is None:
+        fused = all(p.is_cuda for p in model.parameters())
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
@@ -22,7 +31,35 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    if capturable:
+        device = next(model.parameters()).device
+        for group in groups:
+            group["lr"] = torch.tensor(float(cfg.lr), device=device)
+        return torch.optim.AdamW(groups, lr=torch.tensor(float(cfg.lr), device=device), betas=(0.9, 0.95),
+                                 fused=True, capturable=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate; in place where it is a device tensor (capturable)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                   targets: torch.Tensor, grad_clip: float, autocast) -> torch.Tensor:
+    """Loss, backward, clipping at ``grad_clip``, one optimiser step; returns the loss
+    (a 0-d device tensor). Waits for nothing, so it can also be captured in a CUDA graph."""
+    with autocast:
+        loss = compute_loss(model, inputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip, foreach=True)
+    optimizer.step()
+    return loss.detach()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -25,14 +25,19 @@ from typing import Callable, Optional
 import torch
 
 from carvelab.kernels.cuda_graph import replays_on
-from carvelab.kernels.dispatch import resolve_backend
+from carvelab.kernels.dispatch import resolve_backend, resolve_precision
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
 from carvelab.trials.measure import Meter
 from carvelab.trials.reporting import STOP, NullReporter, Reporter
-from carvelab.trials.training import compute_loss, evaluate, lr_at, make_optimizer
+from carvelab.trials.step_graph import GraphedStep
+from carvelab.trials.training import evaluate, lr_at, make_optimizer, optimizer_step, set_lr
 
 logger = logging.getLogger(__name__)
+
+# Between evaluations a GPU trial reads its loss back every this many steps (to end a
+# diverged trial early); the steps in between queue without waiting for the device.
+DIVERGENCE_CHECK_EVERY = 25
 
 COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
 
@@ -47,6 +52,8 @@ class TrialResult:
     metrics: dict[str, float]
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     backend: str = ""
+    precision: str = ""  # the recurrence's products as run (model.precision resolved; "none": no recurrence)
+    step_mode: str = ""  # how the training step ran: "cuda_graph" (trials/step_graph.py) or "eager"
     config: dict = field(default_factory=dict)
 
 
@@ -95,6 +102,51 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
     return impl
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; onto a GPU through pinned memory, without waiting for the copy."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class LossWatch:
+    """The training loss without a device synchronisation per step.
+
+    ``add(step, loss)`` keeps the loss tensor and, on the device, the first step whose loss
+    was not finite; ``check()`` reads both (one synchronisation) and returns that step, or
+    None. On the CPU every step is checked as it comes (reading costs nothing there)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.last: Optional[torch.Tensor] = None
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.last = loss
+        bad = ~torch.isfinite(loss)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
+
+    def check(self) -> Optional[int]:
+        first = int(self._first_bad)
+        return None if first < 0 else first
+
+    @property
+    def eager(self) -> bool:
+        return self.device.type != "cuda"
+
+    def value(self) -> float:
+        return float(self.last) if self.last is not None else float("nan")
+
+
+def kernel_precision(model_cfg, device: torch.device) -> str:
+    """``model.precision`` as the trial's recurrent layers run it (``dispatch.resolve_precision``):
+    ``auto`` becomes fast on the Triton kernels and exact on the torch path."""
+    if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
+        return "none"
+    impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size)
+    return resolve_precision(model_cfg.precision, impl)
+
+
 class _Run:
     """Mutable state of one training loop (kept apart so run_trial reads top to bottom)."""
 
@@ -111,7 +163,10 @@ class _Run:
         self.model, self.model_cfg = build_model(config, self.task.vocab_size, self.device)
         self.built_at = time.perf_counter()
         self.first_step_s = float("nan")  # model built -> first step done (kernel compile/autotune)
-        self.optimizer = make_optimizer(self.model, self.train)
+        graphed = self.device.type == "cuda" and self.train.cuda_graph
+        self.optimizer = make_optimizer(self.model, self.train, capturable=graphed)
+        self.graph_step = GraphedStep(self.model, self.optimizer, self.train.grad_clip,
+                                      self._autocast(cache=False)) if graphed else None
         self.meter = Meter(self.device, skip=self.train.compile_steps)
         self.history: list[tuple[int, dict]] = []
         self.step = 0
@@ -119,6 +174,7 @@ class _Run:
         self.digest = checkpoint.config_digest(self.config_dict)
         self.costs = static_costs(self.model_cfg, config.task.seq_len)
         self.backend = kernel_backend(self.model_cfg, self.device)
+        self.precision = kernel_precision(self.model_cfg, self.device)
         self.train_seconds_before = 0.0
 
     # ------------------------------------------------------------ checkpoints
@@ -130,6 +186,9 @@ class _Run:
             return TrialResult(**payload["result"])
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        for group in self.optimizer.param_groups:  # a capturable optimiser's rate lives on the device
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"] = group["lr"].to(self.device)
         self.step, self.history = payload["step"], payload["history"]
         self.meter.load_state(payload["meter"])
         self.train_seconds_before = payload["wall_s"]
@@ -147,27 +206,29 @@ class _Run:
         })
 
     # ------------------------------------------------------------ loop pieces
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step; returns the loss as a 0-d tensor on the device. Nothing here
+        waits for the device (no ``.item()``, pinned asynchronous copies of the batch)."""
         inputs, targets = self.task.train_batch(self.step, self.train.batch_size)
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.train)
-        self.meter.start()
-        with self._autocast():
-            loss = compute_loss(self.model, inputs, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
-        self.optimizer.step()
+        inputs, targets = (to_device(t, self.device) for t in (inputs, targets))
+        set_lr(self.optimizer, lr_at(self.step, self.train))
+        self.meter.start(self.step)
+        if self.graph_step is not None:
+            loss = self.graph_step(inputs, targets)
+        else:
+            loss = optimizer_step(self.model, self.optimizer, inputs, targets, self.train.grad_clip, self._autocast())
         self.meter.stop(self.step, inputs.numel())
-        return float(loss.detach())
+        return loss
 
-    def _autocast(self):
+    def _autocast(self, cache: bool = True):
+        """bf16 autocast on a GPU when train.dtype asks for it; ``cache=False`` for a captured
+        step (autocast's cache of cast weights must not outlive one step in a graph)."""
         if self.device.type == "cuda" and self.train.dtype == "bfloat16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
         return torch.autocast(self.device.type, enabled=False)
 
     def evaluate(self, train_loss: float, wall_s: float) -> dict[str, float]:
+        self.meter.flush()
         batches = self.task.val_batches(self.train.batch_size, self.train.eval_batches)
         metrics = evaluate(self.model, batches, self.device)
         metrics.update(self.costs)
@@ -182,7 +243,9 @@ class _Run:
 
     def result(self, status: str, reason: Optional[str], metrics: dict) -> TrialResult:
         return TrialResult(status=status, reason=reason, steps=self.step, metrics=metrics,
-                           history=list(self.history), backend=self.backend, config=self.config_dict)
+                           history=list(self.history), backend=self.backend, precision=self.precision,
+                           step_mode="cuda_graph" if self.graph_step is not None else "eager",
+                           config=self.config_dict)
 
 
 def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
@@ -202,26 +265,32 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
     metrics: dict[str, float] = dict(run.history[-1][1]) if run.history else {}
     train = run.train
     budget_from = None
+    watch = LossWatch(run.device)
     while run.step < train.steps:
-        loss = run.train_step()
+        watch.add(run.step + 1, run.train_step())
         run.step += 1
-        now = time.perf_counter()
         if budget_from is None:
             # This process's first step compiles/autotunes kernels (or loads them from the
             # node's cache). train.max_seconds excludes it, so how long a trial trains does
-            # not depend on whether another trial warmed the cache first.
-            run.first_step_s = now - run.built_at
-            budget_from = now - run.train_seconds_before
+            # not depend on whether another trial warmed the cache first. Waiting for it
+            # here is the one synchronisation of the first step.
+            watch.check()
+            run.first_step_s = time.perf_counter() - run.built_at
+            budget_from = time.perf_counter() - run.train_seconds_before
+        now = time.perf_counter()
         if on_step is not None:
             on_step(run.step)
         wall = now - start
-        if not math.isfinite(loss):
-            metrics = dict(metrics, train_loss=loss, wall_s=wall, step=float(run.step), **run.costs)
-            logger.warning("trial diverged at step %d (loss %s)", run.step, loss)
-            return run.result(FAILED, "diverged", metrics)
         out_of_time = train.max_seconds is not None and now - budget_from >= train.max_seconds
-        if run.step % train.eval_every == 0 or run.step == train.steps or out_of_time:
-            metrics = run.evaluate(loss, wall)
+        at_eval = run.step % train.eval_every == 0 or run.step == train.steps or out_of_time
+        bad_step = watch.check() if (at_eval or watch.eager or run.step % DIVERGENCE_CHECK_EVERY == 0) else None
+        if bad_step is not None:
+            run.step = bad_step
+            metrics = dict(metrics, train_loss=watch.value(), wall_s=wall, step=float(bad_step), **run.costs)
+            logger.warning("trial diverged at step %d (loss not finite)", bad_step)
+            return run.result(FAILED, "diverged", metrics)
+        if at_eval:
+            metrics = run.evaluate(watch.value(), wall)
             if run.reporter.report(run.step, metrics) == STOP:
                 return run.result(PRUNED, "pruned", metrics)
         if train.checkpoint_every and run.step % train.checkpoint_every == 0:

@@ -28,7 +28,7 @@ def test_killed_driver_resumes_without_duplicates_or_losses(tmp_path):
                       space={"erase_axis": ["key", "value"], "write_gate": ["scalar", "per_value"],
                              "chunk_size": [16, 32]})
     # Trials long enough (a second or more of training) that a kill lands inside one.
-    data["base"]["train"].update(steps=200, eval_every=50)
+    data["base"]["train"].update(steps=300, eval_every=50)
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(data))
     root = tmp_path / "sweeps"
@@ -41,8 +41,10 @@ def test_killed_driver_resumes_without_duplicates_or_losses(tmp_path):
 
     def interrupted():
         """Numbers of the trials RUNNING in the study that have no saved result."""
-        saved = {int(p.stem.removeprefix("trial-")) for p in results.glob("trial-*.json")}
+        # The study first, the results after: a result saved in between (its trial still
+        # RUNNING until the driver tells Optuna) then counts as saved, not as interrupted.
         trials = optuna.load_study(study_name="resume", storage=storage).trials
+        saved = {int(p.stem.removeprefix("trial-")) for p in results.glob("trial-*.json")}
         return {t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING} - saved
 
     def one_done_one_training():

@@ -66,7 +66,7 @@ def test_nan_loss_ends_the_trial_as_diverged(tmp_path, monkeypatch):
         loss = real(model, inputs, targets)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr("carvelab.trials.trial.compute_loss", poisoned)
+    monkeypatch.setattr("carvelab.trials.training.compute_loss", poisoned)
     result = run_trial(tiny(tmp_path))
     assert result.status == FAILED and result.reason == "diverged" and result.steps == 2
 

@@ -1,0 +1,35 @@
+"""The training-step benchmark's CPU-checkable parts: arguments, sizes, ratios.
+(The timings themselves need a GPU: ``python -m carvelab.trials.bench_step``.)"""
+import pytest
+
+from carvelab.trials import bench_step
+
+
+def test_sizes_are_the_issue_sizes_and_split_into_whole_heads():
+    s, m, lg = (bench_step.SIZES[k] for k in ("small", "medium", "large"))
+    assert (s.d_model, s.n_layers, s.seq_len, s.batch) == (128, 2, 128, 64)
+    assert (m.d_model, m.n_layers, m.seq_len, m.batch) == (512, 4, 512, 64)
+    assert (lg.d_model, lg.n_layers, lg.seq_len, lg.batch) == (1024, 8, 2048, 8)
+    for size in (s, m, lg):
+        cfg = bench_step.our_config("gdn2", size, 8192)
+        assert cfg.n_heads * cfg.head_dim_k == size.d_model and cfg.head_dim_k == size.head_dim
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--sizes", "tiny"], r"--sizes: \['tiny'\] not allowed"),
+    (["--models", "kda,mamba"], r"--models: \['mamba'\] not allowed"),
+    (["--variants", ""], r"--variants: \[\] not allowed"),
+])
+def test_bad_arguments_name_the_flag_and_the_choices(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        bench_step.parse_args(argv)
+    assert __import__("re").search(match, capsys.readouterr().err)
+
+
+def test_ratios_against_fla_and_our_before():
+    rows = {"ours:before": {"ms_per_step": 10.0}, "ours:after": {"ms_per_step": 4.0}, "fla": {"ms_per_step": 8.0},
+            "ours:fast": {"error": "boom"}}
+    bench_step._ratios(rows)
+    assert rows["ours:after"]["x_fla"] == 0.5 and rows["ours:after"]["x_before"] == 0.4
+    assert rows["ours:before"]["x_before"] == 1.0 and "x_fla" not in rows["fla"]
+    assert "x_fla" not in rows["ours:fast"]

@@ -1,0 +1,319 @@
+"""A training step of carvelab's model against flash-linear-attention's own models (GPU).
+
+    python -m carvelab.trials.bench_step --out step.json                 # every size and model
+    python -m carvelab.trials.bench_step --sizes small --models kda      # one row
+
+Same width, depth, heads, head dims, MLP width, vocabulary and batch shape on both sides;
+bf16 autocast, AdamW (fused on both), gradient clipping at 1.0, random tokens. fla's
+models are built as fla ships them (fused norms, SwiGLU and cross-entropy, its kernels
+autotuned): ``KDAForCausalLM``, ``GatedDeltaNetForCausalLM``, and for GDN-2, which fla has
+as a layer (``fla.layers.GatedDeltaNet2``) but not as a model, ``KDAForCausalLM`` with
+every layer's mixer replaced by that layer.
+
+Our step is timed in variants, all in the same process, so each change is measured
+against the one before it in one run:
+
+    before   precision exact (3xTF32 / fp32 products), AdamW per tensor, and the
+             synchronisations the trial loop used to make every step (timer, loss read)
+    fast     precision fast (bf16 tensor-core products, TF32 solve), otherwise as before
+    after    fast, fused AdamW, no per-step synchronisation
+    graph    after, with the whole step replayed from one CUDA graph (trials/step_graph.py):
+             the trial loop as it is now on a GPU
+
+Each row: the median ms/step over ``--steps`` steps after ``--warmup`` (CUDA events),
+tokens/s, MFU, GPU busy % and kernels per step (torch.profiler over ``--profile-steps``
+steps: kernel time summed over the wall time of those steps), peak memory. MFU counts
+3 × the forward FLOPs of our model config (``carve_models.costs.flops_per_token``: every
+linear map incl. the LM head, the short convolutions, the recurrence's chunked products)
+for both sides, against the GPU's dense bf16 peak (989 TFLOP/s on an H100/H200 SXM).
+flash-linear-attention is a benchmark-only dependency; without it only our rows run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Size:
+    d_model: int
+    n_layers: int
+    seq_len: int
+    batch: int
+    head_dim: int
+
+    @property
+    def n_heads(self) -> int:
+        return self.d_model // self.head_dim
+
+
+SIZES = {
+    "small": Size(128, 2, 128, 64, 64),
+    "medium": Size(512, 4, 512, 64, 64),
+    "large": Size(1024, 8, 2048, 8, 128),
+}
+MODELS = ("kda", "gdn", "gdn2")
+VARIANTS = ("before", "fast", "after", "graph")
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
+
+
+def our_config(model: str, size: Size, vocab: int):
+    from carvelab.carve_models.presets import preset_config
+
+    return preset_config(model, d_model=size.d_model, n_layers=size.n_layers, n_heads=size.n_heads,
+                         vocab_size=vocab, hybrid_ratio="1:0", tie_embeddings=False, chunk_size=64)
+
+
+def our_model(model: str, size: Size, vocab: int, precision: str):
+    import dataclasses
+
+    from carvelab.carve_models.lm import HybridLM
+
+    cfg = dataclasses.replace(our_config(model, size, vocab), backend="triton", precision=precision)
+    return HybridLM(cfg).cuda(), cfg
+
+
+def fla_model(model: str, size: Size, vocab: int, mlp_width: int):
+    """fla's own model of ``model`` at ``size`` (see the module docstring)."""
+    from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM, KDAConfig, KDAForCausalLM
+
+    common = dict(hidden_size=size.d_model, num_hidden_layers=size.n_layers, num_heads=size.n_heads,
+                  head_dim=size.head_dim, expand_v=1, vocab_size=vocab, intermediate_size=mlp_width,
+                  tie_word_embeddings=False, use_cache=False)
+    if model == "gdn":
+        return GatedDeltaNetForCausalLM(GatedDeltaNetConfig(**common)).cuda()
+    net = KDAForCausalLM(KDAConfig(**common))
+    if model == "gdn2":
+        from fla.layers import GatedDeltaNet2
+
+        for i, layer in enumerate(net.model.layers):
+            layer.attn = GatedDeltaNet2(hidden_size=size.d_model, expand_v=1, head_dim=size.head_dim,
+                                        num_heads=size.n_heads, layer_idx=i)
+    return net.cuda()
+
+
+def make_step(model, optimizer, loss_fn: Callable, x, y, sync_every_step: bool) -> Callable[[], None]:
+    """One training step as the trial loop runs it: bf16 autocast, clip at 1.0, AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        if sync_every_step:
+            torch.cuda.synchronize()  # the timer's start
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        optimizer.step()
+        if sync_every_step:
+            torch.cuda.synchronize()  # the timer's stop
+            float(loss.detach())      # the loss read for the divergence check
+    return step
+
+
+def _ours_loss(model, x, y):
+    from carvelab.trials.training import compute_loss
+
+    return compute_loss(model, x, y)
+
+
+def _fla_fused_loss(model, x, y):
+    return model(input_ids=x, labels=y).loss
+
+
+def time_step(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
+    """ms per step: CUDA events around each of ``steps`` steps, after ``warmup`` steps."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for start, end in events:
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in events]
+
+
+def profile_step(step: Callable[[], None], steps: int) -> dict:
+    """GPU busy % (kernel time / wall time) and kernels per step over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - t0) * 1e6
+    kernels, busy_us = 0, 0.0
+    for ev in prof.key_averages():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.self_device_time_total > 0:
+            kernels += ev.count
+            busy_us += ev.self_device_time_total
+    return {"gpu_busy_pct": 100.0 * busy_us / wall_us, "kernels_per_step": kernels / steps,
+            "kernel_ms_per_step": busy_us / steps / 1e3}
+
+
+def peak_flops() -> Optional[float]:
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def bench_row(size_name: str, model: str, who: str, args) -> dict:
+    """Build, warm up, time and profile one (size, model, side/variant)."""
+    from carvelab.carve_models import costs
+    from carvelab.trials.training import make_optimizer
+    from carvelab.search_space.trial_config import TrainConfig
+
+    size = SIZES[size_name]
+    cfg = our_config(model, size, args.vocab)
+    torch.manual_seed(0)
+    x = torch.randint(0, args.vocab, (size.batch, size.seq_len), device="cuda")
+    y = torch.randint(0, args.vocab, (size.batch, size.seq_len), device="cuda")
+    train = TrainConfig(lr=1e-3, weight_decay=0.1)
+    if who == "fla":
+        net = fla_model(model, size, args.vocab, cfg.mlp_width)
+        optimizer = make_optimizer(net, train, fused=True)
+        step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
+    elif who == "ours:graph":
+        from carvelab.trials.step_graph import GraphedStep
+
+        net, cfg = our_model(model, size, args.vocab, "fast")
+        optimizer = make_optimizer(net, train, capturable=True)
+        graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False))
+
+        def step():
+            graphed(x, y)
+    else:
+        net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
+        fused = who == "ours:after"
+        optimizer = make_optimizer(net, train, fused=fused)
+        step = make_step(net, optimizer, _ours_loss, x, y, sync_every_step=not fused)
+    torch.cuda.reset_peak_memory_stats()
+    ms = time_step(step, args.warmup, args.steps)
+    median = statistics.median(ms)
+    tokens = size.batch * size.seq_len
+    flops = 3 * costs.flops_per_token(cfg, size.seq_len) * tokens
+    peak = peak_flops()
+    row = {
+        "size": size_name, "model": model, "who": who, "ms_per_step": median,
+        "ms_p10": sorted(ms)[len(ms) // 10], "ms_p90": sorted(ms)[(9 * len(ms)) // 10],
+        "tokens_per_s": tokens / (median / 1e3), "step_flops": flops,
+        "mfu": None if peak is None else flops / (median / 1e3) / peak,
+        "params": sum(p.numel() for p in net.parameters()),
+        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+    }
+    row.update(profile_step(step, args.profile_steps))
+    del net, optimizer, step
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    return row
+
+
+def run(args) -> dict:
+    import triton
+
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "fla": _fla_version(), "size_defs": {k: asdict(v) for k, v in SIZES.items()},
+              "vocab": args.vocab, "rows": []}
+    sides = [f"ours:{v}" for v in args.variants] + (["fla"] if result["fla"] and args.fla else [])
+    for size_name in args.sizes:
+        for model in args.models:
+            rows = {}
+            for who in sides:
+                try:
+                    rows[who] = bench_row(size_name, model, who, args)
+                except Exception as exc:  # one failing row must not hide the others
+                    logger.exception("%s %s %s failed", size_name, model, who)
+                    rows[who] = {"size": size_name, "model": model, "who": who,
+                                 "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                    torch.cuda.empty_cache()
+                print(json.dumps(rows[who]), flush=True)
+            _ratios(rows)
+            result["rows"].extend(rows.values())
+    return result
+
+
+def _ratios(rows: dict) -> None:
+    """Each of our variants' step time as a multiple of fla's and of our ``before``."""
+    fla = rows.get("fla", {}).get("ms_per_step")
+    before = rows.get("ours:before", {}).get("ms_per_step")
+    for who, row in rows.items():
+        if who.startswith("ours") and "ms_per_step" in row:
+            if fla:
+                row["x_fla"] = row["ms_per_step"] / fla
+            if before:
+                row["x_before"] = row["ms_per_step"] / before
+
+
+def _fla_version() -> Optional[str]:
+    try:
+        import fla
+    except ImportError:
+        return None
+    return getattr(fla, "__version__", "unknown")
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['device']}  torch {result['torch']}  triton {result['triton']}  fla {result['fla']}")
+    print(f"{'size':7s} {'model':5s} {'who':12s} {'ms/step':>8s} {'x fla':>6s} {'x before':>8s} {'tok/s':>10s} "
+          f"{'MFU%':>6s} {'busy%':>6s} {'kern/step':>9s} {'mem MB':>8s}")
+    nan = float("nan")
+    for r in result["rows"]:
+        if "error" in r:
+            print(f"{r['size']:7s} {r['model']:5s} {r['who']:12s} ERROR {r['error']}")
+            continue
+        print(f"{r['size']:7s} {r['model']:5s} {r['who']:12s} {r['ms_per_step']:8.2f} {r.get('x_fla', nan):6.2f} "
+              f"{r.get('x_before', nan):8.2f} {r['tokens_per_s']:10.0f} {100 * (r['mfu'] or nan):6.2f} "
+              f"{r['gpu_busy_pct']:6.1f} {r['kernels_per_step']:9.0f} {r['peak_mem_mb']:8.0f}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m carvelab.trials.bench_step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="small,medium,large", help=f"comma-separated of {list(SIZES)}")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated of {list(MODELS)}")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"our step variants, of {list(VARIANTS)}")
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--fla", action=argparse.BooleanOptionalAction, default=True,
+                   help="time fla's models too (when flash-linear-attention is importable)")
+    p.add_argument("--out", help="write the raw JSON here")
+    args = p.parse_args(argv)
+    for name, allowed in (("sizes", SIZES), ("models", MODELS), ("variants", VARIANTS)):
+        values = [v for v in getattr(args, name).split(",") if v]
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            p.error(f"--{name}: {bad or values} not allowed; choose from {list(allowed)}")
+        setattr(args, name, values)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_step times GPU training steps; no CUDA device is available")
+    logging.basicConfig(level=logging.WARNING)
+    result = run(args)
+    print_table(result)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
