@@ -16,28 +16,8 @@ from statistics import mean, stdev
 import polars as pl
 
 from carvelab.dashboards.frame import SweepData, completed, trials_frame
+from carvelab.dashboards.uncertainty import t975
 from carvelab.search_space.sweep_loading import base_levels
-
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042]
-
-
-_Z975 = 1.959963984540054  # the standard normal's 0.975 quantile
-
-
-def t975(df: int) -> float:
-    if df < 1:
-        return math.nan
-    if df <= 30:
-        return _T975[df - 1]
-    # Cornish-Fisher expansion of the t quantile around the normal one, to the 1/df³ term:
-    # within 2e-5 of the exact quantile beyond df = 30 (the 1/df term alone was 3e-3 off at 31).
-    z = _Z975
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
-
 
 def paired_stats(diffs: list[float]) -> dict[str, float]:
     n = len(diffs)

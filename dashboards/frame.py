@@ -17,6 +17,7 @@ import optuna
 import polars as pl
 
 from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, reference_point
+from carvelab.dashboards.uncertainty import tied_with_front, with_intervals
 from carvelab.search_space.sweep_dir import SweepDir
 from carvelab.search_space.sweep_spec import SweepSpec
 
@@ -119,15 +120,20 @@ def with_ranks(df: pl.DataFrame, objectives: list[tuple[str, str]]) -> pl.DataFr
 
 
 def front_table(data: SweepData, df: Optional[pl.DataFrame] = None) -> pl.DataFrame:
-    """Completed trials (points averaged over seeds when the sweep has replicates) with ranks."""
+    """Completed trials (points averaged over seeds when the sweep has replicates, with
+    standard errors and 95% intervals) with ranks and ``tied_with_front`` (dashboards.uncertainty)."""
     df = trials_frame(data) if df is None else df
     objectives = data.objectives
     if len(data.spec.seeds) > 1:
         table = aggregate_seeds(df, objectives)
+        if len(table):
+            table = with_intervals(table, completed(df), objectives)
     else:
         table = completed(df)
-    return with_ranks(table, objectives).sort(["pareto_rank", objectives[0][0]],
-                                              descending=[False, objectives[0][1] == "maximize"])
+    table = with_ranks(table, objectives)
+    table = table.with_columns(pl.Series("tied_with_front", tied_with_front(table, objectives) if len(table) else [],
+                                         dtype=pl.Boolean))
+    return table.sort(["pareto_rank", objectives[0][0]], descending=[False, objectives[0][1] == "maximize"])
 
 
 def hypervolume_history(df: pl.DataFrame, objectives: list[tuple[str, str]],

@@ -18,23 +18,25 @@ import polars as pl
 from carvelab.dashboards import plots
 from carvelab.dashboards.ablation import ablation_markdown, ablation_table
 from carvelab.dashboards.frame import SweepData, front_table, hypervolume_history, trials_frame
+from carvelab.dashboards.uncertainty import interval_text
 
 logger = logging.getLogger(__name__)
 
 
 def tag_runs(data: SweepData, df: pl.DataFrame, table: pl.DataFrame) -> int:
     """Set pareto_rank / on_front on every child run; returns the number of runs on the front."""
-    rank_of: dict[str, int] = {}
+    rank_of: dict[str, tuple[int, bool]] = {}
     for row in table.iter_rows(named=True):
         for run_id in row.get("run_ids") or [row.get("run_id")]:
             if run_id:
-                rank_of[run_id] = row["pareto_rank"]
+                rank_of[run_id] = (row["pareto_rank"], bool(row.get("tied_with_front")))
     on_front = 0
     for run_id in df["run_id"].drop_nulls().to_list():
-        rank = rank_of.get(run_id)
+        rank, tied = rank_of.get(run_id, (None, False))
         front = rank == 0
         on_front += front
         data.client.set_tag(run_id, "on_front", "true" if front else "false")
+        data.client.set_tag(run_id, "tied_with_front", "true" if tied else "false")
         data.client.set_tag(run_id, "pareto_rank", "" if rank is None else str(rank))
     return on_front
 
@@ -46,13 +48,27 @@ def summary_markdown(data: SweepData, df: pl.DataFrame, table: pl.DataFrame, his
     if len(history):
         lines += [f"Hypervolume: {history['hypervolume'][-1]:.6g} after {history['trial_steps'][-1]} training steps.", ""]
     front = table.filter(pl.col("pareto_rank") == 0) if len(table) else table
-    lines += [f"## Pareto front ({len(front)} points)", "",
-              "| trial | " + " | ".join(f"{m} ({d[:3]})" for m, d in data.objectives) + " | point |",
-              "|---|" + "---|" * len(data.objectives) + "---|"]
-    for row in front.iter_rows(named=True):
-        num = row["numbers"] if "numbers" in row else row["number"]
-        lines.append(f"| {num} | " + " | ".join(f"{row[m]:.5g}" for m, _ in data.objectives) + f" | `{row['point']}` |")
-    lines += ["", "Filter the front in the MLflow UI with `tags.on_front = 'true'`.", ""]
+    tied = table.filter(pl.col("tied_with_front")) if len(table) else table
+    replicated = len(data.spec.seeds) > 1
+    lines += [f"## Pareto front ({len(front)} points)", ""]
+    if replicated:
+        lines += [f"Seed means ± the half-width of their 95% interval (Student t), n seeds per point. "
+                  f"{len(tied)} point(s) off the front are tied with it: their intervals overlap a front "
+                  "point's in every objective, so the data do not show the front point better.", ""]
+    else:
+        lines += ["**One seed per point: there is no uncertainty estimate.** Whether two points differ, "
+                  "including front and non-front points, is not known from this sweep; add seeds "
+                  "(`seeds: [0, 1, 2]`) to get intervals.", ""]
+    lines += ["| trial | n | " + " | ".join(f"{m} ({d[:3]})" for m, d in data.objectives) + " | point |",
+              "|---|---|" + "---|" * len(data.objectives) + "---|"]
+    for part in (front, tied):
+        for row in part.iter_rows(named=True):
+            num = row["numbers"] if "numbers" in row else row["number"]
+            mark = "" if row["pareto_rank"] == 0 else " (tied)"
+            lines.append(f"| {num}{mark} | {row.get('n', 1)} | "
+                         + " | ".join(interval_text(row, m) for m, _ in data.objectives) + f" | `{row['point']}` |")
+    lines += ["", "Filter the front in the MLflow UI with `tags.on_front = 'true'` "
+              "(and the ties with `tags.tied_with_front = 'true'`).", ""]
     return "\n".join(lines)
 
 

@@ -111,10 +111,22 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     df = trials_frame(data)
     table = front_table(data, df)
     shown = table.filter(pl.col("pareto_rank") <= args.rank) if len(table) else table
-    columns = ["pareto_rank"] + (["numbers", "n"] if "numbers" in shown.columns else ["number"])
-    columns += [m for m, _ in data.objectives] + ["point"]
-    with pl.Config(tbl_rows=200, tbl_cols=20, fmt_str_lengths=200, tbl_width_chars=240):
+    if len(table):  # the front, and the points tied with it (dashboards.uncertainty)
+        shown = table.filter((pl.col("pareto_rank") <= args.rank) | pl.col("tied_with_front"))
+    else:
+        shown = table
+    replicated = "numbers" in shown.columns
+    columns = ["pareto_rank", "tied_with_front"] + (["numbers", "n"] if replicated else ["number"])
+    for m, _ in data.objectives:
+        columns += [m] + ([f"{m}.lo", f"{m}.hi"] if replicated else [])
+    columns += ["point"]
+    with pl.Config(tbl_rows=200, tbl_cols=30, fmt_str_lengths=200, tbl_width_chars=300):
         print(shown.select(columns) if len(shown) else "no completed trials yet")
+    if replicated:
+        print("objective columns: seed means; .lo/.hi: their 95% interval (Student t over n seeds); "
+              "tied_with_front: intervals overlap a front point's in every objective")
+    else:
+        print("one seed per point: no uncertainty estimate (add seeds to the sweep for intervals)")
     info = publish(data, df)
     print(f"front: {info['front']} points ({info['front_runs']} runs tagged on_front=true); "
           f"hypervolume {info['hypervolume']:.6g}; "
