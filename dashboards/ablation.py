@@ -6,6 +6,7 @@ every pair of completed trials of the same seed whose points differ in exactly o
 parameter — going from the base config's level to another — contributes to that
 (axis, level). Per objective: mean ± std of the paired differences, n, a 95% confidence
 interval (Student t) and the effect in standard errors (mean / (std / sqrt n)).
+With ``tune:`` each side of a pair is its point at its own selected tune values.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from statistics import mean, stdev
 
 import polars as pl
 
-from carvelab.dashboards.frame import SweepData, completed, trials_frame
+from carvelab.dashboards.frame import SweepData, trials_frame
+from carvelab.dashboards.selection import select_tuned
 from carvelab.dashboards.uncertainty import t975
-from carvelab.search_space.sweep_loading import base_levels
+from carvelab.search_space.points import base_levels
 
 def paired_stats(diffs: list[float]) -> dict[str, float]:
     n = len(diffs)
@@ -56,7 +58,7 @@ def _pairs_one_factor(done: pl.DataFrame, base_levels: dict) -> dict[str, list[t
 def ablation_table(data: SweepData, df: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (change, objective) with the paired statistics."""
     df = trials_frame(data) if df is None else df
-    done = completed(df)
+    done = select_tuned(df, data.spec).trials  # with tune: each point at its selected tune values
     if not len(done):
         return pl.DataFrame()
     if data.spec.mode == "ablation":

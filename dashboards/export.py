@@ -2,7 +2,8 @@
 
 Each file holds the fully resolved trial config (``model``, ``task``, ``train``; the model
 with the vocabulary its task gave it in training) plus a ``provenance`` block (objective
-values, seeds, MLflow run ids, Optuna trial numbers, the carvelab version and git commit)
+values as reported (test split), seeds, the tune values selected on validation, MLflow run
+ids, Optuna trial numbers, the carvelab version and git commit)
 that the trial-config loader accepts and ignores.
 ``--format fla`` additionally writes the model part as a flash-linear-attention style
 model config for the points that library's stock models express (Gated DeltaNet, KDA),
@@ -23,7 +24,7 @@ import yaml
 
 from carvelab.carve_models.config import ModelConfig
 from carvelab.dashboards.frame import SweepData, front_table
-from carvelab.search_space.sweep_loading import point_config
+from carvelab.search_space.points import point_config
 
 logger = logging.getLogger(__name__)
 
@@ -57,21 +58,23 @@ def export(data: SweepData, out: str | Path, rank: Optional[int] = 0, top: Optio
         raise ValueError(f"format={fmt!r} is not allowed; choose 'carvelab' or 'fla'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    table = front_table(data)  # reads the trials first: data.objectives is then what is reported
     metric, direction = data.objectives[0]
-    chosen = select(front_table(data), rank, top, metric, direction)
+    chosen = select(table, rank, top, metric, direction)
     written, unsupported = [], []
     for i, row in enumerate(chosen.iter_rows(named=True)):
         point = json.loads(row["point"])
         seeds = row["seeds"] if "seeds" in row else [row["seed"]]
         numbers = row["numbers"] if "numbers" in row else [row["number"]]
         run_ids = row["run_ids"] if "run_ids" in row else [row["run_id"]]
-        config = dataclasses.asdict(point_config(data.spec, point, int(seeds[0])))
+        tune = json.loads(row.get("tune") or "{}")  # the point's selected tune values
+        config = dataclasses.asdict(point_config(data.spec, point, int(seeds[0]), tune))
         config["train"]["checkpoint_dir"] = None
         vocab = _trained_vocab(data, run_ids[0])
         if vocab is not None:  # the task sets the vocabulary; the config's value was replaced
             config["model"]["vocab_size"] = vocab
         config["provenance"] = {
-            "sweep": data.name, "pareto_rank": row["pareto_rank"], "point": point,
+            "sweep": data.name, "pareto_rank": row["pareto_rank"], "point": point, "tune": tune,
             "objectives": {m: row[m] for m, _ in data.objectives}, "seeds": list(seeds),
             "mlflow_run_ids": list(run_ids), "optuna_trial_numbers": list(numbers),
             "carvelab_version": version(), "git_commit": git_commit(),

@@ -1,8 +1,15 @@
 """A sweep's trials as a polars DataFrame: the Optuna study joined with the MLflow runs.
 
-One row per Optuna trial: ``number, state, reason, seed, label, steps, run_id, point``,
-one ``p.<name>`` column per swept parameter, one column per objective (the values told
-to Optuna), and ``m.<metric>`` for every final metric logged to the trial's MLflow run.
+One row per Optuna trial: ``number, state, reason, seed, label, steps, run_id, point,
+tune`` (the run's tune values as JSON, ``{}`` without ``tune:``), one ``p.<name>`` column
+per swept parameter, one column per objective (the values told to Optuna: validation),
+``m.<metric>`` for every final metric logged to the trial's MLflow run, and, for every
+validation objective ``val_X`` whose runs were evaluated on the test split, ``test_X``.
+
+What is reported (fronts, intervals, tables, exports) is measured on the test split:
+``SweepData.objectives`` names ``test_X`` for a validation objective ``val_X`` once every
+completed run has it (sweeps recorded before test splits existed keep ``val_X``). What is
+selected (tune values per point, ``dashboards.selection``) is chosen on validation.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import optuna
 import polars as pl
 
 from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, reference_point
+from carvelab.dashboards.selection import select_tuned
 from carvelab.dashboards.uncertainty import tied_with_front, with_intervals
 from carvelab.search_space.sweep_dir import SweepDir
 from carvelab.search_space.sweep_spec import SweepSpec
@@ -33,10 +41,17 @@ class SweepData:
     tracking_uri: str
     client: Any  # MlflowClient
     parent_run_id: Optional[str]
+    reported: Optional[list] = None  # set by trials_frame: the objectives as reported
+
+    @property
+    def told_objectives(self) -> list[tuple[str, str]]:
+        """The objectives as told to Optuna (measured on validation)."""
+        return [(o.metric, o.direction) for o in self.spec.objectives]
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
-        return [(o.metric, o.direction) for o in self.spec.objectives]
+        """The objectives as reported: ``test_X`` for ``val_X`` where the runs have it (see above)."""
+        return self.reported if self.reported is not None else self.told_objectives
 
 
 def open_sweep(name: str, root: str | Path = "carvelab_sweeps") -> SweepData:
@@ -81,17 +96,33 @@ def trials_frame(data: SweepData) -> pl.DataFrame:
             "seed": int(t.user_attrs.get("seed", 0)), "label": t.user_attrs.get("label", ""),
             "steps": int(t.user_attrs.get("steps", 0)), "run_id": run_id, "run_status": run["status"],
             "point": json.dumps(t.params, sort_keys=True, default=str),
+            "tune": json.dumps(dict(t.user_attrs.get("tune") or {}), sort_keys=True, default=str),
         }
         for p in params:
             row[f"p.{p}"] = None if p not in t.params else str(t.params[p])
-        for k, (metric, _) in enumerate(data.objectives):
+        for k, (metric, _) in enumerate(data.told_objectives):
             row[metric] = float(t.values[k]) if t.values is not None else None
         for m in metric_names:
             row[f"m.{m}"] = run["metrics"].get(m)
         rows.append(row)
-    schema_hint = {m: pl.Float64 for m, _ in data.objectives}
+    schema_hint = {m: pl.Float64 for m, _ in data.told_objectives}
     schema_hint.update({f"m.{m}": pl.Float64 for m in metric_names})
-    return pl.DataFrame(rows, schema_overrides=schema_hint, infer_schema_length=None) if rows else pl.DataFrame()
+    df = pl.DataFrame(rows, schema_overrides=schema_hint, infer_schema_length=None) if rows else pl.DataFrame()
+    data.reported = reported_objectives(data.told_objectives, df)
+    tests = [m for m, _ in data.reported if m.startswith("test_")]
+    return df.with_columns([pl.col(f"m.{m}").alias(m) for m in tests]) if tests else df
+
+
+def reported_objectives(told: list[tuple[str, str]], df: pl.DataFrame) -> list[tuple[str, str]]:
+    """``val_X`` -> ``test_X`` for every objective whose completed runs all have ``m.test_X``."""
+    done = completed(df)
+    out = []
+    for metric, direction in told:
+        test = "test_" + metric[4:] if metric.startswith("val_") else None
+        has = (test is not None and len(done) and f"m.{test}" in done.columns
+               and done[f"m.{test}"].null_count() == 0)
+        out.append((test, direction) if has else (metric, direction))
+    return out
 
 
 def completed(df: pl.DataFrame) -> pl.DataFrame:
@@ -104,7 +135,8 @@ def aggregate_seeds(df: pl.DataFrame, objectives: list[tuple[str, str]]) -> pl.D
     if not len(done):
         return done
     aggs = [pl.len().alias("n"), pl.col("seed").sort().alias("seeds"), pl.col("run_id").alias("run_ids"),
-            pl.col("number").alias("numbers"), pl.col("label").first().alias("label")]
+            pl.col("number").alias("numbers"), pl.col("label").first().alias("label"),
+            pl.col("tune").first().alias("tune")]
     for metric, _ in objectives:
         aggs += [pl.col(metric).mean().alias(metric), pl.col(metric).std().alias(f"{metric}.std")]
     return done.group_by("point", maintain_order=True).agg(aggs)
@@ -121,15 +153,17 @@ def with_ranks(df: pl.DataFrame, objectives: list[tuple[str, str]]) -> pl.DataFr
 
 def front_table(data: SweepData, df: Optional[pl.DataFrame] = None) -> pl.DataFrame:
     """Completed trials (points averaged over seeds when the sweep has replicates, with
-    standard errors and 95% intervals) with ranks and ``tied_with_front`` (dashboards.uncertainty)."""
+    standard errors and 95% intervals) with ranks and ``tied_with_front`` (dashboards.uncertainty).
+    With ``tune:``, each point's runs at its selected tune values (dashboards.selection)."""
     df = trials_frame(data) if df is None else df
     objectives = data.objectives
+    chosen = select_tuned(df, data.spec).trials
     if len(data.spec.seeds) > 1:
-        table = aggregate_seeds(df, objectives)
+        table = aggregate_seeds(chosen, objectives)
         if len(table):
-            table = with_intervals(table, completed(df), objectives)
+            table = with_intervals(table, chosen, objectives)
     else:
-        table = completed(df)
+        table = chosen
     table = with_ranks(table, objectives)
     table = table.with_columns(pl.Series("tied_with_front", tied_with_front(table, objectives) if len(table) else [],
                                          dtype=pl.Boolean))

@@ -72,7 +72,9 @@ def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float], d
     pts = _to_min(points, directions)
     ref = _to_min([reference], directions)[0]
     pts = [p for p in pts if all(x < r for x, r in zip(p, ref))]
-    return _hv(pts, ref)
+    # Only the non-dominated points, in one order: a dominated point added to a set then
+    # changes nothing, not even the rounding (hypervolume histories never decrease).
+    return _hv(sorted(_nondominated(pts)), ref)
 
 
 def _hv(pts: list[list[float]], ref: list[float]) -> float:
@@ -80,7 +82,7 @@ def _hv(pts: list[list[float]], ref: list[float]) -> float:
         return 0.0
     if len(ref) == 1:
         return ref[0] - min(p[0] for p in pts)
-    pts = sorted(pts, key=lambda p: p[0])
+    pts = sorted(pts)
     volume = 0.0
     for i, p in enumerate(pts):
         upper = pts[i + 1][0] if i + 1 < len(pts) else ref[0]

@@ -4,7 +4,9 @@ Child runs get ``pareto_rank`` and ``on_front`` (``true``/``false``), so the MLf
 search ``tags.on_front = 'true'`` lists exactly the front. The parent run gets, under
 ``pareto/``: ``pareto.html`` (interactive; points link to their runs), ``pareto.png``,
 ``hypervolume.png`` and ``hypervolume.csv``, ``trials.csv`` and ``trials.parquet``,
-``summary.md`` and, with replicates or in ablation mode, ``ablation.md``.
+``summary.md``, with replicates or in ablation mode ``ablation.md``, and with ``tune:``
+``tune.md`` (every point's tune combinations, their validation seed means, the kept one);
+each run of a tuned sweep is tagged ``tune_selected``.
 """
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ import polars as pl
 from carvelab.dashboards import plots
 from carvelab.dashboards.ablation import ablation_markdown, ablation_table
 from carvelab.dashboards.frame import SweepData, front_table, hypervolume_history, trials_frame
+from carvelab.dashboards.selection import select_tuned, tune_markdown, tune_text
 from carvelab.dashboards.uncertainty import interval_text
 
 logger = logging.getLogger(__name__)
 
 
 def tag_runs(data: SweepData, df: pl.DataFrame, table: pl.DataFrame) -> int:
-    """Set pareto_rank / on_front on every child run; returns the number of runs on the front."""
+    """Set pareto_rank / on_front (and, with tune, tune_selected) on every child run; returns the
+    number of runs on the front. A run of a tune value not selected for its point is never on it."""
     rank_of: dict[str, tuple[int, bool]] = {}
     for row in table.iter_rows(named=True):
         for run_id in row.get("run_ids") or [row.get("run_id")]:
@@ -38,6 +42,8 @@ def tag_runs(data: SweepData, df: pl.DataFrame, table: pl.DataFrame) -> int:
         data.client.set_tag(run_id, "on_front", "true" if front else "false")
         data.client.set_tag(run_id, "tied_with_front", "true" if tied else "false")
         data.client.set_tag(run_id, "pareto_rank", "" if rank is None else str(rank))
+        if data.spec.tune:
+            data.client.set_tag(run_id, "tune_selected", "true" if run_id in rank_of else "false")
     return on_front
 
 
@@ -51,6 +57,14 @@ def summary_markdown(data: SweepData, df: pl.DataFrame, table: pl.DataFrame, his
     tied = table.filter(pl.col("tied_with_front")) if len(table) else table
     replicated = len(data.spec.seeds) > 1
     lines += [f"## Pareto front ({len(front)} points)", ""]
+    told = [m for m, _ in data.told_objectives]
+    tested = [f"`{m}` (selected on `{t}`)" for (m, _), t in zip(data.objectives, told) if m != t]
+    if tested:
+        lines += ["Reported on the test split, evaluated once per run after training: " + ", ".join(tested)
+                  + ". Nothing that selected (sampler, pruner, tune values) saw it.", ""]
+    if data.spec.tune:
+        lines += ["Each point is shown at its tune values with the best validation seed mean "
+                  "(`tune.md` lists every combination).", ""]
     if replicated:
         lines += [f"Seed means ± the half-width of their 95% interval (Student t), n seeds per point. "
                   f"{len(tied)} point(s) off the front are tied with it: their intervals overlap a front "
@@ -59,14 +73,17 @@ def summary_markdown(data: SweepData, df: pl.DataFrame, table: pl.DataFrame, his
         lines += ["**One seed per point: there is no uncertainty estimate.** Whether two points differ, "
                   "including front and non-front points, is not known from this sweep; add seeds "
                   "(`seeds: [0, 1, 2]`) to get intervals.", ""]
-    lines += ["| trial | n | " + " | ".join(f"{m} ({d[:3]})" for m, d in data.objectives) + " | point |",
-              "|---|---|" + "---|" * len(data.objectives) + "---|"]
+    tuned = bool(data.spec.tune)
+    lines += ["| trial | n | " + " | ".join(f"{m} ({d[:3]})" for m, d in data.objectives) + " | point |"
+              + (" tune |" if tuned else ""),
+              "|---|---|" + "---|" * len(data.objectives) + "---|" + ("---|" if tuned else "")]
     for part in (front, tied):
         for row in part.iter_rows(named=True):
             num = row["numbers"] if "numbers" in row else row["number"]
             mark = "" if row["pareto_rank"] == 0 else " (tied)"
             lines.append(f"| {num}{mark} | {row.get('n', 1)} | "
-                         + " | ".join(interval_text(row, m) for m, _ in data.objectives) + f" | `{row['point']}` |")
+                         + " | ".join(interval_text(row, m) for m, _ in data.objectives) + f" | `{row['point']}` |"
+                         + (f" {tune_text(row.get('tune'))} |" if tuned else ""))
     lines += ["", "Filter the front in the MLflow UI with `tags.on_front = 'true'` "
               "(and the ties with `tags.tied_with_front = 'true'`).", ""]
     return "\n".join(lines)
@@ -93,6 +110,8 @@ def publish(data: SweepData, df: Optional[pl.DataFrame] = None) -> dict:
         (out / "summary.md").write_text(summary_markdown(data, df, table, history))
         if data.spec.mode == "ablation" or len(data.spec.seeds) > 1:
             (out / "ablation.md").write_text(ablation_markdown(ablation_table(data, df)))
+        if data.spec.tune:
+            (out / "tune.md").write_text(tune_markdown(select_tuned(df, data.spec)))
         for path in sorted(out.iterdir()):
             data.client.log_artifact(data.parent_run_id, str(path), "pareto")
     hv = float(history["hypervolume"][-1]) if len(history) else 0.0

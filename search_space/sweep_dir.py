@@ -26,7 +26,8 @@ from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 
 # Parts of a spec that define *what* is swept; budgets, resources and tracking may change on resume.
-_IDENTITY = ("name", "base", "mode", "params", "changes", "objectives", "seeds")
+_IDENTITY = ("name", "base", "mode", "params", "changes", "objectives", "seeds", "tune")
+_ABSENT = {"tune": []}  # what a snapshot written before the key existed means by its absence
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -68,7 +69,7 @@ class SweepDir:
         identity = {k: _plain(getattr(spec, k)) for k in _IDENTITY}
         if snapshot.exists():
             stored = yaml.safe_load(snapshot.read_text())
-            stored_identity = {k: stored.get(k) for k in _IDENTITY}
+            stored_identity = {k: stored.get(k, _ABSENT.get(k)) for k in _IDENTITY}
             if json.dumps(stored_identity, sort_keys=True, default=str) != json.dumps(identity, sort_keys=True, default=str):
                 changed = [k for k in _IDENTITY if json.dumps(stored_identity[k], sort_keys=True, default=str)
                            != json.dumps(identity[k], sort_keys=True, default=str)]
@@ -129,6 +130,7 @@ def spec_from_snapshot(data: dict) -> SweepSpec:
         budget=_typed(S.BudgetSpec, data.get("budget")), resources=_typed(S.ResourcesSpec, data.get("resources")),
         tracking=_typed(S.TrackingSpec, data.get("tracking")), storage=data.get("storage"),
         source=data.get("source", "<sweep>"), task_keys=data.get("task_keys") or {},
+        tune=[_typed(S.ParamSpec, p) for p in data.get("tune") or []],
     )
 
 

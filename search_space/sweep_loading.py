@@ -1,4 +1,4 @@
-"""Sweep files -> validated ``SweepSpec``; points of the space -> ``TrialConfig``.
+"""Sweep files -> validated ``SweepSpec`` (points of the space -> ``TrialConfig``: ``points``).
 
 Everything is checked before anything starts: unknown keys, bad values, unknown dotted
 paths, axis values a model cannot take, and axes that can have no effect. Errors are
@@ -7,7 +7,6 @@ paths, axis values a model cannot take, and axes that can have no effect. Errors
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import re
 from importlib import resources
@@ -16,7 +15,10 @@ from typing import Any, Mapping
 
 from carvelab.search_space import sweep_spec as S
 from carvelab.search_space.loading import load_trial_config, task_config, to_dataclass, typed_section
-from carvelab.search_space.trial_config import TrainConfig, TrialConfig
+from carvelab.search_space.points import (
+    MAX_TRIALS, fit_task, grid_points, grid_values, nested, normalise, point_config, tune_points,
+)
+from carvelab.search_space.trial_config import TrainConfig
 from carvelab.carve_models.config import ModelConfig
 from carvelab.kernels.options import check_triton_chunk
 from carvelab.trials import pruners  # the task and pruner registries live with their implementations
@@ -24,7 +26,6 @@ from carvelab.trials.tasks import DEFAULT_TASK, task_class
 from carvelab.search_space.yaml_io import ConfigError, deep_merge, parse_overrides, read_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-MAX_TRIALS = 100_000
 MAX_SECONDS = 30 * 24 * 3600.0
 MAX_SEED = 2**32 - 1          # what torch, numpy and Optuna's samplers accept
 MAX_SAMPLER_SEED = 2**31 - 1  # leaves room for the offset a resumed sweep adds
@@ -61,7 +62,7 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
     data = resolve_interpolations(deep_merge(data, parse_overrides(overrides)), where)
     _check_sections(data, where)
     # `base`, `space` and `ablation.changes` are open mappings: checked by _validate, not by the schema.
-    free = {k: data.pop(k) for k in ("base", "space", "pruner") if k in data}
+    free = {k: data.pop(k) for k in ("base", "space", "pruner", "tune") if k in data}
     changes = None
     if isinstance(data.get("ablation"), Mapping) and "changes" in data["ablation"]:
         data["ablation"] = dict(data["ablation"])
@@ -73,11 +74,27 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
     if not isinstance(space, Mapping):
         raise ConfigError(f"{where}: space must be a mapping of axis or dotted path -> values, got {space!r}")
     raw.space = dict(space)
+    tune = free.get("tune") or {}
+    if not isinstance(tune, Mapping):
+        raise ConfigError(f"{where}: tune must be a mapping of dotted path -> list of values, "
+                          f"e.g. {{train.lr: [1.0e-3, 3.0e-3]}}, got {tune!r}")
+    raw.tune = _dotted(tune)
     if changes is not None:
         if not isinstance(changes, list) or not all(isinstance(c, Mapping) for c in changes):
             raise ConfigError(f"{where}: ablation.changes must be a list of mappings, e.g. [{{erase_axis: value}}]")
         raw.ablation.changes = [dict(c) for c in changes]
     return _validate(raw, where, folder)
+
+
+def _dotted(mapping: Mapping, prefix: str = "") -> dict:
+    """Nested mappings as dotted keys: ``{train: {lr: [..]}}`` (an override ``tune.train.lr=[..]``)
+    is ``{"train.lr": [..]}``."""
+    out = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        nested_keys = isinstance(value, Mapping) and not set(value) & {"type", "low", "high", "choices", "step"}
+        out.update(_dotted(value, name + ".") if nested_keys else {name: value})
+    return out
 
 
 def resolve_interpolations(data: dict, where: str) -> dict:
@@ -133,45 +150,7 @@ def param_path(name: str, where: str, prefix: str = "space", base: Mapping | Non
     return name
 
 
-def nested(path: str, value: Any) -> dict:
-    out: Any = value
-    for part in reversed(path.split(".")):
-        out = {part: out}
-    return out
-
-
-def _normalise(path: str, value: Any) -> Any:
-    if path == "model.content_gate" and isinstance(value, str) and value.lower() in ("on", "off"):
-        return value.lower() == "on"
-    return value
-
-
 # ----------------------------------------------------------------------------- points
-def point_config(spec: S.SweepSpec, point: Mapping[str, Any], seed: int) -> TrialConfig:
-    """The trial config of one point (``{name or path: value}``) and replicate seed.
-
-    Raises ``ConfigError`` when the combination is infeasible.
-    """
-    data = dict(spec.base)
-    for name, value in point.items():
-        path = S.AXES.get(name, name)
-        data = deep_merge(data, nested(path, _normalise(path, value)))
-    data = deep_merge(data, {"train": {"seed": seed}, "model": {"seed": seed}})
-    return load_trial_config(fit_task(data, spec.task_keys))
-
-
-def fit_task(data: dict, task_keys: Mapping[str, dict]) -> dict:
-    """A point of a sweep with a ``task.name`` axis: its task takes the keys of the point's
-    mapping that its own config declares, plus the base keys kept for it in ``task_keys``
-    (see ``_split_task_keys``); the point's own values win."""
-    task = dict(data.get("task") or {})
-    name = task.get("name", DEFAULT_TASK)
-    if not task_keys or name not in task_keys:
-        return data
-    own = {f.name for f in dataclasses.fields(task_class(name).Config)}
-    return {**data, "task": {**task_keys[name], **{k: v for k, v in task.items() if k in own}}}
-
-
 def _swept_tasks(raw: S.SweepFile, where: str) -> list[str]:
     """Task names the sweep's ``task.name`` axis or ablation changes train."""
     values = raw.space.get("task.name", [])
@@ -200,46 +179,6 @@ def _split_task_keys(base: dict, tasks: list[str]) -> tuple[dict, dict]:
     return {**base, "task": {k: v for k, v in task.items() if k not in foreign}}, kept
 
 
-def base_levels(spec: S.SweepSpec) -> dict:
-    """Each swept parameter's value in the base config (what a one-factor change departs from)."""
-    config = dataclasses.asdict(load_trial_config(fit_task(dict(spec.base), spec.task_keys)))
-    out = {}
-    for p in spec.params:
-        node = config
-        for part in p.path.split("."):
-            node = node[part]
-        out[p.name] = node
-    return out
-
-
-def grid_points(spec: S.SweepSpec) -> list[dict]:
-    """Every combination of the space's values (grid mode), in file order."""
-    names = [p.name for p in spec.params]
-    values = [grid_values(p) for p in spec.params]
-    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
-
-
-def grid_values(p: S.ParamSpec) -> list:
-    if p.type == "categorical":
-        return list(p.choices)
-    if p.type == "int":
-        step = int(p.step or 1)
-        count = (int(p.high) - int(p.low)) // step + 1
-        if count > MAX_TRIALS:
-            raise ConfigError(f"space.{p.name}: {count} grid values; a grid takes at most {MAX_TRIALS}")
-        return list(range(int(p.low), int(p.high) + 1, step))
-    raise ConfigError(f"space.{p.name}: grid mode needs a finite set of values; {p.type} ranges have none")
-
-
-def ablation_points(spec: S.SweepSpec) -> list[tuple[str, dict]]:
-    """(label, point) for the baseline then each one-factor change."""
-    out = [("baseline", {})]
-    for change in spec.changes:
-        label = ",".join(f"{k}={v}" for k, v in change.items())
-        out.append((label, dict(change)))
-    return out
-
-
 # ----------------------------------------------------------------------------- validation
 def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     if not NAME_RE.match(raw.name or ""):
@@ -256,10 +195,12 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     _validate_uris(raw, where)
     params = [_param(name, value, base, where) for name, value in raw.space.items()]
     changes = _validate_changes(raw, base, task_keys, where)
+    tune = _validate_tune(raw, base, params, changes, where)
     spec = S.SweepSpec(
         name=raw.name, base=base, mode=raw.mode, params=params, changes=changes,
         objectives=objectives, sampler=raw.sampler, pruner=pruner, seeds=seeds, budget=raw.budget,
         resources=raw.resources, tracking=raw.tracking, storage=raw.storage, source=where, task_keys=task_keys,
+        tune=tune,
     )
     _check_effective_axes(spec, where)
     _check_triton_chunks(spec, where)
@@ -269,7 +210,7 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
                 grid_values(p)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-        size = _grid_size(spec) * (len(spec.seeds) if raw.mode == "grid" else 1)
+        size = _grid_size(spec) * (len(spec.seeds) * len(tune_points(spec)) if raw.mode == "grid" else 1)
         if size > MAX_TRIALS:
             raise ConfigError(f"{where}: space: the grid has {size} points (times seeds); at most {MAX_TRIALS}")
     finite = all(p.type in ("categorical", "int") for p in spec.params)
@@ -337,6 +278,11 @@ def _validate_objectives(objectives: list, where: str) -> list:
         raise ConfigError(f"{where}: objectives must list at least one {{metric, direction}}")
     seen = set()
     for i, obj in enumerate(objectives):
+        if isinstance(obj.metric, str) and obj.metric.startswith("test_"):
+            raise ConfigError(
+                f"{where}: objectives[{i}].metric={obj.metric!r}: the test split is reported, never optimised "
+                f"(nothing that selects may see it); name {'val_' + obj.metric[5:]!r}: the front and the "
+                f"tables report {obj.metric!r} for it")
         _choice(where, f"objectives[{i}].metric", obj.metric, S.METRICS)
         _choice(where, f"objectives[{i}].direction", obj.direction, S.DIRECTIONS)
         if obj.metric in seen:
@@ -434,7 +380,7 @@ def _apply(base: dict, path: str, value: Any, key: str, where: str) -> None:
     gate on a preset with tied gates) may be feasible together with other axes of the
     space; such points are recorded as infeasible when sampled, never trained.
     """
-    change = nested(path, _normalise(path, value))
+    change = nested(path, normalise(path, value))
     try:
         load_trial_config(deep_merge(base, change))
         return
@@ -461,7 +407,7 @@ def _param(name: str, value: Any, base: dict, where: str) -> S.ParamSpec:
         choices = value.get("choices")
         if not isinstance(choices, (list, tuple)) or not choices:
             raise ConfigError(f"{where}: space.{name}.choices must be a non-empty list")
-        choices = [_normalise(path, c) for c in choices]
+        choices = [normalise(path, c) for c in choices]
         if len(set(map(repr, choices))) != len(choices):
             raise ConfigError(f"{where}: space.{name}.choices={choices} has duplicates")
         for i, c in enumerate(choices):
@@ -499,6 +445,44 @@ def _finite(v: Any) -> bool:
         return False
 
 
+# Paths a tune value may not set: the seeds have their own list, and the question's axes
+# belong in ``space`` (a tuned axis would be selected away, not compared).
+_UNTUNABLE = ("train.seed", "model.seed", "task.name", "train.device", "train.checkpoint_dir")
+MAX_TUNE_POINTS = 64
+
+
+def _validate_tune(raw: S.SweepFile, base: dict, params: list, changes: list, where: str) -> list:
+    """``tune: {path: [values]}`` as categorical ParamSpecs; nuisance paths only."""
+    swept = {p.path for p in params} | {param_path(n, where, base=base) for c in changes for n in c}
+    out, count = [], 1
+    for name, values in raw.tune.items():
+        path = param_path(name, where, prefix="tune", base=base)
+        if name in S.AXES:
+            raise ConfigError(f"{where}: tune.{name}: {name!r} is an axis of the design space; tune takes "
+                              "nuisance hyperparameters (e.g. train.lr, train.weight_decay): put axes in space")
+        if path in _UNTUNABLE:
+            raise ConfigError(f"{where}: tune.{name} cannot be tuned; paths that cannot: {list(_UNTUNABLE)}"
+                              + (" (list seeds under seeds:)" if path.endswith(".seed") else ""))
+        if path in swept:
+            raise ConfigError(f"{where}: tune.{name} is also swept (space or ablation.changes); "
+                              "a path is either a question (space) or a nuisance (tune), not both")
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"{where}: tune.{name}={values!r} must be a non-empty list of values "
+                              "(each is trained at every point; ranges belong in space)")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{where}: tune.{name}={list(values)} has duplicates")
+        for i, v in enumerate(values):
+            if not isinstance(v, (str, int, float, bool)) or (isinstance(v, float) and not _finite(v)):
+                raise ConfigError(f"{where}: tune.{name}[{i}]={v!r} must be a string, a finite number or a boolean")
+            _apply(base, path, v, f"tune.{name}[{i}]", where)
+        count *= len(values)
+        out.append(S.ParamSpec(name=path, path=path, type="categorical", choices=list(values)))
+    if count > MAX_TUNE_POINTS:
+        raise ConfigError(f"{where}: tune has {count} combinations; at most {MAX_TUNE_POINTS} "
+                          "(each is trained at every point and seed)")
+    return out
+
+
 def _validate_changes(raw: S.SweepFile, base: dict, task_keys: dict, where: str) -> list:
     changes = [dict(c) for c in raw.ablation.changes]
     if raw.mode != "ablation":
@@ -516,12 +500,12 @@ def _validate_changes(raw: S.SweepFile, base: dict, task_keys: dict, where: str)
         merged: dict = dict(base)
         for name, value in change.items():
             path = param_path(name, where, prefix=f"ablation.changes[{i}]", base=base)
-            merged = deep_merge(merged, nested(path, _normalise(path, value)))
+            merged = deep_merge(merged, nested(path, normalise(path, value)))
         try:
             load_trial_config(fit_task(merged, task_keys))
         except ConfigError as exc:
             raise ConfigError(f"{where}: ablation.changes[{i}]={change}: {str(exc).split(': ', 1)[-1]}") from None
-        out.append({name: _normalise(S.AXES.get(name, name), v) for name, v in change.items()})
+        out.append({name: normalise(S.AXES.get(name, name), v) for name, v in change.items()})
     return out
 
 

@@ -10,6 +10,7 @@ A sweep file::
       content_gate: [off, on]
       train.lr: {type: log_float, low: 1.0e-3, high: 1.0e-2}
     ablation: {changes: [{erase_axis: value}, {content_gate: on}]}   # mode: ablation
+    tune: {train.lr: [1.0e-3, 3.0e-3, 1.0e-2]}   # nuisance values trained at every point (optional)
     objectives: [{metric: val_accuracy, direction: maximize}, {metric: params, direction: minimize}]
     sampler: {name: tpe, seed: 0}
     pruner: {name: pareto, metric: val_accuracy, warmup_steps: 20}
@@ -103,6 +104,7 @@ class SweepFile:
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: Any = None            # a mapping, typed by its pruner's spec class (carvelab.trials.pruners)
     seeds: List[int] = field(default_factory=lambda: [0])
+    tune: Dict[str, Any] = field(default_factory=dict)  # dotted path -> list of values
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
@@ -142,3 +144,7 @@ class SweepSpec:
     source: str = "<sweep>"
     # With ``task.name`` swept: base ``task:`` keys that only other swept tasks take, per task.
     task_keys: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # Nuisance hyperparameters (categorical ParamSpecs): every point is trained at every
+    # combination of their values and every seed; the dashboards select one per point on
+    # the validation split (carvelab.dashboards.selection).
+    tune: List[ParamSpec] = field(default_factory=list)

@@ -3,7 +3,8 @@
 A callback has ``on_sweep_start(sweep)`` (the loop begins), ``on_trial_recorded(sweep, number, status)`` (a trial's end was recorded:
 result file, tracker, Optuna), ``on_tick(sweep)`` (once per pass of the loop) and
 ``on_sweep_end(sweep)``; ``sweep`` is the running ``SweepDriver`` (its study, tracker,
-parent run and folder). ``FrontPublisher`` keeps the Pareto front in MLflow current.
+parent run and folder). ``FrontPublisher`` keeps the Pareto front in MLflow current, and
+the sweep's front count (``counts["front"]``) equal to the published front's size.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class FrontPublisher:
         data = SweepData(sweep.spec.name, sweep.dir.path, sweep.dir.spec(), sweep.study, sweep.tracking_uri,
                          sweep.tracker.client, sweep.parent)
         try:
-            publish(data)
+            # The sweep's front count is the published front's (one definition: the dashboards').
+            sweep.counts["front"] = publish(data)["front"]
         except Exception:  # a report is not worth stopping a sweep for; the traceback goes to the log
             logger.exception("could not refresh the Pareto report in MLflow")
         self.published_at = time.monotonic()

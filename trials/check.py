@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_dir import LOCK_NAME, SweepDir, driver_lock, lock_owner
 from carvelab.trials.study import finite
-from carvelab.trials.tracking import MLFLOW_STATUS, _retry, flatten, result_tags
+from carvelab.trials.tracking import MLFLOW_STATUS, _retry, flatten, logged_history, result_tags
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def inspect_sweep(sweep: _Sweep) -> CheckReport:
             continue
         if t.state == TrialState.COMPLETE:
             payload = sweep.dir.load_result(t.number)
-            missing = _missing_steps(sweep, rid, payload.get("history", [])) if payload else []
+            missing = _missing_steps(sweep, rid, logged_history(payload)) if payload else []
             if missing:
                 steps = sorted({s for s, _, _ in missing})
                 issues.append(Issue("missing_metrics", f"run {rid} of trial {t.number} lacks {len(missing)} "
@@ -440,7 +440,7 @@ def _fill(sweep: _Sweep, run_id: str, trial, payload: Optional[dict]) -> int:
 
     client = sweep.client
     if payload and payload.get("history"):
-        missing = _missing_steps(sweep, run_id, payload["history"])
+        missing = _missing_steps(sweep, run_id, logged_history(payload))
     elif trial.state == TrialState.COMPLETE:  # no saved history: the objective values at the last step
         step = int(trial.user_attrs.get("steps", 0))
         history = [(step, dict(zip(sweep.objectives, trial.values)))]
@@ -489,7 +489,7 @@ def _recover_trial(sweep: _Sweep, trial) -> str:
     live.set_user_attr("reason", "driver_died")
     study.tell(live, state=TrialState.FAIL)
     st.enqueue(study, point, int(trial.user_attrs.get("seed", sweep.seeds[0])), trial.user_attrs.get("label", ""),
-               requeued_from=trial.number)
+               st.tune_of(trial), requeued_from=trial.number)
     return "marked FAIL (driver_died)" + (", its run KILLED" if run is not None else "") + "; point re-queued"
 
 

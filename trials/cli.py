@@ -119,9 +119,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     columns = ["pareto_rank", "tied_with_front"] + (["numbers", "n"] if replicated else ["number"])
     for m, _ in data.objectives:
         columns += [m] + ([f"{m}.lo", f"{m}.hi"] if replicated else [])
-    columns += ["point"]
+    columns += ["point"] + (["tune"] if data.spec.tune else [])
     with pl.Config(tbl_rows=200, tbl_cols=30, fmt_str_lengths=200, tbl_width_chars=300):
         print(shown.select(columns) if len(shown) else "no completed trials yet")
+    told = [m for m, _ in data.told_objectives]
+    tested = [f"{m} (selected on {t})" for (m, _), t in zip(data.objectives, told) if m != t]
+    if tested:
+        print("reported on the test split: " + ", ".join(tested))
+    if data.spec.tune:
+        print("tune: each point at the tune values with the best seed mean on validation "
+              "(every combination: pareto/tune.md of the parent run)")
     if replicated:
         print("objective columns: seed means; .lo/.hi: their 95% interval (Student t over n seeds); "
               "tied_with_front: intervals overlap a front point's in every objective")

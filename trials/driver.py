@@ -21,14 +21,15 @@ from typing import Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
-from carvelab.dashboards.pareto import point_front
 from carvelab.search_space.sweep_dir import SweepDir, driver_lock
-from carvelab.search_space.sweep_loading import grid_points, point_config
+from carvelab.search_space.points import grid_points, point_config
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
 from carvelab.trials.callbacks import FrontPublisher
-from carvelab.trials.tracking import MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text, result_tags
+from carvelab.trials.tracking import (
+    MLFLOW_STATUS, MlflowTracker, flatten, logged_history, redact, redact_text, result_tags,
+)
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
@@ -65,7 +66,6 @@ class SweepDriver:
         self.logged: dict[int, set] = {}
         self.run_ids: dict[int, str] = {}               # trial number -> its MLflow run
         self.live: dict[int, optuna.trial.Trial] = {}   # trial number -> the running trial, to be told
-        self.fronts: dict[str, dict[int, list[float]]] = {}  # point -> trial -> objective values
         # None: the default, the live Pareto front in MLflow (callbacks.FrontPublisher)
         self.callbacks = [FrontPublisher()] if callbacks is None else list(callbacks)
 
@@ -165,7 +165,7 @@ class SweepDriver:
         size = self._space_size()
         if self.spec.mode == "search" and size is not None and not waiting:
             # A finite space: stop once every (point, seed) has been trained.
-            return len(self._trained_keys(exclude=-1)) < size * len(self.spec.seeds)
+            return len(self._trained_keys(exclude=-1)) < size * len(st.runs_of_point(self.spec))
         return True
 
     def _space_size(self) -> Optional[int]:
@@ -185,8 +185,10 @@ class SweepDriver:
         trial = self.study.ask(self.dists)
         point = dict(trial.params)
         sampled = "seed" not in trial.user_attrs
-        seed = self.spec.seeds[0] if sampled else int(trial.user_attrs["seed"])
-        if sampled and st.point_key(point, seed) in self._trained_keys(trial.number):
+        (seed, tune), *others = st.runs_of_point(self.spec)
+        if not sampled:
+            seed, tune = int(trial.user_attrs["seed"]), st.tune_of(trial)
+        if sampled and st.point_key(point, seed, tune) in self._trained_keys(trial.number):
             # Training is deterministic per (point, seed): a second run would only repeat the first.
             trial.set_user_attr("seed", seed)
             trial.set_user_attr("reason", "duplicate")
@@ -195,15 +197,18 @@ class SweepDriver:
             # ignores failed trials): queue a random point not trained yet so the sweep explores.
             fresh = self._random_untrained_point(trial.number)
             if fresh is not None:
-                st.enqueue(self.study, fresh, seed, exploration_after=trial.number)
+                st.enqueue(self.study, fresh, seed, tune=tune, exploration_after=trial.number)
             logger.debug("trial %d repeats a trained point; not trained", trial.number)
             return "duplicate"
         if sampled:
             trial.set_user_attr("seed", seed)
-            for other in self.spec.seeds[1:]:
-                st.enqueue(self.study, point, other, replicate_of=trial.number)
+            if tune:
+                trial.set_user_attr("tune", tune)
+            # The point's other runs: every other seed, at every tune value (st.runs_of_point).
+            for other_seed, other_tune in others:
+                st.enqueue(self.study, point, other_seed, tune=other_tune, replicate_of=trial.number)
         try:
-            config = point_config(self.spec, point, seed)
+            config = point_config(self.spec, point, seed, tune)
         except ConfigError as exc:
             detail = str(exc).split(": ", 1)[-1]
             trial.set_user_attr("reason", "infeasible")
@@ -212,11 +217,12 @@ class SweepDriver:
             self.counts["infeasible"] += 1
             logger.info("trial %d infeasible: %s", trial.number, detail)
             return "infeasible"
-        ckpt = self.dir.checkpoint_dir(st.point_key(point, seed))
+        ckpt = self.dir.checkpoint_dir(st.point_key(point, seed, tune))
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(ckpt)))
         config_dict = dataclasses.asdict(config)
         tags = {"carvelab.sweep": self.spec.name, "seed": str(seed), "state": "running",
-                "label": trial.user_attrs.get("label", ""), "optuna_study": self.spec.name}
+                "label": trial.user_attrs.get("label", ""), "optuna_study": self.spec.name,
+                **point_tags(point, tune)}
         run_id = self.tracker.start_child(trial.number, flatten(config_dict), tags)
         trial.set_user_attr("mlflow_run_id", run_id)
         self.run_ids[trial.number], self.live[trial.number] = run_id, trial
@@ -224,21 +230,22 @@ class SweepDriver:
         return _Inflight(handle, trial, run_id)
 
     def _random_untrained_point(self, salt: int) -> Optional[dict]:
-        """A uniformly random point of the space whose first seed has not been trained (None if none)."""
+        """A uniformly random point of the space whose first run has not been trained (None if none)."""
         rng = random.Random(self.spec.sampler.seed * 1_000_003 + salt)
         trained = self._trained_keys(exclude=-1)
+        seed, tune = st.runs_of_point(self.spec)[0]
         size = self._space_size()
         if size is not None and size <= 100_000:
-            candidates = [c for c in grid_points(self.spec) if st.point_key(c, self.spec.seeds[0]) not in trained]
+            candidates = [c for c in grid_points(self.spec) if st.point_key(c, seed, tune) not in trained]
             return rng.choice(candidates) if candidates else None
         for _ in range(100):
             point = {name: _draw(dist, rng) for name, dist in self.dists.items()}
-            if st.point_key(point, self.spec.seeds[0]) not in trained:
+            if st.point_key(point, seed, tune) not in trained:
                 return point
         return None
 
     def _trained_keys(self, exclude: int) -> set:
-        return {st.point_key(dict(t.params), st.seed_of(t, self.spec))
+        return {st.point_key(dict(t.params), st.seed_of(t, self.spec), st.tune_of(t))
                 for t in self.study.get_trials(deepcopy=False)
                 if t.number != exclude and st.consumed_training(t)}
 
@@ -270,8 +277,10 @@ class SweepDriver:
         status, reason = payload["status"], payload.get("reason")
         if run_id:
             logged = self.logged.setdefault(number, set())
-            for step, metrics in payload.get("history", []):
-                if step not in logged:
+            history = logged_history(payload)
+            for k, (step, metrics) in enumerate(history):
+                final = k == len(payload.get("history", []))  # the test evaluation, at the last step
+                if final or step not in logged:
                     self.tracker.log_metrics(run_id, step, metrics)
                     logged.add(step)
             if payload.get("traceback"):
@@ -283,8 +292,6 @@ class SweepDriver:
         trial = self.live.pop(number)
         values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]
         status, reason = st.tell_finished(self.study, trial, status, reason, payload.get("steps", 0), values)
-        if status == "completed":
-            self._update_front(number, trial.params, values)
         self.counts[status] += 1
         for cb in self.callbacks:
             cb.on_trial_recorded(self, number, status)
@@ -294,13 +301,6 @@ class SweepDriver:
     def _pruned_value(self, payload: dict) -> Optional[float]:
         quality = payload.get("metrics", {}).get(self.spec.pruner.metric)
         return None if quality is None else float(quality)
-
-    def _update_front(self, number: int, params: dict, values: list) -> None:
-        """The live front size: points (seeds averaged) on the front, as ``dashboards`` publishes it."""
-        point = json.dumps(params, sort_keys=True, default=str)
-        self.fronts.setdefault(point, {})[number] = [float(v) for v in values]
-        vectors = {p: list(by_trial.values()) for p, by_trial in self.fronts.items()}
-        self.counts["front"] = len(point_front(vectors, [o.direction for o in self.spec.objectives]))
 
     def _cancel_overdue(self, inflight: dict) -> None:
         limit = self.spec.resources.trial_timeout_s
@@ -340,7 +340,7 @@ class SweepDriver:
             # A driver killed inside ask leaves only part of the params: the fixed ones complete them.
             point = {**t.system_attrs.get("fixed_params", {}), **t.params}
             st.enqueue(self.study, point, int(t.user_attrs.get("seed", self.spec.seeds[0])),
-                       t.user_attrs.get("label", ""), requeued_from=t.number)
+                       t.user_attrs.get("label", ""), st.tune_of(t), requeued_from=t.number)
             logger.info("trial %d was running when the driver stopped; re-queued", t.number)
 
     def _preload(self) -> None:
@@ -351,12 +351,22 @@ class SweepDriver:
         self.executor.rebuild(finished)
         for t in self.study.get_trials(deepcopy=False):
             state = t.user_attrs.get("state")
-            if t.state == TrialState.COMPLETE:
-                self._update_front(t.number, t.params, t.values)
             if state in self.counts and t.state != TrialState.RUNNING:
                 self.counts[state] += 1
             elif t.state == TrialState.FAIL and st.reason(t) == "infeasible":
                 self.counts["infeasible"] += 1
+
+
+def point_tags(point: dict, tune: dict) -> dict[str, str]:
+    """MLflow tags grouping a point's runs: ``point`` (its JSON, as the dashboards key it), ``point_id``
+    (a short hash, to filter the UI with ``tags.point_id = '...'``) and ``tune`` (the run's tune values)."""
+    import hashlib
+
+    text = json.dumps(point, sort_keys=True, default=str)
+    tags = {"point": text[:5000], "point_id": hashlib.sha256(text.encode()).hexdigest()[:10]}
+    if tune:
+        tags["tune"] = ",".join(f"{k}={v}" for k, v in tune.items())
+    return tags
 
 
 def _draw(dist, rng):

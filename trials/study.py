@@ -1,8 +1,9 @@
 """The Optuna side of a sweep: study, sampler, distributions, planned points, recovery.
 
 Only the driver writes the study (ask-and-tell). Each Optuna trial is one training run of
-one point of the space with one replicate seed; the point, seed and (ablation) label are
-kept as user attributes so a trial can be re-queued exactly.
+one point of the space with one replicate seed and one combination of the tune values;
+its params are the point's (what the sampler models), the seed, the tune values and the
+(ablation) label are user attributes, so a trial can be re-queued exactly.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from carvelab.search_space.sweep_loading import ablation_points, grid_points
+from carvelab.search_space.points import ablation_points, grid_points, tune_points
 from carvelab.search_space.sweep_spec import SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,21 @@ def finite(v) -> bool:
         return False
 
 
-def point_key(point: dict, seed: int) -> str:
-    return json.dumps({"point": point, "seed": seed}, sort_keys=True, default=str)
+def point_key(point: dict, seed: int, tune: Optional[dict] = None) -> str:
+    """One training run's identity: point, seed and tune values (none: the key of a sweep without tune)."""
+    key = {"point": point, "seed": seed, **({"tune": tune} if tune else {})}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def runs_of_point(spec: SweepSpec) -> list[tuple[int, dict]]:
+    """(seed, tune values) of every training run of one point: each tune combination at each seed,
+    the first is the one a sampled trial runs itself."""
+    return [(seed, tune) for tune in tune_points(spec) for seed in spec.seeds]
+
+
+def tune_of(trial) -> dict:
+    """The tune values a trial ran with ({} without ``tune:``)."""
+    return dict(trial.user_attrs.get("tune") or {})
 
 
 def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
@@ -87,7 +101,7 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    from carvelab.search_space.sweep_loading import grid_values
+    from carvelab.search_space.points import grid_values
 
     return optuna.samplers.GridSampler({p.name: grid_values(p) for p in spec.params}, seed=seed)
 
@@ -145,16 +159,17 @@ def space_distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
     return {name: CategoricalDistribution(v) for name, v in values.items()}
 
 
-def planned(spec: SweepSpec) -> list[tuple[dict, int, str]]:
-    """(full point, seed, label) for grid and ablation modes, in order; empty for search."""
+def planned(spec: SweepSpec) -> list[tuple[dict, int, str, dict]]:
+    """(full point, seed, label, tune values) for grid and ablation modes, in order; empty for search."""
+    runs = runs_of_point(spec)
     if spec.mode == "grid":
-        return [(p, s, "") for p in grid_points(spec) for s in spec.seeds]
+        return [(p, s, "", t) for p in grid_points(spec) for s, t in runs]
     if spec.mode == "ablation":
         names = list(space_distributions(spec))
         out = []
         for label, change in ablation_points(spec):
             point = {n: change.get(n, base_value(spec, n)) for n in names}
-            out += [(point, s, label) for s in spec.seeds]
+            out += [(point, s, label, t) for s, t in runs]
         return out
     return []
 
@@ -163,9 +178,10 @@ def seed_of(trial, spec: SweepSpec) -> int:
     return int(trial.user_attrs.get("seed", spec.seeds[0]))
 
 
-def enqueue(study: optuna.Study, point: dict, seed: int, label: str = "", **extra: Any) -> None:
-    study.enqueue_trial(dict(point), user_attrs={"seed": seed, "label": label, **extra},
-                        skip_if_exists=False)
+def enqueue(study: optuna.Study, point: dict, seed: int, label: str = "", tune: Optional[dict] = None,
+            **extra: Any) -> None:
+    attrs = {"seed": seed, "label": label, **({"tune": dict(tune)} if tune else {}), **extra}
+    study.enqueue_trial(dict(point), user_attrs=attrs, skip_if_exists=False)
 
 
 def reason(trial) -> Optional[str]:
@@ -187,16 +203,17 @@ def _fixed_point(trial) -> dict:
 
 
 def plan_remaining(study: optuna.Study, spec: SweepSpec) -> int:
-    """Enqueue the planned (point, seed) pairs that are neither done nor waiting. Returns how many."""
+    """Enqueue the planned (point, seed, tune) runs that are neither done nor waiting. Returns how many."""
     seen = set()
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.FAIL and reason(t) in REQUEUE_REASONS:
             continue
-        seen.add(point_key(_fixed_point(t), seed_of(t, spec)))
+        seen.add(point_key(_fixed_point(t), seed_of(t, spec), tune_of(t)))
     count = 0
-    for point, seed, label in planned(spec):
-        if point_key(point, seed) not in seen:
-            enqueue(study, point, seed, label)
-            seen.add(point_key(point, seed))
+    for point, seed, label, tune in planned(spec):
+        key = point_key(point, seed, tune)
+        if key not in seen:
+            enqueue(study, point, seed, label, tune)
+            seen.add(key)
             count += 1
     return count

@@ -27,6 +27,17 @@ def result_tags(payload: dict) -> dict[str, str]:
     """The RESULT_TAGS of a trial's result payload ("" where the payload has none)."""
     return {key: str(payload.get(key, "")) for key in RESULT_TAGS}
 
+
+def logged_history(payload: dict) -> list:
+    """What a trial's run holds, as (step, metrics): its evaluations, then, for a completed
+    trial, its one test evaluation at its last step (final metrics only, not in the history
+    the pruner saw)."""
+    from carvelab.trials.tasks.base import TEST_METRICS
+
+    history = list(payload.get("history", []))
+    final = {k: v for k, v in (payload.get("metrics") or {}).items() if k in TEST_METRICS}
+    return history + [(int(payload.get("steps", 0)), final)] if final else history
+
 _CRED = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*)(:(?P<pw>[^@/\s]*))?@")
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](password|passwd|pwd|token|secret|api_key)=)[^&#\s]*", re.IGNORECASE)
 # MLflow prints "View run ... at: <tracking URI>" when a run ends; the URI may carry credentials.

@@ -79,8 +79,9 @@ def compute_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Te
 
 
 @torch.no_grad()
-def evaluate(model, batches, device: torch.device) -> dict[str, float]:
-    """Loss (token-weighted), accuracy and perplexity over the scored positions."""
+def evaluate(model, batches, device: torch.device, split: str = "val") -> dict[str, float]:
+    """Loss (token-weighted), accuracy and perplexity over the scored positions, named
+    ``<split>_loss``, ``<split>_accuracy``, ``<split>_ppl``."""
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -96,6 +97,6 @@ def evaluate(model, batches, device: torch.device) -> dict[str, float]:
         count += n
     model.train(was_training)
     if count == 0:
-        raise ValueError("the validation set has no scored positions (every target is -100)")
+        raise ValueError(f"the {split} set has no scored positions (every target is -100)")
     loss = loss_sum / count
-    return {"val_loss": loss, "val_accuracy": correct / count, "val_ppl": math.exp(min(loss, 50.0))}
+    return {f"{split}_loss": loss, f"{split}_accuracy": correct / count, f"{split}_ppl": math.exp(min(loss, 50.0))}

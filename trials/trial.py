@@ -2,7 +2,9 @@
 
 Builds the model of ``config.model`` (vocabulary taken from the task), trains it with
 AdamW + warm-up/cosine + gradient clipping, evaluates every ``train.eval_every`` steps
-and reports to ``reporter`` (which may answer STOP: the trial ends as ``pruned``), and
+on the validation split and reports to ``reporter`` (which may answer STOP: the trial ends
+as ``pruned``), evaluates once on the test split when it completes (``test_*`` metrics in
+its final metrics, never in the reported history, so nothing that selects sees them), and
 stops on its own when the loss is NaN/Inf (``failed``, reason ``diverged``). Imports
 neither Ray nor MLflow, so it runs the same in a test, a notebook or a Ray worker.
 
@@ -241,6 +243,12 @@ class _Run:
         self.history.append((self.step, metrics))
         return metrics
 
+    def completed(self, reason: Optional[str], metrics: dict) -> TrialResult:
+        """The completed trial, its final metrics with the one evaluation on the test split."""
+        batches = self.task.test_batches(self.train.batch_size, 0)
+        metrics = {**metrics, **evaluate(self.model, batches, self.device, split="test")}
+        return self.result(COMPLETED, reason, metrics)
+
     def result(self, status: str, reason: Optional[str], metrics: dict) -> TrialResult:
         return TrialResult(status=status, reason=reason, steps=self.step, metrics=metrics,
                            history=list(self.history), backend=self.backend, precision=self.precision,
@@ -296,9 +304,9 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
         if train.checkpoint_every and run.step % train.checkpoint_every == 0:
             run.save(time.perf_counter() - start)
         if out_of_time:
-            result = run.result(COMPLETED, "time_budget", metrics)
+            result = run.completed("time_budget", metrics)
             run.save(time.perf_counter() - start, result)
             return result
-    result = run.result(COMPLETED, None, metrics)
+    result = run.completed(None, metrics)
     run.save(time.perf_counter() - start, result)
     return result

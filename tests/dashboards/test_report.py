@@ -31,6 +31,9 @@ def sweeps(tmp_path_factory):
         abl = tiny_sweep("abl", cache, mode="ablation", budget={}, space={}, seeds=[0, 1, 2],
                          ablation={"changes": [{"erase_axis": "value"}, {"train.lr": 1e-7}]})
         run_sweep(load_sweep(abl), root)
+        tuned = tiny_sweep("tuned", cache, mode="grid", budget={}, seeds=[0, 1], space={"erase_axis": ["key", "value"]},
+                           tune={"train.lr": [3e-3, 1e-2]})
+        SUMMARIES["tuned"] = run_sweep(load_sweep(tuned), root)
     finally:
         scheduler.stop_ray()
     return root
@@ -47,6 +50,9 @@ def test_frame_joins_optuna_and_mlflow(sweeps):
     # the objective told to Optuna equals the metric logged to the run
     assert (df["val_accuracy"] - df["m.val_accuracy"]).abs().max() == 0
     assert df["run_id"].n_unique() == 8 and set(df["run_status"]) == {"FINISHED"}
+    # what is reported is the test split, logged once per run
+    assert data.objectives == [("test_accuracy", "maximize"), ("params", "minimize")]
+    assert df["test_accuracy"].null_count() == 0 and (df["test_accuracy"] - df["m.test_accuracy"]).abs().max() == 0
 
 
 def brute_force_front(rows: list[tuple[float, float]]) -> list[bool]:
@@ -66,8 +72,8 @@ def test_seeds_are_aggregated_before_ranking(sweeps):
     for row in table.iter_rows(named=True):  # each point's value is the mean over its two seeds
         seeds = df.filter(pl.col("point") == row["point"])
         assert sorted(seeds["seed"].to_list()) == [0, 1]
-        assert row["val_accuracy"] == pytest.approx(sum(seeds["val_accuracy"]) / 2)
-    means = table.select(["val_accuracy", "params"]).rows()
+        assert row["test_accuracy"] == pytest.approx(sum(seeds["test_accuracy"]) / 2)
+    means = table.select(["test_accuracy", "params"]).rows()
     assert [r == 0 for r in table["pareto_rank"]] == brute_force_front(means)
 
 
@@ -114,7 +120,7 @@ def test_ablation_table_pairs_by_seed(sweeps):
     change = df.filter(pl.col("label") == "erase_axis=value").sort("seed")["params"].to_list()
     diffs = [c - b for b, c in zip(base, change)]
     assert row["n"] == 3 and row["mean"] == pytest.approx(sum(diffs) / 3)
-    lr = table.filter((pl.col("change") == "train.lr=1e-07") & (pl.col("objective") == "val_accuracy")).row(0, named=True)
+    lr = table.filter((pl.col("change") == "train.lr=1e-07") & (pl.col("objective") == "test_accuracy")).row(0, named=True)
     assert lr["ci_low"] <= lr["mean"] <= lr["ci_high"]
 
 
@@ -146,3 +152,42 @@ def test_cli_pareto_ablation_export(sweeps, tmp_path, capsys):
     assert "erase_axis=value" in capsys.readouterr().out
     assert main(["export", "grid", "--root", str(sweeps), "--out", str(tmp_path / "x"), "--top", "1"]) == 0
     assert len(list((tmp_path / "x").glob("*.yaml"))) == 1
+
+
+def test_a_tuned_grid_reports_each_point_at_its_validation_choice(sweeps, tmp_path):
+    """Every point ran at both learning rates and both seeds; the front shows each point with the
+    runs of the rate whose validation seed mean is best (recomputed here), on the test split."""
+    import json
+
+    data = open_sweep("tuned", sweeps)
+    df = trials_frame(data)
+    assert len(df) == 8 and set(df["state"]) == {"COMPLETE"}
+    assert sorted(df.group_by(["point", "tune"]).len()["len"].to_list()) == [2, 2, 2, 2]
+    table = front_table(data, df)
+    assert len(table) == 2 and set(table["n"]) == {2}
+    for row in table.iter_rows(named=True):
+        runs = df.filter(pl.col("point") == row["point"])
+        means = {t: sum(g["val_accuracy"]) / 2 for (t,), g in runs.group_by(["tune"])}
+        order = [json.dumps({"train.lr": lr}) for lr in (3e-3, 1e-2)]
+        best = max(order, key=lambda t: (means[t], -order.index(t)))
+        assert row["tune"] == best
+        kept = runs.filter(pl.col("tune") == best)
+        assert row["test_accuracy"] == pytest.approx(sum(kept["test_accuracy"]) / 2)
+        assert sorted(row["run_ids"]) == sorted(kept["run_id"].to_list())
+    publish(data)
+    exp = data.client.get_run(data.parent_run_id).info.experiment_id
+    runs = data.client.search_runs([exp], filter_string="tags.`carvelab.role` = 'trial'")
+    assert {r.data.tags["tune"] for r in runs} == {"train.lr=0.003", "train.lr=0.01"}
+    assert len({r.data.tags["point_id"] for r in runs}) == 2
+    selected = {r.info.run_id for r in runs if r.data.tags["tune_selected"] == "true"}
+    assert selected == {rid for ids in table["run_ids"] for rid in ids}
+    names = {a.path for a in data.client.list_artifacts(data.parent_run_id, "pareto")}
+    assert "pareto/tune.md" in names
+    summary = open(data.client.download_artifacts(data.parent_run_id, "pareto/summary.md", str(tmp_path))).read()
+    assert "test split" in summary and "train.lr=" in summary
+    written = [p for p in export(data, tmp_path / "x", rank=10) if p.suffix == ".yaml"]
+    for path in written:
+        doc = yaml.safe_load(path.read_text())
+        assert doc["train"]["lr"] == doc["provenance"]["tune"]["train.lr"]
+        row = table.filter(pl.col("point") == json.dumps(doc["provenance"]["point"], sort_keys=True)).row(0, named=True)
+        assert json.loads(row["tune"]) == doc["provenance"]["tune"]

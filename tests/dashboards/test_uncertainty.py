@@ -51,7 +51,8 @@ def test_with_intervals_uses_each_points_own_runs():
 
 
 def _summary(seeds, table):
-    data = SimpleNamespace(name="s", spec=SimpleNamespace(mode="grid", seeds=seeds), objectives=OBJ)
+    data = SimpleNamespace(name="s", spec=SimpleNamespace(mode="grid", seeds=seeds, tune=[]), objectives=OBJ,
+                           told_objectives=OBJ)
     return summary_markdown(data, pl.DataFrame({"state": ["COMPLETE"]}), table, pl.DataFrame())
 
 

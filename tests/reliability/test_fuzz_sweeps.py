@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from carvelab.carve_models.config import ModelConfig
 from carvelab.search_space import sweep_spec as S
-from carvelab.search_space.sweep_loading import MAX_SECONDS, MAX_TRIALS
+from carvelab.search_space.points import MAX_TRIALS
+from carvelab.search_space.sweep_loading import MAX_SECONDS
 from carvelab.search_space.trial_config import TrainConfig
 from carvelab.trials import driver, pruners, tasks
 from carvelab.trials.cli import main

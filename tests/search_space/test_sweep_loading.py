@@ -3,9 +3,8 @@ import copy
 
 import pytest
 
-from carvelab.search_space.sweep_loading import (
-    ablation_points, bundled_sweeps, grid_points, load_sweep, point_config,
-)
+from carvelab.search_space.points import ablation_points, grid_points, point_config
+from carvelab.search_space.sweep_loading import bundled_sweeps, load_sweep
 from carvelab.search_space.yaml_io import ConfigError
 
 BASE = {
@@ -161,6 +160,17 @@ MALFORMED = [
     ("content-rank-without-gate", dict(space={"content_rank": [2, 4]}), "space.content_rank"),
     ("space-not-mapping", dict(space=["erase_axis"]), "space"),
     ("bad-interpolation", dict(budget={"trials": "${nowhere}"}), "interpolation"),
+    # tune: nuisance hyperparameters only, finite lists of valid values
+    ("tune-not-mapping", dict(tune=["train.lr"]), "tune must be a mapping"),
+    ("tune-empty-values", dict(tune={"train.lr": []}), "tune.train.lr=.*non-empty list"),
+    ("tune-range", dict(tune={"train.lr": {"type": "log_float", "low": 1e-4, "high": 1e-2}}), "tune.train.lr=.*ranges belong in space"),
+    ("tune-an-axis", dict(tune={"erase_axis": ["key", "value"]}), "tune.erase_axis: 'erase_axis' is an axis"),
+    ("tune-a-seed", dict(tune={"train.seed": [0, 1]}), "tune.train.seed cannot be tuned.*seeds:"),
+    ("tune-also-swept", dict(space={"train.lr": [1e-3, 1e-2]}, tune={"train.lr": [1e-3]}), "tune.train.lr is also swept"),
+    ("tune-bad-value", dict(tune={"train.weight_decay": [0.1, -1.0]}), r"tune.train.weight_decay\[1\]"),
+    ("tune-unknown-path", dict(tune={"train.learning_rate": [0.1]}), "tune.train.learning_rate: unknown"),
+    ("tune-duplicates", dict(tune={"train.lr": [0.1, 0.1]}), "duplicates"),
+    ("test-metric-objective", dict(objectives=[{"metric": "test_accuracy"}]), "never optimised.*'val_accuracy'"),
 ]
 
 
@@ -202,3 +212,13 @@ def test_a_swept_task_key_is_not_replaced_by_the_base_value_on_another_task():
     spec = load_sweep(data)
     for name in ("mqar", "lm"):
         assert point_config(spec, {"task.name": name, "task.seq_len": 64}, 0).task.seq_len == 64
+
+
+def test_tune_values_are_trained_at_every_point_and_set_the_config():
+    from carvelab.search_space.points import tune_points
+
+    spec = load_sweep(sweep(tune={"train": {"lr": [1e-3, 1e-2]}, "train.weight_decay": [0.0, 0.1]}))
+    assert tune_points(spec) == [{"train.lr": a, "train.weight_decay": b} for a in (1e-3, 1e-2) for b in (0.0, 0.1)]
+    cfg = point_config(spec, {"erase_axis": "value"}, 3, {"train.lr": 1e-2, "train.weight_decay": 0.0})
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.model.erase_axis, cfg.train.seed) == (1e-2, 0.0, "value", 3)
+    assert tune_points(load_sweep(sweep())) == [{}]

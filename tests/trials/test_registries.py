@@ -54,6 +54,11 @@ class FirstTokenTask(Task):
         for start, stop in batch_ranges(len(inputs), batch_size, max_batches):
             yield inputs[start:stop], targets[start:stop]
 
+    def test_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
+        inputs, targets = self._examples(stream_rng(self.cfg.data_seed, "test"), self.cfg.test_examples)
+        for start, stop in batch_ranges(len(inputs), batch_size, max_batches):
+            yield inputs[start:stop], targets[start:stop]
+
 
 @dataclass
 class OddTrialsSpec(PrunerSpec):

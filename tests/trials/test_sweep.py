@@ -76,6 +76,33 @@ def test_ablation_mode_runs_baseline_and_each_change_per_seed(tmp_path):
     assert baseline.params == {"erase_axis": "key", "content_gate": False}
 
 
+def test_a_sampled_point_is_trained_at_every_tune_value_and_seed_and_a_rerun_adds_nothing(tmp_path):
+    data = tiny_sweep("tuned-search", tmp_path / "cache", space={"erase_axis": ["key", "value"]}, seeds=[0, 1],
+                      tune={"train.lr": [3e-3, 1e-2]}, sampler={"name": "random", "seed": 0},
+                      budget={"trials": 8}, resources={"cpus_per_trial": 1, "concurrency": 2})
+    summary = run_sweep(load_sweep(data), tmp_path)
+    study, runs = assert_exactly_once(summary)
+    trained = sorted((t.params["erase_axis"], t.user_attrs["tune"]["train.lr"], t.user_attrs["seed"])
+                     for t in study.trials if t.state == COMPLETE)
+    assert trained == sorted((a, lr, s) for a in ("key", "value") for lr in (3e-3, 1e-2) for s in (0, 1))
+    # each run trained at its tune value (the param logged to MLflow), grouped by its point
+    for r in runs:
+        assert float(r.data.params["train.lr"]) == float(r.data.tags["tune"].split("=")[1])
+    assert len({r.data.tags["point_id"] for r in runs}) == 2
+    again = run_sweep(load_sweep(data), tmp_path)  # resumes: every (point, seed, tune) is done
+    assert len(study_of(again).trials) == len(study.trials)
+
+
+def test_ablation_with_tune_trains_every_label_at_every_tune_value(tmp_path):
+    from carvelab.trials.study import planned
+
+    data = tiny_sweep("tuned-ablation", tmp_path / "cache", mode="ablation", budget={}, space={}, seeds=[0, 1],
+                      ablation={"changes": [{"erase_axis": "value"}]}, tune={"train.weight_decay": [0.0, 0.1]})
+    runs = planned(load_sweep(data))
+    got = sorted((label, seed, tune["train.weight_decay"]) for _, seed, label, tune in runs)
+    assert got == sorted((lab, s, wd) for lab in ("baseline", "erase_axis=value") for s in (0, 1) for wd in (0.0, 0.1))
+
+
 PRUNER_KEYS = {"pareto": {"min_peers": 1, "min_dominators": 1}, "median": {"min_peers": 1},
                "successive_halving": {"min_resource": 1, "reduction_factor": 2},
                "hyperband": {"min_resource": 1, "reduction_factor": 2}}

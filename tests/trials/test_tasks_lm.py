@@ -96,15 +96,19 @@ def test_stdlib_cache_is_reused(tmp_path, small_stdlib):
     assert files[0].stat().st_mtime_ns == mtime
 
 
-def test_text_file_last_five_percent_is_validation(tmp_path):
+def test_text_file_last_five_percent_is_held_out_in_two_halves(tmp_path):
+    """The last 5% is held out: validation windows in its first half, test windows in its second."""
     data = write_text(tmp_path / "corpus.txt", 4001)
-    task = build_task(make_cfg(tmp_path, data_path=str(tmp_path / "corpus.txt"), vocab_size=512))
+    task = build_task(make_cfg(tmp_path, data_path=str(tmp_path / "corpus.txt"), vocab_size=512,
+                               test_examples=11))
     assert task.vocab_size == 256
-    split = 4001 - 201  # ceil(5% of 4001) = 201 validation bytes
-    head, tail = data[:split], data[split:]
+    split = 4001 - 201  # ceil(5% of 4001) = 201 held-out bytes: 100 validation, 101 test
+    head, val_part, test_part = data[:split], data[split:split + 100], data[split + 100:]
     val_windows = [w for x, y in task.val_batches(7) for w in window_bytes(x, y)]
-    assert len(val_windows) == 23 and all(w in tail for w in val_windows)
-    assert val_windows[0] == tail[:32] and val_windows[-1] == tail[-32:]
+    test_windows = [w for x, y in task.test_batches(4) for w in window_bytes(x, y)]
+    assert len(val_windows) == 23 and len(test_windows) == 11
+    assert val_windows[0] == val_part[:32] and val_windows[-1] == val_part[-32:]
+    assert test_windows[0] == test_part[:32] and test_windows[-1] == test_part[-32:]
     assert all(w in head for w in window_bytes(*task.train_batch(2, 9)))
 
 
@@ -122,7 +126,7 @@ def write_tokens(path, tokens) -> np.ndarray:
 ])
 def test_bin_vocab_size(tmp_path, largest, configured, expected):
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, largest, 997)
+    tokens = rng.integers(0, largest, 1997)
     tokens[500] = largest
     write_tokens(tmp_path / "tokens.bin", tokens)
     task = build_task(make_cfg(tmp_path, data_path=str(tmp_path / "tokens.bin"),

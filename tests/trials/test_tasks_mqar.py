@@ -133,10 +133,20 @@ def test_train_and_validation_are_disjoint(tmp_path):
     assert not {r.tobytes() for r in train} & {r.tobytes() for r in val}
 
 
+def test_test_split_is_disjoint_from_train_and_validation(tmp_path):
+    task = build_task(make_cfg(tmp_path, train_examples=1001, test_examples=41))
+    train = {r.tobytes() for r in torch.cat([task.train_batch(s, 77)[0] for s in range(13)]).numpy()}
+    val = {r.tobytes() for r in all_examples(task)[0]}
+    test = torch.cat([x for x, _ in task.test_batches(16)]).numpy()
+    assert len(test) == 41 and len({r.tobytes() for r in test}) == 41
+    assert not {r.tobytes() for r in test} & (train | val)
+    assert [len(x) for x, _ in task.test_batches(16, max_batches=2)] == [16, 16]
+
+
 def test_validation_redraws_collisions_in_a_tiny_space(tmp_path):
     """With 2 keys, 2 values and no free slot, many val draws collide and are redrawn."""
     cfg = make_cfg(tmp_path, vocab_size=4, seq_len=8, num_kv_pairs=2, train_examples=3,
-                   val_examples=3)
+                   val_examples=3, test_examples=3)
     task = build_task(cfg)
     train = {r.tobytes() for r in torch.cat([task.train_batch(s, 3)[0] for s in range(2)]).numpy()}
     val, _ = all_examples(task)

@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from carvelab.search_space.loading import load_trial_config
 from carvelab.trials import training
 from carvelab.trials.reporting import RecordingReporter
+from carvelab.trials.tasks.base import TEST_METRICS
 from carvelab.trials.trial import COMPLETED, FAILED, PRUNED, run_trial
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +48,9 @@ def test_each_task_trains_and_returns_every_metric(task, tmp_path):
     assert [step for step, _ in result.history] == [3, 6]
     assert result.backend == "torch_chunk"
     assert result.metrics["params"] > 0 and result.metrics["tokens_per_s"] > 0
+    # the test split: evaluated once, at the end, in the final metrics and never in the reported history
+    assert set(TEST_METRICS) <= set(result.metrics)
+    assert all(not set(TEST_METRICS) & set(m) for _, m in result.history)
     # model construction -> end of the first step: inside the call, longer than no step at all
     assert 0 < result.metrics["first_step_s"] < elapsed
 
@@ -55,6 +60,7 @@ def test_reporter_stop_prunes_at_that_step(tmp_path):
     result = run_trial(tiny(tmp_path, steps=9), reporter)
     assert result.status == PRUNED and result.reason == "pruned" and result.steps == 3
     assert [s for s, _ in reporter.history] == [3]
+    assert not set(TEST_METRICS) & set(result.metrics)  # a pruned trial is never evaluated on test
 
 
 def test_nan_loss_ends_the_trial_as_diverged(tmp_path, monkeypatch):
@@ -184,3 +190,37 @@ print(result.status, seen)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["completed", "[True]"]
+
+
+class _SplitTask:
+    """A stand-in task whose validation and test splits differ by construction: the test
+    targets are a constant token the validation set never scores, and a reading of either
+    split is recorded."""
+
+    def __init__(self, inner):
+        self.inner, self.reads = inner, []
+        self.vocab_size, self.seq_len, self.quality_metric = inner.vocab_size, inner.seq_len, inner.quality_metric
+
+    def train_batch(self, step, batch_size):
+        return self.inner.train_batch(step, batch_size)
+
+    def val_batches(self, batch_size, max_batches=0):
+        self.reads.append("val")
+        return self.inner.val_batches(batch_size, max_batches)
+
+    def test_batches(self, batch_size, max_batches=0):
+        self.reads.append("test")
+        for inputs, targets in self.inner.val_batches(batch_size, max_batches):
+            yield inputs, torch.where(targets >= 0, torch.zeros_like(targets), targets)
+
+
+def test_the_test_split_is_read_once_after_training_and_reported_apart(tmp_path):
+    from carvelab.trials.tasks import build_task
+
+    made = []
+    result = run_trial(tiny(tmp_path, steps=6), task_factory=lambda cfg: made.append(_SplitTask(build_task(cfg)))
+                       or made[-1])
+    assert made[0].reads == ["val", "val", "test"]  # two evaluations, then the one test read
+    # token 0 is a key, never a scored value: the test accuracy differs from the validation one
+    assert result.metrics["test_accuracy"] != result.metrics["val_accuracy"]
+    assert result.metrics["test_loss"] != result.metrics["val_loss"]

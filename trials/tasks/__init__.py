@@ -4,6 +4,7 @@ A task is one module: a ``Task`` subclass with its own config dataclass (``Confi
 ``TaskConfig`` subclass: the keys of a ``task:`` mapping) and the metrics it reports,
 plus one entry in ``TASKS`` below. ``build_task(cfg)`` is the one entry point; every task
 implements ``train_batch(step, batch_size)``, ``val_batches(batch_size, max_batches)``,
+``test_batches(batch_size, max_batches)`` (a third split, read once per trial, at its end),
 ``vocab_size``, ``seq_len`` and ``quality_metric``. Generated data is cached on disk under
 ``task.cache_dir``, ``$CARVELAB_CACHE`` or ``~/.cache/carvelab``.
 """

@@ -1,9 +1,10 @@
 """Tasks backed by a fixed, generated set of examples (MQAR and its variants).
 
-The training set (``task.train_examples`` sequences) and the validation set
-(``task.val_examples``) are generated once from the streams ``(data_seed, "train")`` and
-``(data_seed, "val")`` and cached on disk. Validation sequences that also occur in the
-training set are discarded and redrawn, so the two sets are disjoint.
+The training set (``task.train_examples`` sequences), the validation set
+(``task.val_examples``) and the test set (``task.test_examples``) are generated once from
+the streams ``(data_seed, "train")``, ``(data_seed, "val")`` and ``(data_seed, "test")``
+and cached on disk. Validation sequences that also occur in the training set, and test
+sequences that occur in either, are discarded and redrawn, so the three sets are disjoint.
 
 Training batches walk the training set in epochs: example ``i = step * B + j`` of the
 run is row ``perm_e[i mod N]`` of the set, with ``e = i // N`` and ``perm_e`` a
@@ -33,14 +34,14 @@ from carvelab.trials.tasks.base import (
 logger = logging.getLogger(__name__)
 
 # Bump when the generated data of any example-set task changes for the same config.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Examples generated per call of ``generate`` (bounds the generator's scratch memory).
 GENERATE_CHUNK = 2048
-# Rounds of redrawing validation examples that collide with training ones.
+# Rounds of redrawing validation (test) examples that collide with earlier splits.
 MAX_REDRAW_ROUNDS = 20
 # Epoch permutations kept in memory: a batch spans few epochs and steps arrive in order.
 KEPT_ORDERS = 4
-_ARRAYS = ("train_inputs", "train_targets", "val_inputs", "val_targets")
+_ARRAYS = ("train_inputs", "train_targets", "val_inputs", "val_targets", "test_inputs", "test_targets")
 
 
 class ExampleSetTask(Task):
@@ -60,11 +61,13 @@ class ExampleSetTask(Task):
         self.seq_len = cfg.seq_len
         payload = {"format": FORMAT_VERSION, "data_seed": cfg.data_seed,
                    "train_examples": cfg.train_examples, "val_examples": cfg.val_examples,
+                   "test_examples": cfg.test_examples,
                    **self.data_fields(cfg)}
         self.cache_path = _cache.cache_file(cfg.cache_dir, self.name, payload)
         data = _cache.load_or_build(self.cache_path, _ARRAYS, self._build)
         self._train = (data["train_inputs"], data["train_targets"])
         self._val = (data["val_inputs"], data["val_targets"])
+        self._test = (data["test_inputs"], data["test_targets"])
         self._check_loaded()
         self._orders: dict[int, np.ndarray] = {}
 
@@ -105,9 +108,11 @@ class ExampleSetTask(Task):
 
     def val_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
         """The validation set in stored order."""
-        inputs, targets = self._val
-        for start, stop in batch_ranges(self.num_val, batch_size, max_batches):
-            yield to_long(inputs[start:stop]), to_long(targets[start:stop])
+        return _batches(self._val, batch_size, max_batches)
+
+    def test_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
+        """The test set in stored order."""
+        return _batches(self._test, batch_size, max_batches)
 
     # ------------------------------------------------------------------ internals
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -127,19 +132,24 @@ class ExampleSetTask(Task):
                 np.concatenate([p[1] for p in parts]).astype(np.int32))
 
     def _build(self) -> _cache.Arrays:
-        logger.info("generating %s data: %d train + %d validation examples of length %d",
-                    self.name, self.cfg.train_examples, self.cfg.val_examples, self.seq_len)
+        logger.info("generating %s data: %d train + %d validation + %d test examples of length %d",
+                    self.name, self.cfg.train_examples, self.cfg.val_examples, self.cfg.test_examples,
+                    self.seq_len)
         train_inputs, train_targets = self._generate_many(
             stream_rng(self.cfg.data_seed, "train"), self.cfg.train_examples)
-        val_inputs, val_targets = self._disjoint_val(train_inputs)
-        return {"train_inputs": train_inputs, "train_targets": train_targets,
-                "val_inputs": val_inputs, "val_targets": val_targets}
-
-    def _disjoint_val(self, train_inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Validation examples from the "val" stream, redrawing any that occur in training."""
         seen = {row.tobytes() for row in train_inputs}
-        rng = stream_rng(self.cfg.data_seed, "val")
-        kept_inputs, kept_targets, need = [], [], self.cfg.val_examples
+        val_inputs, val_targets = self._disjoint("val", self.cfg.val_examples, seen)
+        seen.update(row.tobytes() for row in val_inputs)
+        test_inputs, test_targets = self._disjoint("test", self.cfg.test_examples, seen)
+        return {"train_inputs": train_inputs, "train_targets": train_targets,
+                "val_inputs": val_inputs, "val_targets": val_targets,
+                "test_inputs": test_inputs, "test_targets": test_targets}
+
+    def _disjoint(self, split: str, count: int, seen: set) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` examples from the ``split`` stream, redrawing any whose inputs are in ``seen``
+        (the earlier splits' sequences)."""
+        rng = stream_rng(self.cfg.data_seed, split)
+        kept_inputs, kept_targets, need = [], [], count
         for _ in range(MAX_REDRAW_ROUNDS):
             inputs, targets = self._generate_many(rng, need)
             fresh = np.array([row.tobytes() not in seen for row in inputs], dtype=bool)
@@ -149,16 +159,23 @@ class ExampleSetTask(Task):
             if need == 0:
                 return np.concatenate(kept_inputs), np.concatenate(kept_targets)
         raise ValueError(
-            f"task.val_examples={self.cfg.val_examples}: could not draw that many validation "
-            f"sequences absent from the {len(train_inputs)} training ones; the space of "
-            "sequences is too small: increase task.vocab_size or task.seq_len, or lower "
-            "task.train_examples / task.val_examples"
+            f"task.{split}_examples={count}: could not draw that many {split} sequences absent "
+            f"from the {len(seen)} of the earlier splits; the space of sequences is too small: "
+            "increase task.vocab_size or task.seq_len, or lower task.train_examples / "
+            "task.val_examples / task.test_examples"
         )
 
     def _check_loaded(self) -> None:
-        expected = {"train": self.cfg.train_examples, "val": self.cfg.val_examples}
-        for split, (inputs, targets) in (("train", self._train), ("val", self._val)):
+        expected = {"train": self.cfg.train_examples, "val": self.cfg.val_examples,
+                    "test": self.cfg.test_examples}
+        for split, (inputs, targets) in (("train", self._train), ("val", self._val), ("test", self._test)):
             shape = (expected[split], self.seq_len)
             if inputs.shape != shape or targets.shape != shape:
                 raise ValueError(f"cached {split} data in {self.cache_path} has shape "
                                  f"{inputs.shape}/{targets.shape}, expected {shape}; delete the file")
+
+
+def _batches(split: tuple[np.ndarray, np.ndarray], batch_size: int, max_batches: int) -> Iterator[Batch]:
+    inputs, targets = split
+    for start, stop in batch_ranges(len(inputs), batch_size, max_batches):
+        yield to_long(inputs[start:stop]), to_long(targets[start:stop])

@@ -4,7 +4,10 @@ A task hands out token batches ``(inputs, targets)``, both ``LongTensor [B, T]``
 ``targets`` holds ``-100`` (PyTorch's ``ignore_index``) at positions that are not scored.
 Batches are a pure function of ``(task.data_seed, step, batch_size)``, so a trial resumed
 from a checkpoint at step ``s`` sees exactly the batches an uninterrupted one would.
-Validation data comes from a seed stream disjoint from training and is fixed per config.
+Validation data comes from a seed stream disjoint from training and is fixed per config;
+so does the test data, a third split that a trial evaluates once, at its end. Sweeps select
+(tune values, the front's points) on validation and report on test, so the figures a
+study reports are not inflated by the selection.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ QUALITY_METRICS = ("accuracy", "loss")
 Batch = tuple[torch.LongTensor, torch.LongTensor]
 # What an evaluation reports for every task (``trials.training.evaluate``).
 EVAL_METRICS = ("val_loss", "val_accuracy", "val_ppl")
+# What the final evaluation on the test split reports (``trials.trial``), once per trial.
+TEST_METRICS = ("test_loss", "test_accuracy", "test_ppl")
 
 
 @dataclass
@@ -35,11 +40,12 @@ class TaskConfig:
     vocab_size: int = 128            # the token vocabulary (lm: a floor for a .bin's, unused for text)
     seq_len: int = 64
     val_examples: int = 500          # validation examples (lm: windows of seq_len)
+    test_examples: int = 500         # test examples, evaluated once at the end of a trial
     data_seed: int = 0               # seeds generation; validation uses a disjoint seed stream
     cache_dir: Optional[str] = None  # None = $CARVELAB_CACHE or ~/.cache/carvelab
 
     def __post_init__(self) -> None:
-        for key in ("vocab_size", "seq_len", "val_examples"):
+        for key in ("vocab_size", "seq_len", "val_examples", "test_examples"):
             positive_field(self, key)
         check_data_seed(self.data_seed)
 
@@ -51,7 +57,7 @@ def positive_field(cfg: TaskConfig, key: str) -> None:
 
 
 class Task(ABC):
-    """A source of training batches and a fixed validation set.
+    """A source of training batches, a fixed validation set and a fixed test set.
 
     Attributes:
         name: the task's name (``TaskConfig.name``).
@@ -82,6 +88,14 @@ class Task(ABC):
         """The fixed validation set in batches of ``batch_size`` (the last may be smaller).
 
         ``max_batches = 0`` yields the whole set, otherwise at most that many batches.
+        """
+
+    @abstractmethod
+    def test_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
+        """The fixed test set (disjoint from training and validation), like ``val_batches``.
+
+        Read once per trial, after training; nothing that selects (tune values, pruning,
+        the sampler) sees it.
         """
 
 

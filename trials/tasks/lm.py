@@ -8,8 +8,10 @@ tokens ``x_s .. x_{s+T}`` of a stream::
     targets  x_{s+1}  x_{s+2}  ...  x_{s+T}        (every position scored)
 
 Training window starts are uniform over the training stream, drawn from the seed stream
-``(data_seed, "lm-train", step)``. The validation set is ``task.val_examples`` windows
-with starts evenly spaced over the validation stream (fixed, no randomness).
+``(data_seed, "lm-train", step)``. The held-out stream is cut in two halves: the
+validation set is ``task.val_examples`` windows with starts evenly spaced over its first
+half, the test set ``task.test_examples`` windows evenly spaced over its second half (fixed,
+no randomness; no window crosses the cut, so the two sets share no token position).
 The quality metric is the validation loss (lower is better).
 """
 from __future__ import annotations
@@ -61,18 +63,22 @@ class LMTask(Task):
         self.seq_len = cfg.seq_len
         self.corpus = load_corpus(cfg)
         self.vocab_size = self.corpus.vocab_size
-        for split, tokens in (("training", self.corpus.train), ("validation", self.corpus.val)):
+        half = len(self.corpus.val) // 2
+        self._val_stream, self._test_stream = self.corpus.val[:half], self.corpus.val[half:]
+        for split, tokens in (("training", self.corpus.train), ("validation (first half of the held-out)",
+                                                                 self._val_stream),
+                              ("test (second half of the held-out)", self._test_stream)):
             if len(tokens) < cfg.seq_len + 1:
                 raise ValueError(
                     f"task.data_path={cfg.data_path!r}: the {split} stream of "
                     f"{self.corpus.source} has {len(tokens)} tokens, fewer than "
                     f"task.seq_len + 1 = {cfg.seq_len + 1}; use a longer corpus or a shorter seq_len"
                 )
-        last = len(self.corpus.val) - cfg.seq_len - 1
-        self._val_starts = np.linspace(0, last, num=cfg.val_examples).round().astype(np.int64)
-        logger.info("lm task on %s: %d train / %d validation tokens, vocab %d",
-                    self.corpus.source, len(self.corpus.train), len(self.corpus.val),
-                    self.vocab_size)
+        self._val_starts = _even_starts(len(self._val_stream), cfg.seq_len, cfg.val_examples)
+        self._test_starts = _even_starts(len(self._test_stream), cfg.seq_len, cfg.test_examples)
+        logger.info("lm task on %s: %d train / %d validation / %d test tokens, vocab %d",
+                    self.corpus.source, len(self.corpus.train), len(self._val_stream),
+                    len(self._test_stream), self.vocab_size)
 
     @property
     def train_files(self) -> tuple[str, ...]:
@@ -81,7 +87,7 @@ class LMTask(Task):
 
     @property
     def val_files(self) -> tuple[str, ...]:
-        """Files of the validation stream (standard-library corpus only, else empty)."""
+        """Files of the held-out stream, validation and test (standard-library corpus only, else empty)."""
         return self.corpus.val_files
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
@@ -95,6 +101,19 @@ class LMTask(Task):
 
     def val_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
         """The ``val_examples`` fixed validation windows, in order."""
-        for start, stop in batch_ranges(len(self._val_starts), batch_size, max_batches):
-            inputs, targets = windows(self.corpus.val, self._val_starts[start:stop], self.seq_len)
+        return self._windows(self._val_stream, self._val_starts, batch_size, max_batches)
+
+    def test_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
+        """The ``test_examples`` fixed test windows, in order."""
+        return self._windows(self._test_stream, self._test_starts, batch_size, max_batches)
+
+    def _windows(self, tokens: np.ndarray, starts: np.ndarray, batch_size: int,
+                 max_batches: int) -> Iterator[Batch]:
+        for start, stop in batch_ranges(len(starts), batch_size, max_batches):
+            inputs, targets = windows(tokens, starts[start:stop], self.seq_len)
             yield to_long(inputs), to_long(targets)
+
+
+def _even_starts(length: int, seq_len: int, count: int) -> np.ndarray:
+    """``count`` window starts evenly spaced over a stream of ``length`` tokens."""
+    return np.linspace(0, length - seq_len - 1, num=count).round().astype(np.int64)

@@ -1,0 +1,101 @@
+"""Points of a validated sweep's space: grid, ablation and tune expansion, and the
+``TrialConfig`` of one point, seed and tune combination."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Mapping, Optional
+
+from carvelab.search_space import sweep_spec as S
+from carvelab.search_space.loading import load_trial_config
+from carvelab.search_space.trial_config import TrialConfig
+from carvelab.search_space.yaml_io import ConfigError, deep_merge
+from carvelab.trials.tasks import DEFAULT_TASK, task_class
+
+MAX_TRIALS = 100_000
+
+
+def nested(path: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path.split(".")):
+        out = {part: out}
+    return out
+
+
+def normalise(path: str, value: Any) -> Any:
+    if path == "model.content_gate" and isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.lower() == "on"
+    return value
+
+
+def point_config(spec: S.SweepSpec, point: Mapping[str, Any], seed: int,
+                 tune: Optional[Mapping[str, Any]] = None) -> TrialConfig:
+    """The trial config of one point (``{name or path: value}``), replicate seed and tune
+    values (``{path: value}``, one combination of ``spec.tune``).
+
+    Raises ``ConfigError`` when the combination is infeasible.
+    """
+    data = dict(spec.base)
+    for name, value in {**point, **(tune or {})}.items():
+        path = S.AXES.get(name, name)
+        data = deep_merge(data, nested(path, normalise(path, value)))
+    data = deep_merge(data, {"train": {"seed": seed}, "model": {"seed": seed}})
+    return load_trial_config(fit_task(data, spec.task_keys))
+
+
+def fit_task(data: dict, task_keys: Mapping[str, dict]) -> dict:
+    """A point of a sweep with a ``task.name`` axis: its task takes the keys of the point's
+    mapping that its own config declares, plus the base keys kept for it in ``task_keys``
+    (see ``_split_task_keys``); the point's own values win."""
+    task = dict(data.get("task") or {})
+    name = task.get("name", DEFAULT_TASK)
+    if not task_keys or name not in task_keys:
+        return data
+    own = {f.name for f in dataclasses.fields(task_class(name).Config)}
+    return {**data, "task": {**task_keys[name], **{k: v for k, v in task.items() if k in own}}}
+
+
+def base_levels(spec: S.SweepSpec) -> dict:
+    """Each swept parameter's value in the base config (what a one-factor change departs from)."""
+    config = dataclasses.asdict(load_trial_config(fit_task(dict(spec.base), spec.task_keys)))
+    out = {}
+    for p in spec.params:
+        node = config
+        for part in p.path.split("."):
+            node = node[part]
+        out[p.name] = node
+    return out
+
+
+def grid_points(spec: S.SweepSpec) -> list[dict]:
+    """Every combination of the space's values (grid mode), in file order."""
+    names = [p.name for p in spec.params]
+    values = [grid_values(p) for p in spec.params]
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+def tune_points(spec: S.SweepSpec) -> list[dict]:
+    """Every combination of the tune values (``[{}]`` without ``tune:``), in file order."""
+    names = [p.name for p in spec.tune]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(p.choices for p in spec.tune))]
+
+
+def grid_values(p: S.ParamSpec) -> list:
+    if p.type == "categorical":
+        return list(p.choices)
+    if p.type == "int":
+        step = int(p.step or 1)
+        count = (int(p.high) - int(p.low)) // step + 1
+        if count > MAX_TRIALS:
+            raise ConfigError(f"space.{p.name}: {count} grid values; a grid takes at most {MAX_TRIALS}")
+        return list(range(int(p.low), int(p.high) + 1, step))
+    raise ConfigError(f"space.{p.name}: grid mode needs a finite set of values; {p.type} ranges have none")
+
+
+def ablation_points(spec: S.SweepSpec) -> list[tuple[str, dict]]:
+    """(label, point) for the baseline then each one-factor change."""
+    out = [("baseline", {})]
+    for change in spec.changes:
+        label = ",".join(f"{k}={v}" for k, v in change.items())
+        out.append((label, dict(change)))
+    return out

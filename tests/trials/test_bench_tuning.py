@@ -1,0 +1,45 @@
+"""bench_tuning: the planned runs of a tuned ablation trained outside Ray, then the sweep's selection."""
+import json
+
+import pytest
+import yaml
+
+from carvelab.trials import bench_tuning
+from tests.trials.sweep_helpers import tiny_sweep
+
+
+def test_flip_fraction_counts_discordant_pairs_by_hand():
+    # a > b in seeds 0 and 1, b > a in seed 2: seed pairs (0,1) agree, (0,2) and (1,2) flip
+    scores = {"a": {0: 0.9, 1: 0.8, 2: 0.1}, "b": {0: 0.5, 1: 0.5, 2: 0.5}}
+    assert bench_tuning.flip_fraction(scores) == (pytest.approx(2 / 3), 3)
+    # a tie in seed 1 removes the comparisons with seed 1
+    scores["a"][1] = 0.5
+    assert bench_tuning.flip_fraction(scores) == (1.0, 1)
+    assert bench_tuning.flip_fraction({"a": {0: 1.0}})[1] == 0
+    # differences below min_diff in either seed are not counted
+    scores = {"a": {0: 0.999, 1: 1.0}, "b": {0: 1.0, 1: 0.9}}
+    assert bench_tuning.flip_fraction(scores) == (1.0, 1) and bench_tuning.flip_fraction(scores, 0.01)[1] == 0
+
+
+def test_run_then_analyse_a_tiny_tuned_ablation(tmp_path, capsys):
+    data = tiny_sweep("tiny_tuned", tmp_path / "cache", mode="ablation", budget={}, space={}, seeds=[0, 1],
+                      ablation={"changes": [{"erase_axis": "value"}]}, tune={"train.lr": [3e-3, 1e-2]})
+    sweep = tmp_path / "tiny_tuned.yaml"
+    sweep.write_text(yaml.safe_dump(data))
+    out = tmp_path / "runs.jsonl"
+    bench_tuning.run(str(sweep), out, workers=2, steps=None)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"completed"}
+    assert all("test_accuracy" in r["metrics"] for r in rows)
+    bench_tuning.run(str(sweep), out, workers=2, steps=None)  # a rerun trains nothing new
+    assert len(out.read_text().splitlines()) == 8
+    report = bench_tuning.analyse(out, str(sweep))
+    assert set(report["settings"]) == {"0.003", "0.01", "tuned"}
+    tuned = report["settings"]["tuned"]["points"]
+    for label, point in tuned.items():  # the tuned choice is the best validation seed mean, recomputed here
+        means = {lr: sum(r["metrics"]["val_accuracy"] for r in rows if r["label"] == label
+                         and r["tune"]["train.lr"] == lr) / 2 for lr in (3e-3, 1e-2)}
+        best = max((3e-3, 1e-2), key=lambda lr: (means[lr], -[3e-3, 1e-2].index(lr)))
+        assert point["tune"] == {"train.lr": best} and point["n"] == 2
+    text = bench_tuning.markdown(report)
+    assert "rank flips" in text and "tuned" in text
