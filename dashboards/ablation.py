@@ -88,7 +88,21 @@ def ablation_markdown(table: pl.DataFrame) -> str:
             f"| {r['change']} | {r['objective']} ({r['direction'][:3]}) | {_f(r['baseline'])} | "
             f"{_f(r['mean'])} ± {_f(r['std'])} | {_pct(r['relative'])} | [{_f(r['ci_low'])}, {_f(r['ci_high'])}] "
             f"| {r['n']} | {_f(r['sigma'], 2)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + multiple_comparison_note(table)
+
+
+def multiple_comparison_note(table: pl.DataFrame) -> str:
+    """How many effects were tested, how many intervals exclude zero, and how many of those
+    chance alone would give (each interval is at 95% on its own)."""
+    tested = table.filter(pl.col("n") > 1) if len(table) else table
+    k = len(tested)
+    if k < 2:
+        return ""
+    excluding = int(((tested["ci_low"] > 0) | (tested["ci_high"] < 0)).sum())
+    return (f"\n{k} effects tested, each at 95% on its own: {excluding} interval(s) exclude 0, and about "
+            f"{0.05 * k:.1f} would by chance alone if no change had any effect. Treat an effect as "
+            f"established only if it also holds at the Bonferroni level (95% for all {k} together: "
+            f"each at {100 * (1 - 0.05 / k):.2f}%), or in a second sweep with new seeds.\n")
 
 
 def _f(x, digits: int = 4) -> str:

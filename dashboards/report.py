@@ -21,7 +21,7 @@ from carvelab.dashboards import plots
 from carvelab.dashboards.ablation import ablation_markdown, ablation_table
 from carvelab.dashboards.frame import SweepData, front_table, hypervolume_history, trials_frame
 from carvelab.dashboards.selection import select_tuned, tune_markdown, tune_text
-from carvelab.dashboards.uncertainty import interval_text
+from carvelab.dashboards.uncertainty import interval_text, significance_text
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,8 @@ def summary_markdown(data: SweepData, df: pl.DataFrame, table: pl.DataFrame, his
         lines += ["Each point is shown at its tune values with the best validation seed mean "
                   "(`tune.md` lists every combination).", ""]
     if replicated:
-        lines += [f"Seed means ± the half-width of their 95% interval (Student t), n seeds per point. "
-                  f"{len(tied)} point(s) off the front are tied with it: their intervals overlap a front "
-                  "point's in every objective, so the data do not show the front point better.", ""]
+        lines += ["Seed means ± the half-width of their 95% interval (Student t), n seeds per point. "
+                  + significance_text(table, data.objectives, len(data.spec.seeds)), ""]
     else:
         lines += ["**One seed per point: there is no uncertainty estimate.** Whether two points differ, "
                   "including front and non-front points, is not known from this sweep; add seeds "

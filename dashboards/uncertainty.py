@@ -95,3 +95,28 @@ def interval_text(row: dict, metric: str) -> str:
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
         return f"{m:.5g}"
     return f"{m:.5g} ± {(hi - lo) / 2:.2g}"
+
+
+def significance_text(table: pl.DataFrame, objectives: list[tuple[str, str]], seeds: int) -> str:
+    """What the sweep does and does not show about its points, in one paragraph."""
+    if not len(table):
+        return "No completed point yet: nothing can be concluded."
+    front = int((table["pareto_rank"] == 0).sum())
+    if seeds < 2:
+        return (f"{front} of {len(table)} points are on the front, from one seed each: no difference between "
+                "points is established, on or off the front (no uncertainty estimate).")
+    lo = f"{objectives[0][0]}.lo"
+    off = table.filter(pl.col("pareto_rank") != 0)
+    tied = int(off["tied_with_front"].sum()) if len(off) else 0
+    judged = off.filter(pl.col(lo).is_not_nan() & pl.col(lo).is_not_null()) if len(off) else off
+    unknown = len(off) - len(judged)
+    separated = len(judged) - tied
+    parts = [f"{front} of {len(table)} points are on the front (seed means)."]
+    parts.append(f"{separated} point(s) off it are worse than a front point beyond their 95% intervals in at least "
+                 "one objective" + (" (each interval alone; with many points some of these separations are "
+                                    "chance)" if separated else ""))
+    parts.append(f"{tied} point(s) off it are not distinguishable from the front: their intervals overlap a "
+                 "front point's in every objective")
+    if unknown:
+        parts.append(f"{unknown} point(s) have fewer than 2 completed seeds and no interval: not judged")
+    return " ".join([parts[0], "; ".join(parts[1:]) + "."])

@@ -204,6 +204,10 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     )
     _check_effective_axes(spec, where)
     _check_triton_chunks(spec, where)
+    timed = [o.metric for o in objectives if o.metric in S.ISOLATED_METRICS]
+    if timed and load_trial_config(base).train.timing_steps == 0:
+        raise ConfigError(f"{where}: objectives: {timed[0]!r} is measured in the isolated timing window, and "
+                          "base.train.timing_steps is 0 (no window); set it > 0 or use tokens_per_s_contended")
     if raw.mode == "grid" or (raw.mode == "search" and raw.sampler.name == "grid"):
         for p in spec.params:
             try:

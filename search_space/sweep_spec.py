@@ -46,7 +46,11 @@ AXES = {
 
 # Metrics a trial reports; cost metrics are known before training starts.
 COST_METRICS = ("params", "flops_per_token", "state_bytes")
-METRICS = ("val_accuracy", "val_loss", "val_ppl", "train_loss", "tokens_per_s", "peak_mem_mb", "wall_s") + COST_METRICS
+# Speed metrics measured with the device to the trial alone (trials/timing_slot.py); the
+# figure measured while trials share the device is tokens_per_s_contended.
+ISOLATED_METRICS = ("tokens_per_s", "step_ms")
+METRICS = ("val_accuracy", "val_loss", "val_ppl", "train_loss", "tokens_per_s", "step_ms", "tokens_per_s_contended",
+           "peak_mem_mb", "wall_s") + COST_METRICS
 # Metrics whose intermediate values are reported during training (prunable).
 INTERMEDIATE_METRICS = ("val_accuracy", "val_loss", "val_ppl", "train_loss")
 

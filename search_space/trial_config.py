@@ -36,13 +36,14 @@ class TrainConfig:
     compile_steps: int = 2         # first steps excluded from the throughput figure
     max_seconds: Optional[float] = None  # wall-clock limit of training, after the first step (compilation)
     cuda_graph: bool = True        # on a GPU, replay the whole step from a CUDA graph (trials/step_graph.py)
+    timing_steps: int = 20         # steps timed with the device to itself (tokens_per_s, step_ms); 0 = none
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"train.{name}={value!r} must be a positive integer")
-        for name in ("warmup_steps", "eval_batches", "checkpoint_every", "compile_steps"):
+        for name in ("warmup_steps", "eval_batches", "checkpoint_every", "compile_steps", "timing_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train.{name}={value!r} must be a non-negative integer")

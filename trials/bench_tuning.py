@@ -45,13 +45,15 @@ def _key(label: str, seed: int, tune: dict) -> str:
     return json.dumps({"label": label, "seed": seed, "tune": tune}, sort_keys=True)
 
 
-def _train(config_dict: dict) -> dict:
+def train_config(config_dict: dict, threads: int = 2) -> dict:
+    """Train one trial config (a plain mapping) in this process with ``threads`` CPU threads; a
+    picklable summary of the result."""
     import torch
 
     from carvelab.search_space.loading import load_trial_config
     from carvelab.trials.trial import run_trial
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     result = run_trial(load_trial_config(config_dict))
     return {"status": result.status, "reason": result.reason, "steps": result.steps, "metrics": result.metrics,
@@ -76,7 +78,7 @@ def run(sweep: str, out: Path, workers: int, steps: int | None) -> None:
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_train, job[4]): job for job in jobs.values()}
+        futures = {pool.submit(train_config, job[4]): job for job in jobs.values()}
         for future in as_completed(futures):
             point, seed, label, tune, _ = futures[future]
             try:

@@ -82,6 +82,12 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     rows += [(k, str(v)) for k, v in summary.counts.items() if k != "running"]
     rows.append(("wall seconds", f"{summary.wall_s:.1f}"))
     print(format_table(rows, ("sweep", "value")))
+    if not args.quiet:
+        from carvelab.dashboards.frame import front_table, open_sweep
+
+        data = open_sweep(spec.name, args.root)
+        print()
+        print_front(data, front_table(data))
     print(f"\nInspect in MLflow:  mlflow ui --host 127.0.0.1 --backend-store-uri {summary.tracking_uri}")
     return 0
 
@@ -102,19 +108,29 @@ def cmd_sweep_check(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from carvelab.dashboards.frame import front_table, open_sweep, trials_frame
     from carvelab.dashboards.report import publish
 
     data = open_sweep(args.name, args.root)
     df = trials_frame(data)
     table = front_table(data, df)
-    shown = table.filter(pl.col("pareto_rank") <= args.rank) if len(table) else table
+    print_front(data, table, args.rank)
+    info = publish(data, df)
+    print(f"front: {info['front']} points ({info['front_runs']} runs tagged on_front=true); "
+          f"hypervolume {info['hypervolume']:.6g}; "
+          "artifacts under pareto/ of the parent run")
+    return 0
+
+
+def print_front(data, table, rank: int = 0) -> None:
+    """The front (ranks <= ``rank``) and the points tied with it, then what the sweep shows."""
+    import polars as pl
+
+    from carvelab.dashboards.uncertainty import significance_text
+
+    shown = table
     if len(table):  # the front, and the points tied with it (dashboards.uncertainty)
-        shown = table.filter((pl.col("pareto_rank") <= args.rank) | pl.col("tied_with_front"))
-    else:
-        shown = table
+        shown = table.filter((pl.col("pareto_rank") <= rank) | pl.col("tied_with_front"))
     replicated = "numbers" in shown.columns
     columns = ["pareto_rank", "tied_with_front"] + (["numbers", "n"] if replicated else ["number"])
     for m, _ in data.objectives:
@@ -122,6 +138,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     columns += ["point"] + (["tune"] if data.spec.tune else [])
     with pl.Config(tbl_rows=200, tbl_cols=30, fmt_str_lengths=200, tbl_width_chars=300):
         print(shown.select(columns) if len(shown) else "no completed trials yet")
+    if replicated:
+        print("objective columns: seed means; .lo/.hi: their 95% interval (Student t over n seeds); "
+              "tied_with_front: intervals overlap a front point's in every objective")
     told = [m for m, _ in data.told_objectives]
     tested = [f"{m} (selected on {t})" for (m, _), t in zip(data.objectives, told) if m != t]
     if tested:
@@ -129,16 +148,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if data.spec.tune:
         print("tune: each point at the tune values with the best seed mean on validation "
               "(every combination: pareto/tune.md of the parent run)")
-    if replicated:
-        print("objective columns: seed means; .lo/.hi: their 95% interval (Student t over n seeds); "
-              "tied_with_front: intervals overlap a front point's in every objective")
-    else:
-        print("one seed per point: no uncertainty estimate (add seeds to the sweep for intervals)")
-    info = publish(data, df)
-    print(f"front: {info['front']} points ({info['front_runs']} runs tagged on_front=true); "
-          f"hypervolume {info['hypervolume']:.6g}; "
-          "artifacts under pareto/ of the parent run")
-    return 0
+    print(significance_text(table, data.objectives, len(data.spec.seeds)))
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:

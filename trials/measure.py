@@ -34,6 +34,7 @@ class Meter:
         self.seconds = 0.0
         self._t0 = None
         self._pending = 0
+        self._waited = 0.0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -52,13 +53,18 @@ class Meter:
         if step >= self.skip:
             self._pending += tokens
 
+    def waited(self, seconds: float) -> None:
+        """Leave out of the open window time spent waiting for another trial's timing slot."""
+        if self._t0 is not None:
+            self._waited += seconds
+
     def flush(self) -> None:
         """Close the open window: wait for the device, then count its time and tokens."""
         if self._t0 is not None:
             self._sync()
-            self.seconds += time.perf_counter() - self._t0
+            self.seconds += time.perf_counter() - self._t0 - self._waited
             self.tokens += self._pending
-        self._t0, self._pending = None, 0
+        self._t0, self._pending, self._waited = None, 0, 0.0
 
     @property
     def tokens_per_s(self) -> float:

@@ -32,7 +32,8 @@ from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
 from carvelab.trials.measure import Meter
 from carvelab.trials.reporting import STOP, NullReporter, Reporter
-from carvelab.trials.step_graph import GraphedStep
+from carvelab.trials.step_graph import WARMUP, GraphedStep
+from carvelab.trials.timing_slot import DeviceSlot, TimedWindow
 from carvelab.trials.training import evaluate, lr_at, make_optimizer, optimizer_step, set_lr
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class TrialResult:
     precision: str = ""  # the recurrence's products as run (model.precision resolved; "none": no recurrence)
     step_mode: str = ""  # how the training step ran: "cuda_graph" (trials/step_graph.py) or "eager"
     config: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)  # the isolated timing window (trials/timing_slot.py)
 
 
 def pick_device(name: str) -> torch.device:
@@ -178,6 +180,17 @@ class _Run:
         self.backend = kernel_backend(self.model_cfg, self.device)
         self.precision = kernel_precision(self.model_cfg, self.device)
         self.train_seconds_before = 0.0
+        self.slot: Optional[DeviceSlot] = None
+        self.window: Optional[TimedWindow] = None
+
+    def open_slot(self) -> None:
+        """The device's timing slot, and the window: ``train.timing_steps`` steps once the step is
+        warm (after the compile steps and, on a GPU, the CUDA graph's capture), clipped to the run."""
+        self.slot = DeviceSlot(self.device)
+        start = self.train.compile_steps + (WARMUP + 1 if self.graph_step is not None else 0)
+        start = min(start, self.train.steps - 1)
+        length = min(self.train.timing_steps, self.train.steps - start)
+        self.window = TimedWindow(self.slot, start, length if self.step <= start else 0)
 
     # ------------------------------------------------------------ checkpoints
     def restore(self) -> Optional[TrialResult]:
@@ -214,13 +227,25 @@ class _Run:
         inputs, targets = self.task.train_batch(self.step, self.train.batch_size)
         inputs, targets = (to_device(t, self.device) for t in (inputs, targets))
         set_lr(self.optimizer, lr_at(self.step, self.train))
-        self.meter.start(self.step)
+        self.window.before_step(self.step)
+        timed = self.window.active
+        if not timed:
+            self.meter.start(self.step)
+            self.meter.waited(self.slot.hold_shared())  # a neighbour's timing window is not our speed
         if self.graph_step is not None:
             loss = self.graph_step(inputs, targets)
         else:
             loss = optimizer_step(self.model, self.optimizer, inputs, targets, self.train.grad_clip, self._autocast())
-        self.meter.stop(self.step, inputs.numel())
+        if timed:  # the isolated window's steps are not in the contended figure
+            self.window.after_step(self.step, inputs.numel())
+        else:
+            self.meter.stop(self.step, inputs.numel())
         return loss
+
+    def synced(self) -> None:
+        """The device was just synchronised: a shared training block may end here."""
+        if not self.window.active:
+            self.slot.release_shared()
 
     def _autocast(self, cache: bool = True):
         """bf16 autocast on a GPU when train.dtype asks for it; ``cache=False`` for a captured
@@ -231,12 +256,19 @@ class _Run:
 
     def evaluate(self, train_loss: float, wall_s: float) -> dict[str, float]:
         self.meter.flush()
+        self.window.pause()
         batches = self.task.val_batches(self.train.batch_size, self.train.eval_batches)
         metrics = evaluate(self.model, batches, self.device)
+        self.window.resume()
         metrics.update(self.costs)
         metrics.update({
-            "train_loss": train_loss, "tokens_per_s": self.meter.tokens_per_s,
+            "train_loss": train_loss,
+            # the steps outside the timing window, with whatever shares the device (absent if none)
+            **({"tokens_per_s_contended": self.meter.tokens_per_s} if math.isfinite(self.meter.tokens_per_s) else {}),
             "peak_mem_mb": self.meter.peak_memory_mb(), "wall_s": wall_s, "step": float(self.step),
+            # tokens_per_s, step_ms: in isolation, once the window has run (a trial resumed past
+            # its window keeps the figures it measured before the interruption)
+            **(self.window.metrics() or self._earlier_window()),
         })
         if math.isfinite(self.first_step_s):
             metrics["first_step_s"] = self.first_step_s
@@ -249,11 +281,15 @@ class _Run:
         metrics = {**metrics, **evaluate(self.model, batches, self.device, split="test")}
         return self.result(COMPLETED, reason, metrics)
 
+    def _earlier_window(self) -> dict[str, float]:
+        last = self.history[-1][1] if self.history else {}
+        return {k: last[k] for k in ("tokens_per_s", "step_ms") if k in last}
+
     def result(self, status: str, reason: Optional[str], metrics: dict) -> TrialResult:
         return TrialResult(status=status, reason=reason, steps=self.step, metrics=metrics,
                            history=list(self.history), backend=self.backend, precision=self.precision,
                            step_mode="cuda_graph" if self.graph_step is not None else "eager",
-                           config=self.config_dict)
+                           config=self.config_dict, timing=self.window.record() if self.window else {})
 
 
 def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
@@ -269,6 +305,14 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
     finished = run.restore()
     if finished is not None:
         return finished
+    run.open_slot()
+    try:
+        return _train(run, on_step)
+    finally:
+        run.slot.close()
+
+
+def _train(run: _Run, on_step: Optional[Callable[[int], None]]) -> TrialResult:
     start = time.perf_counter() - run.train_seconds_before
     metrics: dict[str, float] = dict(run.history[-1][1]) if run.history else {}
     train = run.train
@@ -283,6 +327,7 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
             # not depend on whether another trial warmed the cache first. Waiting for it
             # here is the one synchronisation of the first step.
             watch.check()
+            run.synced()
             run.first_step_s = time.perf_counter() - run.built_at
             budget_from = time.perf_counter() - run.train_seconds_before
         now = time.perf_counter()
@@ -291,7 +336,10 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
         wall = now - start
         out_of_time = train.max_seconds is not None and now - budget_from >= train.max_seconds
         at_eval = run.step % train.eval_every == 0 or run.step == train.steps or out_of_time
-        bad_step = watch.check() if (at_eval or watch.eager or run.step % DIVERGENCE_CHECK_EVERY == 0) else None
+        checked = at_eval or watch.eager or run.step % DIVERGENCE_CHECK_EVERY == 0
+        bad_step = watch.check() if checked else None
+        if checked:
+            run.synced()
         if bad_step is not None:
             run.step = bad_step
             metrics = dict(metrics, train_loss=watch.value(), wall_s=wall, step=float(bad_step), **run.costs)
@@ -302,7 +350,9 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
             if run.reporter.report(run.step, metrics) == STOP:
                 return run.result(PRUNED, "pruned", metrics)
         if train.checkpoint_every and run.step % train.checkpoint_every == 0:
+            run.window.pause()
             run.save(time.perf_counter() - start)
+            run.window.resume()
         if out_of_time:
             result = run.completed("time_budget", metrics)
             run.save(time.perf_counter() - start, result)

@@ -46,3 +46,17 @@ def test_paired_stats_by_hand():
 def test_single_pair_has_no_interval():
     s = paired_stats([0.5])
     assert s["n"] == 1 and s["mean"] == 0.5 and math.isnan(s["ci_low"]) and math.isnan(s["sigma"])
+
+
+def test_many_effects_get_a_multiple_comparison_note():
+    import polars as pl
+
+    from carvelab.dashboards.ablation import ablation_markdown
+
+    rows = [{"change": f"c{i}", "objective": "acc", "direction": "maximize", "baseline": 0.5, "n": 3, "mean": m,
+             "std": 0.01, "ci_low": m - 0.02, "ci_high": m + 0.02, "sigma": 5.0, "relative": m}
+            for i, m in enumerate([0.1, 0.0, -0.1, 0.01])]
+    text = ablation_markdown(pl.DataFrame(rows))
+    assert "4 effects tested" in text and "2 interval(s) exclude 0" in text and "about 0.2" in text
+    assert "98.75%" in text  # Bonferroni: 1 - 0.05 / 4
+    assert "effects tested" not in ablation_markdown(pl.DataFrame(rows[:1]))

@@ -72,4 +72,20 @@ def test_summary_shows_intervals_and_lists_ties():
     ])
     text = _summary([0, 1], table)
     assert "0.5 ± 0.1" in text and "[2, 3] (tied) | 2 | 0.45 ± 0.1" in text
-    assert "1 point(s) off the front are tied with it" in text
+    assert "1 point(s) off it are not distinguishable from the front" in text
+
+
+def test_significance_counts_front_separated_tied_and_unjudged_points():
+    from carvelab.dashboards.uncertainty import significance_text
+
+    table = pl.DataFrame([
+        {**_row(0, 0.8, 0.9, 10, 11), "tied_with_front": False},
+        {**_row(1, 0.5, 0.6, 10, 11), "tied_with_front": False},      # worse beyond the intervals
+        {**_row(1, 0.7, 0.85, 10, 12), "tied_with_front": True},      # overlaps the front point everywhere
+        {**_row(2, math.nan, math.nan, 10, 10), "tied_with_front": False},  # one seed: no interval
+    ])
+    text = significance_text(table, OBJ, seeds=2)
+    assert text.startswith("1 of 4 points are on the front")
+    assert "1 point(s) off it are worse" in text and "1 point(s) off it are not distinguishable" in text
+    assert "1 point(s) have fewer than 2 completed seeds" in text
+    assert "no difference between points is established" in significance_text(table, OBJ, seeds=1)
