@@ -67,7 +67,16 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
     if isinstance(data.get("ablation"), Mapping) and "changes" in data["ablation"]:
         data["ablation"] = dict(data["ablation"])
         changes = data["ablation"].pop("changes")
+    custom = None  # resources.custom is an open mapping of Ray resource names
+    if isinstance(data.get("resources"), Mapping) and "custom" in data["resources"]:
+        data["resources"] = dict(data["resources"])
+        custom = data["resources"].pop("custom")
+        if not isinstance(custom, Mapping):
+            raise ConfigError(f"{where}: resources.custom={custom!r} must be a mapping of Ray resource name -> "
+                              "amount per trial, e.g. {accelerator_a100: 1}")
     raw: S.SweepFile = to_dataclass(S.SweepFile(), data, where)
+    if custom is not None:
+        raw.resources.custom = {str(k): v for k, v in custom.items()}
     raw.base = free.get("base")
     raw.pruner = free.get("pruner") or {}
     space = free.get("space") or {}
@@ -364,6 +373,16 @@ def _validate_resources(res: S.ResourcesSpec, where: str) -> None:
         raise ConfigError(f"{where}: resources.trial_timeout_s={res.trial_timeout_s} must be a finite number > 0")
     if res.max_retries < 0:
         raise ConfigError(f"{where}: resources.max_retries={res.max_retries} must be >= 0")
+    if res.memory_mb is not None and not 0 < res.memory_mb < math.inf:
+        raise ConfigError(f"{where}: resources.memory_mb={res.memory_mb} must be a finite number > 0")
+    if res.pending_timeout_s is not None and not 0 < res.pending_timeout_s < math.inf:
+        raise ConfigError(f"{where}: resources.pending_timeout_s={res.pending_timeout_s} must be a finite number > 0")
+    for name, amount in res.custom.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ConfigError(f"{where}: resources.custom.{name}: use resources.cpus_per_trial / gpus_per_trial / "
+                              "memory_mb for Ray's built-in resources")
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not 0 < amount < math.inf:
+            raise ConfigError(f"{where}: resources.custom.{name}={amount!r} must be a finite number > 0")
 
 
 def _validate_uris(raw: S.SweepFile, where: str) -> None:

@@ -82,6 +82,9 @@ class ResourcesSpec:
     concurrency: int = 1
     trial_timeout_s: Optional[float] = None
     max_retries: int = 1          # re-runs of a trial whose worker process died
+    memory_mb: Optional[float] = None   # Ray memory reserved per trial (none: not reserved)
+    custom: Dict[str, float] = field(default_factory=dict)  # Ray custom resources per trial
+    pending_timeout_s: Optional[float] = None  # a trial no live node can run is failed (unschedulable) after this
 
 
 @dataclass

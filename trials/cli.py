@@ -7,6 +7,7 @@
     carvelab sweep check NAME [--root DIR] [--repair]   Optuna vs MLflow; exit 1 on disagreement
     carvelab pareto NAME [--root DIR]               the front as a table; refreshes MLflow
     carvelab ablation NAME [--root DIR]             effects vs the baseline, paired by seed
+    carvelab importance NAME [--root DIR] [--method auto|paired|fanova|ped_anova]   which axes matter
     carvelab export NAME --out DIR [--rank 0] [--top N] [--format carvelab|fla]
 """
 from __future__ import annotations
@@ -74,12 +75,13 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
             done = counts["completed"] + counts["pruned"] + counts["failed"]
             bar.update(done - bar.n)
             bar.set_postfix(running=counts["running"], done=counts["completed"], pruned=counts["pruned"],
-                            failed=counts["failed"], front=counts["front"])
+                            failed=counts["failed"], front=counts["front"],
+                            **({"waiting": counts["pending"]} if counts.get("pending") else {}))
 
         summary = run_sweep(spec, args.root, address=args.address, on_update=update)
     rows = [("sweep", summary.name), ("directory", summary.sweep_dir), ("optuna storage", summary.storage),
             ("mlflow tracking", summary.tracking_uri), ("mlflow parent run", str(summary.parent_run_id))]
-    rows += [(k, str(v)) for k, v in summary.counts.items() if k != "running"]
+    rows += [(k, str(v)) for k, v in summary.counts.items() if k not in ("running", "pending")]
     rows.append(("wall seconds", f"{summary.wall_s:.1f}"))
     print(format_table(rows, ("sweep", "value")))
     if not args.quiet:
@@ -159,6 +161,18 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_importance(args: argparse.Namespace) -> int:
+    from carvelab.dashboards.frame import open_sweep
+    from carvelab.dashboards.importance import importance_markdown, importance_table, publish_importance
+
+    data = open_sweep(args.name, args.root)
+    table = importance_table(data, args.method)
+    print(importance_markdown(table))
+    publish_importance(data, table)
+    print("artifacts under importance/ of the parent run")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from carvelab.dashboards.export import export
     from carvelab.dashboards.frame import open_sweep
@@ -214,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("name")
     ablation.add_argument("--root", default="carvelab_sweeps")
     ablation.set_defaults(func=cmd_ablation)
+    importance = sub.add_parser("importance", help="rank a sweep's axes by their effect on each objective")
+    importance.add_argument("name")
+    importance.add_argument("--root", default="carvelab_sweeps")
+    importance.add_argument("--method", default="auto", choices=["auto", "paired", "fanova", "ped_anova"],
+                            help="auto: paired effects for grid/ablation sweeps, fANOVA for search sweeps")
+    importance.set_defaults(func=cmd_importance)
     exp = sub.add_parser("export", help="write the winning configs as re-runnable YAML files")
     exp.add_argument("name")
     exp.add_argument("--out", required=True, help="output folder (existing files are never overwritten)")

@@ -33,6 +33,7 @@ from carvelab.trials.tracking import (
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
+NODE_CHECK_EVERY_S = 5.0  # how often waiting trials are compared with the live nodes
 
 
 @dataclass
@@ -62,7 +63,11 @@ class SweepDriver:
         self.dir = SweepDir(root, spec.name)
         self.address = address
         self.on_update = on_update or (lambda counts: None)
-        self.counts = {"running": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0, "front": 0}
+        self.counts = {"running": 0, "pending": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0,
+                       "front": 0}  # pending: submitted, waiting in Ray's queue for resources
+        self.unschedulable_since: Optional[float] = None  # since when waiting trials fit no live node
+        self._nodes_checked, self._why = -math.inf, None
+        self.stop_launching = False
         self.logged: dict[int, set] = {}
         self.run_ids: dict[int, str] = {}               # trial number -> its MLflow run
         self.live: dict[int, optuna.trial.Trial] = {}   # trial number -> the running trial, to be told
@@ -88,13 +93,21 @@ class SweepDriver:
         from carvelab.trials import scheduler
 
         t0 = time.monotonic()
-        self.dir.bind(self.spec)
-        with driver_lock(self.dir.path):
-            return self._run_locked(scheduler, t0)
+        started = scheduler.start_ray(self.address)
+        try:
+            # A trial no node can ever run is refused before anything is created.
+            why = scheduler.unschedulable(self.spec.resources, scheduler.live_nodes())
+            if why:
+                raise ConfigError(f"{self.spec.source}: {why}; nothing was created")
+            self.dir.bind(self.spec)
+            with driver_lock(self.dir.path):
+                return self._run_locked(scheduler, t0)
+        finally:
+            if started:
+                scheduler.stop_ray()
 
     def _run_locked(self, scheduler, t0: float) -> SweepSummary:
         self._open()
-        started = scheduler.start_ray(self.address)
         status = "KILLED"
         try:
             self.executor = scheduler.RayExecutor(self.spec.resources, self.spec.pruner,
@@ -114,8 +127,6 @@ class SweepDriver:
                     cb.on_sweep_end(self)
             self.tracker.set_tags(self.parent, {f"carvelab.count.{k}": v for k, v in self.counts.items()})
             self.tracker.finish(self.parent, status)
-            if started:
-                scheduler.stop_ray()
         return SweepSummary(self.spec.name, str(self.dir.path), redact(self.storage), redact(self.tracking_uri),
                             self.parent, dict(self.counts), self.counts["front"], time.monotonic() - t0,
                             getattr(self, "loop_s", 0.0))
@@ -127,7 +138,7 @@ class SweepDriver:
         skipped = {"infeasible": 0, "duplicate": 0}
         exhausted = False
         while True:
-            while not exhausted and len(inflight) < self.spec.resources.concurrency \
+            while not exhausted and not self.stop_launching and len(inflight) < self.spec.resources.concurrency \
                     and time.monotonic() < deadline and self._may_start():
                 launched = self._launch(inflight)
                 if isinstance(launched, str):
@@ -151,6 +162,7 @@ class SweepDriver:
             for handle, result, exc in done:
                 self._finish(inflight.pop(handle.trial), result, exc)
             self._cancel_overdue(inflight)
+            self._check_pending(inflight)
             for cb in self.callbacks:
                 cb.on_tick(self)
 
@@ -316,6 +328,43 @@ class SweepDriver:
                 inflight.pop(item.trial.number)
                 self.dir.save_result(item.trial.number, payload)
                 self._record(item.trial.number, payload)
+
+    def _check_pending(self, inflight: dict) -> None:
+        """Trials waiting in Ray's queue for resources no live node has (the cluster shrank): a
+        warning; past ``resources.pending_timeout_s`` they fail as ``unschedulable`` and no new
+        trial starts (the running ones finish, then the sweep ends)."""
+        from carvelab.trials import scheduler
+
+        waiting = [item for number, item in inflight.items() if number not in self.executor.started]
+        self.counts["pending"] = len(waiting)
+        now = time.monotonic()
+        if not waiting:
+            self.unschedulable_since = None
+            return
+        if now - self._nodes_checked >= NODE_CHECK_EVERY_S:
+            self._why, self._nodes_checked = scheduler.unschedulable(self.spec.resources, scheduler.live_nodes()), now
+        if self._why is None:
+            self.unschedulable_since = None
+            return
+        if self.unschedulable_since is None:
+            self.unschedulable_since = now
+            logger.warning("%d trial(s) are waiting for resources no live node of the cluster has (%s); "
+                           "they start if such a node joins%s", len(waiting), self._why,
+                           f", else fail after resources.pending_timeout_s={self.spec.resources.pending_timeout_s}"
+                           if self.spec.resources.pending_timeout_s else "")
+        limit = self.spec.resources.pending_timeout_s
+        if limit and now - self.unschedulable_since > limit:
+            for item in waiting:
+                self.executor.cancel(item.handle)
+                inflight.pop(item.trial.number)
+                payload = {"status": "failed", "reason": "unschedulable", "steps": 0, "metrics": {}, "history": [],
+                           "traceback": f"waited {now - self.unschedulable_since:.0f}s (resources.pending_timeout_s="
+                                        f"{limit}) for resources no live node has: {self._why}"}
+                self.dir.save_result(item.trial.number, payload)
+                self._record(item.trial.number, payload)
+            self.counts["pending"] = 0
+            self.stop_launching = True
+            logger.warning("no new trials start: the cluster cannot run them (%s)", self._why)
 
     # ------------------------------------------------------------------ resume
     def _recover(self) -> None:

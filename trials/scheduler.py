@@ -73,6 +73,46 @@ def import_extensions(names: list[str]) -> None:
         importlib.import_module(name)
 
 
+def trial_needs(res) -> dict[str, float]:
+    """What one trial asks Ray for, keyed by Ray's resource names, with the sweep file's key."""
+    needs = {"CPU": (res.cpus_per_trial, "resources.cpus_per_trial"),
+             "GPU": (res.gpus_per_trial, "resources.gpus_per_trial")}
+    if res.memory_mb:
+        needs["memory"] = (res.memory_mb * 2**20, "resources.memory_mb")
+    needs.update({k: (float(v), f"resources.custom.{k}") for k, v in res.custom.items()})
+    return {k: v for k, v in needs.items() if v[0]}
+
+
+def unschedulable(res, nodes: list[dict]) -> Optional[str]:
+    """Why no node of ``nodes`` (Ray resource mappings) can ever run one trial, or None."""
+    needs = trial_needs(res)
+    if any(all(node.get(k, 0.0) >= amount for k, (amount, _) in needs.items()) for node in nodes):
+        return None
+    if not nodes:
+        return "the Ray cluster has no live node"
+
+    def shown(key: str, value: float) -> str:
+        return f"{value / 2**20:.0f} MB memory" if key == "memory" else f"{value:g} {key}"
+
+    for key, (amount, name) in needs.items():
+        largest = max(node.get(key, 0.0) for node in nodes)
+        if largest < amount:
+            asked = amount / 2**20 if key == "memory" else amount
+            return (f"{name}={asked:g}: no node of the Ray cluster has that much; the largest node has "
+                    f"{shown(key, largest)}")
+    asked = ", ".join(shown(k, a) for k, (a, _) in needs.items())
+    best = max(nodes, key=lambda n: sum(n.get(k, 0.0) >= a for k, (a, _) in needs.items()))
+    return (f"resources: no node of the Ray cluster has {asked} at once; e.g. a node has "
+            + ", ".join(shown(k, best.get(k, 0.0)) for k in needs))
+
+
+def live_nodes() -> list[dict]:
+    """The Ray resources of every live node of the connected cluster."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
 def stop_ray() -> None:
     import ray
 
@@ -89,6 +129,7 @@ class _Broker:
         import_extensions(list(extensions))
         self.pruner = build_pruner(pruner_spec, objectives, seed)
         self.pending: list[tuple[int, int, dict, str]] = []
+        self.started_trials: list[int] = []
 
     def report(self, trial: int, step: int, metrics: dict) -> str:
         decision = self.pruner.decide(trial, step, metrics)
@@ -104,9 +145,14 @@ class _Broker:
     def complete(self, trial: int, state: str, value: Optional[float]) -> None:
         self.pruner.complete(trial, state, value)
 
-    def drain(self) -> list:
+    def drain(self) -> tuple[list, list]:
+        """(the reports since the last drain, the trials that started since then)."""
         out, self.pending = self.pending, []
-        return out
+        started, self.started_trials = self.started_trials, []
+        return out, started
+
+    def started(self, trial: int) -> None:
+        self.started_trials.append(trial)
 
     def node(self) -> str:
         import ray
@@ -134,6 +180,7 @@ def _run_remote(config_dict: dict, trial: int, broker, threads: int, extensions:
 
     import ray
 
+    broker.started.remote(trial)  # the trial left Ray's queue: it has its resources
     torch.set_num_threads(max(1, threads))
     os.environ["TRITON_CACHE_DIR"] = triton_cache_dir()  # before any kernel compiles in this worker
     started = time.time()
@@ -168,12 +215,17 @@ class RayExecutor:
         self.broker = ray.remote(_Broker).options(num_cpus=0, scheduling_strategy=here).remote(
             pruner_spec, objectives, seed, self.extensions)
         self.task = ray.remote(_run_remote)
+        self.started: set[int] = set()   # trials whose worker began (the rest wait in Ray's queue)
 
     def submit(self, config_dict: dict, trial: int) -> Handle:
         opts = dict(num_cpus=self.res.cpus_per_trial, max_retries=self.res.max_retries,
                     retry_exceptions=False)
         if self.res.gpus_per_trial:
             opts["num_gpus"] = self.res.gpus_per_trial
+        if self.res.memory_mb:
+            opts["memory"] = int(self.res.memory_mb * 2**20)
+        if self.res.custom:
+            opts["resources"] = dict(self.res.custom)
         threads = int(self.res.cpus_per_trial)
         ref = self.task.options(**opts).remote(config_dict, trial, self.broker, threads, self.extensions)
         return Handle(trial, ref, time.monotonic())
@@ -197,7 +249,10 @@ class RayExecutor:
         self.ray.cancel(handle.ref, force=True)
 
     def drain(self) -> list:
-        return self.ray.get(self.broker.drain.remote())
+        """Workers' reports since the last drain; the trials that started are added to ``started``."""
+        reports, started = self.ray.get(self.broker.drain.remote())
+        self.started.update(started)
+        return reports
 
     def complete(self, trial: int, state: str, value: Optional[float]) -> None:
         self.broker.complete.remote(trial, state, value)

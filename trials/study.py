@@ -25,9 +25,9 @@ from carvelab.search_space.sweep_spec import SweepSpec
 logger = logging.getLogger(__name__)
 
 # Failure reasons that are not a verdict on the point: such trials are re-queued.
-REQUEUE_REASONS = ("driver_died",)
+REQUEUE_REASONS = ("driver_died", "unschedulable")
 # Failures that never consumed a training run.
-NO_TRAINING_REASONS = ("infeasible", "driver_died", "duplicate")
+NO_TRAINING_REASONS = ("infeasible", "driver_died", "duplicate", "unschedulable")
 
 
 def tell_finished(study: optuna.Study, trial, status: str, reason: Optional[str], steps: int,

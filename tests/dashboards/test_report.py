@@ -150,6 +150,12 @@ def test_cli_pareto_ablation_export(sweeps, tmp_path, capsys):
     assert "runs tagged on_front=true" in capsys.readouterr().out
     assert main(["ablation", "abl", "--root", str(sweeps)]) == 0
     assert "erase_axis=value" in capsys.readouterr().out
+    assert main(["importance", "grid", "--root", str(sweeps)]) == 0
+    out = capsys.readouterr().out
+    assert "| erase_axis | erase_axis=value |" in out and "artifacts under importance/" in out
+    data = open_sweep("grid", sweeps)
+    names = {a.path for a in data.client.list_artifacts(data.parent_run_id, "importance")}
+    assert {"importance/importance.md", "importance/importance.csv", "importance/importance.png"} <= names
     assert main(["export", "grid", "--root", str(sweeps), "--out", str(tmp_path / "x"), "--top", "1"]) == 0
     assert len(list((tmp_path / "x").glob("*.yaml"))) == 1
 
