@@ -118,8 +118,12 @@ class TimedWindow:
         if self.slot.device.type == "cuda":
             torch.cuda.synchronize(self.slot.device)
 
+    def opens_at(self, step: int) -> bool:
+        """Whether ``before_step(step)`` opens the window."""
+        return self.length > 0 and step == self.start and not self.active and self.interval is None
+
     def before_step(self, step: int) -> None:
-        if self.length > 0 and step == self.start and not self.active and self.interval is None:
+        if self.opens_at(step):
             self._sync()  # our own queued work is not the window's
             self.slot.release_shared()
             begin = self.slot.acquire_exclusive()

@@ -227,6 +227,8 @@ class _Run:
         inputs, targets = self.task.train_batch(self.step, self.train.batch_size)
         inputs, targets = (to_device(t, self.device) for t in (inputs, targets))
         set_lr(self.optimizer, lr_at(self.step, self.train))
+        if self.window.opens_at(self.step):
+            self.meter.flush()  # the window (and its wait for the slot) is not in the contended figure
         self.window.before_step(self.step)
         timed = self.window.active
         if not timed:

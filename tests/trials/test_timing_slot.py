@@ -100,3 +100,38 @@ def test_trials_sharing_a_node_never_overlap_another_trials_window(tmp_path, ray
     for a, b in itertools.permutations(timings, 2):
         assert not _overlap(a["slot"], b["slot"])
         assert not any(_overlap(a["slot"], block) for block in b["shared_blocks"])
+
+
+def test_the_wait_for_the_slot_and_the_window_stay_out_of_the_contended_figure(tmp_path, monkeypatch):
+    """A window opening while the throughput meter's window is open (as on a GPU, after the CUDA
+    graph's capture): the wait for the exclusive slot counts in neither figure's tokens, so it must
+    not count in the contended figure's time either."""
+    from carvelab.trials import trial as trial_mod
+    from carvelab.trials.reporting import NullReporter
+    from carvelab.trials.tasks import build_task
+    from tests.trials.test_trial import tiny
+
+    monkeypatch.setenv("CARVELAB_SLOT_DIR", str(tmp_path / "slots"))
+    slow = DeviceSlot.acquire_exclusive
+
+    def slow_acquire(self):
+        time.sleep(1.0)  # a neighbour holds the slot for a second
+        return slow(self)
+
+    monkeypatch.setattr(DeviceSlot, "acquire_exclusive", slow_acquire)
+    run = trial_mod._Run(tiny(tmp_path, steps=8, compile_steps=1), NullReporter(), build_task)
+    run.open_slot()
+    run.window = TimedWindow(run.slot, start=4, length=2)  # opens after the meter's window has opened
+    try:
+        started = time.perf_counter()
+        while run.step < 8:
+            run.train_step()
+            run.synced()
+            run.step += 1
+        run.meter.flush()
+        elapsed = time.perf_counter() - started
+    finally:
+        run.slot.close()
+    assert run.window.steps == 2 and elapsed > 1.0
+    assert run.meter.seconds < elapsed - 1.0  # the second of waiting is not in the contended time
+    assert run.meter.tokens == 5 * 4 * 40     # steps 1-3 and 6-7, batch 4, T=40
