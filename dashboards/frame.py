@@ -53,6 +53,10 @@ class SweepData:
         """The objectives as reported: ``test_X`` for ``val_X`` where the runs have it (see above)."""
         return self.reported if self.reported is not None else self.told_objectives
 
+    def on_test(self) -> list[tuple[str, str]]:
+        """(reported, told) for every objective reported on the test split instead of validation."""
+        return [(m, t) for (m, _), (t, _) in zip(self.objectives, self.told_objectives) if m != t]
+
 
 def open_sweep(name: str, root: str | Path = "carvelab_sweeps") -> SweepData:
     """Open a sweep's Optuna study and MLflow experiment from its directory."""

@@ -57,8 +57,7 @@ def summary_markdown(data: SweepData, df: pl.DataFrame, table: pl.DataFrame, his
     tied = table.filter(pl.col("tied_with_front")) if len(table) else table
     replicated = len(data.spec.seeds) > 1
     lines += [f"## Pareto front ({len(front)} points)", ""]
-    told = [m for m, _ in data.told_objectives]
-    tested = [f"`{m}` (selected on `{t}`)" for (m, _), t in zip(data.objectives, told) if m != t]
+    tested = [f"`{m}` (selected on `{t}`)" for m, t in data.on_test()]
     if tested:
         lines += ["Reported on the test split, evaluated once per run after training: " + ", ".join(tested)
                   + ". Nothing that selected (sampler, pruner, tune values) saw it.", ""]

@@ -143,8 +143,7 @@ def print_front(data, table, rank: int = 0) -> None:
     if replicated:
         print("objective columns: seed means; .lo/.hi: their 95% interval (Student t over n seeds); "
               "tied_with_front: intervals overlap a front point's in every objective")
-    told = [m for m, _ in data.told_objectives]
-    tested = [f"{m} (selected on {t})" for (m, _), t in zip(data.objectives, told) if m != t]
+    tested = [f"{m} (selected on {t})" for m, t in data.on_test()]
     if tested:
         print("reported on the test split: " + ", ".join(tested))
     if data.spec.tune:

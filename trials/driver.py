@@ -28,7 +28,7 @@ from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
 from carvelab.trials.callbacks import FrontPublisher
 from carvelab.trials.tracking import (
-    MLFLOW_STATUS, MlflowTracker, flatten, logged_history, redact, redact_text, result_tags,
+    MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text, result_tags, test_metrics,
 )
 
 logger = logging.getLogger(__name__)
@@ -289,12 +289,12 @@ class SweepDriver:
         status, reason = payload["status"], payload.get("reason")
         if run_id:
             logged = self.logged.setdefault(number, set())
-            history = logged_history(payload)
-            for k, (step, metrics) in enumerate(history):
-                final = k == len(payload.get("history", []))  # the test evaluation, at the last step
-                if final or step not in logged:
+            for step, metrics in payload.get("history", []):
+                if step not in logged:
                     self.tracker.log_metrics(run_id, step, metrics)
                     logged.add(step)
+            if test_metrics(payload):  # never streamed: logged here, at the last step
+                self.tracker.log_metrics(run_id, payload.get("steps", 0), test_metrics(payload))
             if payload.get("traceback"):
                 self.dir.failure_path(number).parent.mkdir(parents=True, exist_ok=True)
                 self.dir.failure_path(number).write_text(payload["traceback"])

@@ -73,8 +73,8 @@ def import_extensions(names: list[str]) -> None:
         importlib.import_module(name)
 
 
-def trial_needs(res) -> dict[str, float]:
-    """What one trial asks Ray for, keyed by Ray's resource names, with the sweep file's key."""
+def trial_needs(res) -> dict[str, tuple[float, str]]:
+    """What one trial asks Ray for: Ray's resource name -> (amount, the sweep file's key)."""
     needs = {"CPU": (res.cpus_per_trial, "resources.cpus_per_trial"),
              "GPU": (res.gpus_per_trial, "resources.gpus_per_trial")}
     if res.memory_mb:

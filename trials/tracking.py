@@ -28,14 +28,18 @@ def result_tags(payload: dict) -> dict[str, str]:
     return {key: str(payload.get(key, "")) for key in RESULT_TAGS}
 
 
-def logged_history(payload: dict) -> list:
-    """What a trial's run holds, as (step, metrics): its evaluations, then, for a completed
-    trial, its one test evaluation at its last step (final metrics only, not in the history
-    the pruner saw)."""
+def test_metrics(payload: dict) -> dict[str, float]:
+    """A completed trial's one test evaluation (in its final metrics only, never in the history
+    the pruner saw); {} otherwise."""
     from carvelab.trials.tasks.base import TEST_METRICS
 
-    history = list(payload.get("history", []))
-    final = {k: v for k, v in (payload.get("metrics") or {}).items() if k in TEST_METRICS}
+    return {k: v for k, v in (payload.get("metrics") or {}).items() if k in TEST_METRICS}
+
+
+def logged_history(payload: dict) -> list:
+    """What a trial's run holds, as (step, metrics): its evaluations, then its test evaluation
+    (``test_metrics``) at its last step."""
+    history, final = list(payload.get("history", [])), test_metrics(payload)
     return history + [(int(payload.get("steps", 0)), final)] if final else history
 
 _CRED = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*)(:(?P<pw>[^@/\s]*))?@")

@@ -52,7 +52,7 @@ def test_with_intervals_uses_each_points_own_runs():
 
 def _summary(seeds, table):
     data = SimpleNamespace(name="s", spec=SimpleNamespace(mode="grid", seeds=seeds, tune=[]), objectives=OBJ,
-                           told_objectives=OBJ)
+                           told_objectives=OBJ, on_test=lambda: [])
     return summary_markdown(data, pl.DataFrame({"state": ["COMPLETE"]}), table, pl.DataFrame())
 
 
