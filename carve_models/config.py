@@ -18,6 +18,7 @@ from carvelab.kernels.options import (
     CONTENT_TARGETS,
     COVARIANCES,
     DECAYS,
+    EIGEN_RANGES,
     ERASE_AXES,
     ERASE_GATES,
     PRECISIONS,
@@ -65,6 +66,7 @@ class ModelConfig:
     write_gate: str = "per_value"    # w per value channel, or one scalar per head
     tie_gates: bool = False          # w = beta, the erase gate's own beta (KDA/GDN); needs head/scalar
     covariance: str = "reset"        # delta rule (reset) or Bayesian covariance propagation
+    eigen_range: str = "[0,1]"       # erase transition's eigenvalues: "[0,1]" (b in (0,1)) or "[-1,1]" (b in (0,2))
     content_gate: bool = False       # CARVE's state-readout gate
     content_rank: int = 4
     content_target: str = "erase"
@@ -103,7 +105,7 @@ class ModelConfig:
             ("decay", DECAYS), ("erase_axis", ERASE_AXES), ("erase_gate", ERASE_GATES),
             ("write_gate", WRITE_GATES), ("covariance", COVARIANCES),
             ("content_target", CONTENT_TARGETS), ("init", INITS), ("backend", BACKENDS),
-            ("precision", ("auto",) + PRECISIONS),
+            ("precision", ("auto",) + PRECISIONS), ("eigen_range", EIGEN_RANGES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name}={getattr(self, name)!r} is not allowed; choose one of {list(allowed)}")
@@ -151,6 +153,12 @@ class ModelConfig:
             raise ValueError(
                 "model.tie_gates=true needs model.erase_gate='head' and model.write_gate='scalar' "
                 f"(got erase_gate={self.erase_gate!r}, write_gate={self.write_gate!r})"
+            )
+        if self.eigen_range != "[0,1]" and self.covariance == "propagate":
+            raise ValueError(
+                f"model.eigen_range={self.eigen_range!r} needs model.covariance='reset': under 'propagate' the "
+                "erase transition is I - u (b*k)^T with the Kalman direction u, whose eigenvalues the erase "
+                "gate's range does not set; use eigen_range '[0,1]' with propagate"
             )
         if self.content_gate and self.content_target == "decay" and self.decay == "none":
             raise ValueError("model.content_target='decay' needs a decay; model.decay='none' has none")

@@ -3,10 +3,12 @@
 All gates are computed in fp32. Per token and head (DESIGN §2):
 
     decay    g = -exp(A_log) · softplus(f + dt_bias)     f = W_f x ∈ R^dk (channel) or R (scalar)
-    erase    b = sigmoid(W_b x)  per channel of the erase axis (dk or dv), or one beta per head
+    erase    b = s · sigmoid(W_b x)  per channel of the erase axis (dk or dv), or one beta per
+             head; s = 1 (eigen_range "[0,1]") or 2 ("[-1,1]", kernels.options.ERASE_SCALES)
     write    w = sigmoid(W_w x + c) per value channel or per head; W_w = 0 at init, c a constant
     noise    r = softplus(W_r x) + 1e-4                  (covariance "propagate")
-    tied     w = beta; with "propagate" beta = 1/(1+r)   (the exact Kalman gain)
+    tied     w = beta (so w ∈ (0, 2) too with "[-1,1]", as in fla's allow_neg_eigval);
+             with "propagate" beta = 1/(1+r)   (the exact Kalman gain)
 
 Where a content gate targets a gate, the mixer hands the kernel that gate's
 *pre-activation* (``b``: the logits; ``g``: ``f + dt_bias``) so the kernel can add the
@@ -22,6 +24,7 @@ from torch.nn import functional as F
 
 from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.init import apply_special_inits
+from carvelab.kernels.options import ERASE_SCALES
 
 # Write-gate bias at init: sigmoid(0) = 0.5, the mean of a tied beta = sigmoid(N(0, small)),
 # so an untied model starts where a tied one does. A constant (not a draw) keeps the
@@ -98,7 +101,8 @@ class DeltaGates(nn.Module):
     With ``tie_gates`` and ``propagate`` there is no erase projection: beta = 1/(1+r),
     whose logit is -log r (sigmoid(-log r) = 1/(1+r)). With ``tie_gates`` and a content
     gate on the erase gate, w is beta *before* the chunk's correction: the correction is
-    applied inside the kernel and modulates what is erased, not what is written.
+    applied inside the kernel and modulates what is erased, not what is written. The
+    logits handed to a content gate are unscaled; the kernel applies ``erase_scale``.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -106,6 +110,7 @@ class DeltaGates(nn.Module):
         H, d = cfg.n_heads, cfg.d_model
         self.tie = cfg.tie_gates
         self.propagate = cfg.covariance == "propagate"
+        self.erase_scale = ERASE_SCALES[cfg.eigen_range]
         self.n_b = erase_width(cfg)
         self.n_w = 1 if cfg.write_gate == "scalar" else cfg.head_dim_v
         self.r_proj = nn.Linear(d, H, bias=False) if self.propagate else None
@@ -126,6 +131,8 @@ class DeltaGates(nn.Module):
             return (-torch.log(r) if erase_pre else beta), beta, r
         logits = _heads(self.b_proj(x).float(), self.n_b)
         gate = torch.sigmoid(logits)
+        if self.erase_scale != 1.0:
+            gate = self.erase_scale * gate
         w = gate if self.tie else torch.sigmoid(_heads(self.w_proj(x).float(), self.n_w))
         return (logits if erase_pre else gate), w, r
 

@@ -93,7 +93,8 @@ class GatedDeltaMixer(nn.Module):
         content = None
         if self.content is not None:
             A_log = self.decay.A_log if target == "decay" else None
-            content = ContentGate(self.content.U, self.content.V, target, A_log)
+            scale = self.gates.erase_scale if target == "erase" else 1.0
+            content = ContentGate(self.content.U, self.content.V, target, A_log, erase_scale=scale)
         return g, b, w, r, content
 
     def _decay(self, x: torch.Tensor, pre: bool) -> torch.Tensor:

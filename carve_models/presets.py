@@ -20,7 +20,7 @@ from carvelab.carve_models.config import ModelConfig
 
 _MIXER_BASE = dict(
     decay="channel", erase_axis="key", erase_gate="head", write_gate="scalar",
-    tie_gates=True, covariance="reset", content_gate=False, content_target="erase",
+    tie_gates=True, covariance="reset", content_gate=False, content_target="erase", eigen_range="[0,1]",
 )
 _GDN2 = dict(_MIXER_BASE, erase_gate="channel", write_gate="per_value", tie_gates=False)
 

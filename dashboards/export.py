@@ -117,7 +117,8 @@ def _unused(path: Path) -> Path:
 
 def describe(model: dict) -> str:
     return ", ".join(f"{k}={model[k]}" for k in ("decay", "erase_axis", "erase_gate", "write_gate", "tie_gates",
-                                                   "covariance", "content_gate", "hybrid_ratio"))
+                                                   "covariance", "eigen_range", "content_gate", "hybrid_ratio")
+                     if k in model)
 
 
 def fla_config(model: dict) -> Optional[dict]:
@@ -138,6 +139,8 @@ def fla_config(model: dict) -> Optional[dict]:
         "num_heads": heads, "head_dim": head_dim, "expand_v": model["expand_v"] / model["expand_k"],
         "use_short_conv": True, "conv_size": model["conv_size"], "vocab_size": model["vocab_size"],
         "tie_word_embeddings": model["tie_embeddings"], "norm_eps": model["norm_eps"],
+        # beta scaled to (0, 2): fla's name for eigen_range "[-1,1]" (configs older than the field: [0,1])
+        "allow_neg_eigval": model.get("eigen_range", "[0,1]") == "[-1,1]",
         "attn": None if not attn_layers else {"layers": attn_layers, "num_heads": heads,
                                               "window_size": model["window"], "rope_theta": model["rope_theta"]},
     }

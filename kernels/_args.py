@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from carvelab.kernels.options import CONTENT_TARGETS, COVARIANCES, ERASE_AXES
+from carvelab.kernels.options import CONTENT_TARGETS, COVARIANCES, ERASE_AXES, ERASE_SCALES
 
 
 
@@ -35,15 +35,17 @@ class ContentGate(NamedTuple):
 
     U: [H, n, rank]  (n = width of the target gate: dk, dv or 1)
     V: [H, rank, dv]
-    target: "erase" (b = sigmoid(pre + delta)) or
+    target: "erase" (b = erase_scale * sigmoid(pre + delta)) or
             "decay" (g = -exp(A_log) * softplus(pre + delta))
     A_log: [H], required for target "decay".
+    erase_scale: 1.0 (eigenvalue range [0, 1]) or 2.0 ([-1, 1]; options.ERASE_SCALES).
     """
 
     U: torch.Tensor
     V: torch.Tensor
     target: str = "erase"
     A_log: Optional[torch.Tensor] = None
+    erase_scale: float = 1.0
 
 
 class RecurrenceOutput(NamedTuple):
@@ -121,6 +123,12 @@ def canonicalize(
         target = content.target
         if target == "decay" and content.A_log is None:
             raise ValueError("content.A_log is required when content.target='decay'")
+        if content.erase_scale not in ERASE_SCALES.values():
+            raise ValueError(f"content.erase_scale={content.erase_scale!r} is not allowed; choose one of "
+                             f"{sorted(ERASE_SCALES.values())} (eigenvalue ranges {list(ERASE_SCALES)})")
+        if target == "decay" and content.erase_scale != 1.0:
+            raise ValueError("content.erase_scale applies to target='erase'; with target='decay' the erase "
+                             "gate b is passed activated (scale it before the call)")
     n_b = dk if erase_axis == "key" else dv
     g = _expand_last("g", g.float(), lead, dk, keep_one=target == "decay")
     b = _expand_last("b", b.float(), lead, n_b, keep_one=target == "erase")
@@ -171,7 +179,8 @@ def activate_target(content: ContentGate, pre: torch.Tensor, delta: torch.Tensor
     """
     x = pre + delta.unsqueeze(1)
     if content.target == "erase":
-        return torch.sigmoid(x)
+        y = torch.sigmoid(x)
+        return y if content.erase_scale == 1.0 else content.erase_scale * y
     return -torch.exp(content.A_log.float()).view(1, 1, -1, 1) * torch.nn.functional.softplus(x)
 
 

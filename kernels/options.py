@@ -16,6 +16,15 @@ TF32 in the WY inverse's in-chunk solve; state, gates and accumulators stay fp32
 flash-linear-attention's chunked kernels do). The recurrent and covariance kernels have
 no tensor-core products and compute in fp32 under either value; the torch and reference
 backends run ``exact`` only and refuse ``fast``.
+
+Eigenvalue range. With unit-norm k the erase transition ``I - k (b⊙k)ᵀ`` (key axis; per
+value column ``I - b_j k kᵀ`` on the value axis) has eigenvalues 1 and ``1 - b``-weighted
+values in ``[0, 1]`` while ``b ∈ (0, 1)``. ``[-1,1]`` scales the erase gate to ``(0, 2)``
+(flash-linear-attention's ``allow_neg_eigval``, Grazzi et al. 2024), so a token can
+reflect the state (``b = 2``: a Householder reflection), which state tracking such as
+parity needs. Every backend takes ``b`` as given, so the range is a property of the gate
+(``carve_models.gates``) and, with a content gate on the erase gate, of
+``ContentGate.erase_scale``, which the backends apply after the sigmoid.
 """
 from __future__ import annotations
 
@@ -28,6 +37,8 @@ CONTENT_TARGETS = ("erase", "decay")        # the gate CARVE's content gate corr
 CHUNK_SIZES = (16, 32, 64, 128)             # model chunk sizes (WY chunk; content chunk with the gate)
 TRITON_CHUNK_SIZES = (16, 32, 64)           # WY chunks the Triton kernels run
 PRECISIONS = ("exact", "fast")              # products of the chunked Triton kernels (below)
+EIGEN_RANGES = ("[0,1]", "[-1,1]")          # eigenvalues of the erase transition (below)
+ERASE_SCALES = {"[0,1]": 1.0, "[-1,1]": 2.0}  # b = scale * sigmoid(logits)
 
 
 def check_triton_chunk(chunk_size: int) -> None:

@@ -253,7 +253,7 @@ def triton_gated_delta(
                                   initial_state=s0, initial_cov=p0, **options)
         return tuple(t for t in out if t is not None)
 
-    outs = _graph.graphed_call(run, tensors, ("triton_gated_delta", content.target, *sorted(options.items())))
+    outs = _graph.graphed_call(run, tensors, ("triton_gated_delta", content.target, content.erase_scale, *sorted(options.items())))
     return RecurrenceOutput(outs[0], outs[1], outs[2] if len(outs) > 2 else None)
 
 

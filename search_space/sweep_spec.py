@@ -42,6 +42,7 @@ AXES = {
     "hybrid_ratio": "model.hybrid_ratio",
     "chunk_size": "model.chunk_size",
     "covariance": "model.covariance",
+    "eigen_range": "model.eigen_range",
 }
 
 # Metrics a trial reports; cost metrics are known before training starts.

@@ -17,13 +17,15 @@ BAD = [
     (dict(chunk_size=48), r"model.chunk_size=48 is not allowed; choose one of \[16, 32, 64, 128\]"),
     (dict(chunk_size=128, backend="triton"), r"model.chunk_size=128 is not allowed on the Triton backend"),
     (dict(d_model=6, n_heads=2, hybrid_ratio="1:1"), r"model.d_model / model.n_heads = 3 must be even when model.hybrid_ratio='1:1'"),
+    (dict(eigen_range="[-2,1]"), r"model.eigen_range='\[-2,1\]' is not allowed; choose one of \['\[0,1\]', '\[-1,1\]'\]"),
+    (dict(eigen_range="[-1,1]", covariance="propagate"), r"model.eigen_range='\[-1,1\]' needs model.covariance='reset'"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,message", BAD, ids=[
     "ratio-3:x", "ratio-0:0", "heads-dont-divide-dk", "heads-dont-divide-dv", "negative-d_model", "zero-layers",
     "negative-vocab", "negative-window", "negative-expand", "unknown-decay", "chunk-48", "chunk-128-triton",
-    "odd-rope-head-dim",
+    "odd-rope-head-dim", "eigen-range-unknown", "eigen-range-propagate",
 ])
 def test_bad_config_raises_naming_field(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -162,3 +162,46 @@ def test_content_gate_is_inert_at_init():
         gated.content.U.fill_(100.0)  # a large map: at init o, hence m, is small
         ref = plain(x)
         assert (gated(x) - ref).norm() > 1e-3 * ref.norm()
+
+
+SIGNED = [("kda", {}), ("gdn2", {}), ("gdn2", {"erase_axis": "value"}), ("carve", {})]
+
+
+@pytest.mark.parametrize("name,extra", SIGNED, ids=["kda", "gdn2", "gdn2-value", "carve"])
+def test_signed_eigen_range_doubles_the_erase_gate_only(recorded, name, extra):
+    """eigen_range '[-1,1]': b = 2 sigmoid(logits) (in the kernel for a content gate); the
+    untied write gate is unchanged and a tied one is beta, so doubled too (fla's
+    allow_neg_eigval). Same weights, so everything else the kernel gets is identical."""
+    unit = preset_config(name, **{**TINY, "d_model": 32, **extra})
+    signed = ModelConfig(**{**unit.__dict__, "eigen_range": "[-1,1]"})
+    a, b_mixer = GatedDeltaMixer(unit), GatedDeltaMixer(signed)
+    b_mixer.load_state_dict(a.state_dict())
+    x = _x(32)
+    with torch.no_grad():
+        a(x), b_mixer(x)
+    (args1, kw1, _), (args2, kw2, _) = recorded
+    b1, w1, b2, w2 = args1[4], args1[5], args2[4], args2[5]
+    for i in (0, 1, 2, 3):                                   # q, k, v, g
+        assert torch.equal(args1[i], args2[i])
+    if unit.content_gate:
+        assert torch.equal(b1, b2)                           # logits either way
+        assert kw1["content"].erase_scale == 1.0 and kw2["content"].erase_scale == 2.0
+    else:
+        assert kw2["content"] is None
+        torch.testing.assert_close(b2, 2.0 * b1, rtol=0, atol=0)
+        assert (b2 > 1.0).any() and (b2 < 2.0).all() and (b2 > 0).all()
+    if unit.tie_gates:
+        assert torch.equal(w2, b2)
+    else:
+        assert torch.equal(w1, w2)
+
+
+def test_signed_carve_is_bit_identical_to_signed_gdn2_at_matched_init():
+    """The CARVE-vs-GDN-2 control holds under eigen_range '[-1,1]' as well."""
+    common = {**TINY, "d_model": 32, "eigen_range": "[-1,1]", "init": "matched"}
+    plain = GatedDeltaMixer(preset_config("gdn2", **common))
+    gated = GatedDeltaMixer(preset_config("carve", **common))
+    plain.load_state_dict(gated.state_dict(), strict=False)
+    x = _x(32)
+    with torch.no_grad():
+        assert torch.equal(gated(x), plain(x))

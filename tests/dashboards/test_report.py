@@ -145,6 +145,18 @@ def test_fla_export_says_which_points_it_cannot_express(sweeps, tmp_path):
     assert "no flash-linear-attention stock model" in (tmp_path / "fla_unsupported.txt").read_text()
 
 
+def test_fla_config_carries_the_eigenvalue_range():
+    from dataclasses import asdict
+
+    from carvelab.carve_models import preset_config
+    from carvelab.dashboards.export import fla_config
+
+    unit = asdict(preset_config("kda", d_model=32))
+    assert fla_config(unit)["allow_neg_eigval"] is False
+    assert fla_config({**unit, "eigen_range": "[-1,1]"})["allow_neg_eigval"] is True
+    assert fla_config({**asdict(preset_config("gdn", d_model=32)), "eigen_range": "[-1,1]"})["model_type"] == "gated_deltanet"
+
+
 def test_cli_pareto_ablation_export(sweeps, tmp_path, capsys):
     assert main(["pareto", "grid", "--root", str(sweeps)]) == 0
     assert "runs tagged on_front=true" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from carvelab.kernels import chunk
 from carvelab.kernels._args import ContentGate
 from carvelab.kernels._wy import unit_lower_solve, value_chunk
 from carvelab.kernels.chunk import chunk_gated_delta, chunk_gated_delta_value
+from carvelab.kernels.options import ERASE_SCALES
 from carvelab.kernels.reference import gated_delta_reference
 
 OUT_TOL, GRAD_TOL = 1e-5, 1e-4
@@ -38,6 +39,7 @@ class Case:
     content: Optional[str] = None   # None, "erase" or "decay"
     strong_decay: bool = False
     initial_cov: bool = False
+    eigen: str = "[0,1]"            # "[-1,1]": b in (0, 2) (erase_scale 2 for a content gate)
 
 
 def make_inputs(case: Case) -> dict:
@@ -58,7 +60,7 @@ def make_inputs(case: Case) -> dict:
         x["g"] = -F.softplus(torch.randn(g_shape) - 2.0)
     b_shape = (B, T, H, n_b) if case.erase_gate == "channel" else (B, T, H)
     b_logits = 2.0 * torch.randn(b_shape)
-    x["b"] = b_logits if case.content == "erase" else torch.sigmoid(b_logits)
+    x["b"] = b_logits if case.content == "erase" else ERASE_SCALES[case.eigen] * torch.sigmoid(b_logits)
     x["w"] = torch.sigmoid(torch.randn((B, T, H, DV) if case.write == "per_value" else (B, T, H)))
     x["initial_state"] = 0.5 * torch.randn(B, H, DK, DV)
     if case.covariance == "propagate":
@@ -79,7 +81,8 @@ def make_inputs(case: Case) -> dict:
 def run(fn, case: Case, x: dict):
     content = None
     if case.content is not None:
-        content = ContentGate(x["U"], x["V"], case.content, x.get("A_log"))
+        scale = ERASE_SCALES[case.eigen] if case.content == "erase" else 1.0
+        content = ContentGate(x["U"], x["V"], case.content, x.get("A_log"), erase_scale=scale)
     return fn(
         x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], x.get("r"), erase_axis=case.erase_axis,
         covariance=case.covariance, content=content, chunk_size=case.chunk_size,
@@ -116,7 +119,7 @@ def assert_matches_reference(fn, case: Case) -> None:
 def case_id(case: Case) -> str:
     default = Case(T=case.T, chunk_size=case.chunk_size)
     parts = [f"T{case.T}", f"C{case.chunk_size}"]
-    for f in ("erase_axis", "covariance", "write", "decay", "erase_gate", "content"):
+    for f in ("erase_axis", "covariance", "write", "decay", "erase_gate", "content", "eigen"):
         if getattr(case, f) != getattr(default, f):
             parts.append(f"{f}={getattr(case, f)}")
     parts += [name for name in ("strong_decay", "initial_cov") if getattr(case, name)]
@@ -138,6 +141,9 @@ KEY_VARIANTS = [
     Case(130, 32, content="decay", decay="scalar", write="scalar"),
     Case(100, 32, content="decay", covariance="propagate"),
     Case(75, 16, content="decay", decay="scalar", covariance="propagate", initial_cov=True),
+    Case(63, 16, eigen="[-1,1]"),
+    Case(130, 32, eigen="[-1,1]", erase_gate="head", write="scalar", decay="scalar"),
+    Case(100, 32, eigen="[-1,1]", content="erase"),
 ]
 
 VALUE_CASES = [
@@ -148,6 +154,8 @@ VALUE_CASES = [
     Case(63, 16, erase_axis="value", covariance="propagate"),
     Case(130, 32, erase_axis="value", content="erase"),
     Case(100, 32, erase_axis="value", content="decay", covariance="propagate"),
+    Case(63, 16, erase_axis="value", eigen="[-1,1]"),
+    Case(130, 32, erase_axis="value", eigen="[-1,1]", content="erase"),
 ]
 
 

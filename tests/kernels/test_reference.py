@@ -168,6 +168,44 @@ def test_content_gate_uses_previous_chunk_mean_output():
     assert_close(gated.o, plain.o, "o")
 
 
+def test_signed_eigenvalues_reflect_the_state():
+    """b = 2 with unit k, no decay and no write: S_t = (I - 2 k kᵀ) S_{t-1}, a Householder
+    reflection (eigenvalue -1 along k), so two tokens with the same key restore S."""
+    q, k, v, _, S0 = inputs()
+    g = torch.zeros(B, T, H, DK)
+    b, w = torch.full((B, T, H, DK), 2.0), torch.zeros(B, T, H, DV)
+    eye = torch.eye(DK)
+    o, S = run_explicit(q, S0, lambda t, S: (eye - 2.0 * outer(k[:, t], k[:, t])) @ S)
+    ref = gated_delta_reference(q, k, v, g, b, w, initial_state=S0)
+    assert_close(ref.o, o, "o")
+    assert_close(ref.state, S, "state")
+    k_same = k[:, :1].expand(B, 2, H, DK)
+    twice = gated_delta_reference(q[:, :2], k_same, v[:, :2], g[:, :2], b[:, :2], w[:, :2], initial_state=S0)
+    assert_close(twice.state, S0, "S after two reflections")
+    along = matvec_t(S0, k[:, 0])                                       # S0ᵀ k flips sign after one
+    once = gated_delta_reference(q[:, :1], k[:, :1], v[:, :1], g[:, :1], b[:, :1], w[:, :1], initial_state=S0)
+    assert_close(matvec_t(once.state, k[:, 0]), -along, "S1ᵀ k = -S0ᵀ k")
+
+
+def test_content_gate_erase_scale_scales_after_the_sigmoid():
+    """erase_scale 2 (eigen_range [-1,1]): chunk c's erase gate is 2 sigmoid(pre + U V m_c)."""
+    q, k, v, g, S0 = inputs()
+    pre, w = torch.randn(B, T, H, DK), torch.rand(B, T, H, DV)
+    U, V = torch.randn(H, DK, 2), torch.randn(H, 2, DV)
+    C = 8
+    content = ContentGate(U, V, erase_scale=2.0)
+    gated = gated_delta_reference(q, k, v, g, pre, w, content=content, chunk_size=C, initial_state=S0)
+    b = 2.0 * torch.sigmoid(pre)
+    for c0 in range(C, T, C):
+        m = gated.o[:, c0 - C:c0].mean(1)
+        delta = torch.einsum("hnr,hrv,bhv->bhn", U, V, m)
+        b[:, c0:c0 + C] = 2.0 * torch.sigmoid(pre[:, c0:c0 + C] + delta.unsqueeze(1))
+    assert (b > 1.0).any()
+    plain = gated_delta_reference(q, k, v, g, b, w, initial_state=S0)
+    assert_close(gated.o, plain.o, "o")
+    assert_close(gated.state, plain.state, "state")
+
+
 def _valid():
     q, k, v, g, _ = inputs()
     return dict(q=q, k=k, v=v, g=g, b=torch.rand(B, T, H, DK), w=torch.rand(B, T, H, DV))
@@ -189,11 +227,14 @@ def _valid():
         (dict(content=ContentGate(torch.zeros(H, DK, 2), torch.zeros(H, 2, DV), "gain")), "content.target"),
         (dict(content=ContentGate(torch.zeros(H, DK, 2), torch.zeros(H, 2, DV), "decay")), "content.A_log"),
         (dict(content=ContentGate(torch.zeros(H, DV, 2), torch.zeros(H, 2, DV))), "content gate U"),
+        (dict(content=ContentGate(torch.zeros(H, DK, 2), torch.zeros(H, 2, DV), erase_scale=3.0)), "erase_scale=3.0"),
+        (dict(content=ContentGate(torch.zeros(H, DK, 2), torch.zeros(H, 2, DV), "decay", torch.zeros(H), 2.0)),
+         "erase_scale applies to target='erase'"),
     ],
     ids=[
         "erase_axis", "covariance", "k_shape", "v_shape", "b_width", "w_width", "r_missing",
         "r_unused", "initial_state_shape", "chunk_size", "content_target", "content_A_log",
-        "content_U_shape",
+        "content_U_shape", "content_erase_scale", "content_erase_scale_decay",
     ],
 )
 def test_argument_errors_name_the_argument(change, match):

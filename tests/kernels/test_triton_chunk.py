@@ -33,6 +33,8 @@ CHUNK_CASES = [
     Case(max_decay=20.0, content="erase", T=130, H=1),
     Case(content="erase", chunk=20, T=63),   # content chunk 20 on 64-token kernel chunks
     Case(dk=80, dv=16, T=40, H=1, chunk=32),  # dk over several key slices of the backward kernels
+    Case(eigen="[-1,1]", write="scalar", chunk=32),  # b in (0, 2)
+    Case(eigen="[-1,1]", content="erase"),           # b = 2 sigmoid(pre + delta)
 ]
 
 

@@ -83,6 +83,7 @@ POINTS = [
     Case(covariance="propagate", content="erase", chunk=32, T=70),
     Case(chunk=64, T=130, dk=32, dv=32, H=1),
     Case(dk=12, dv=20, T=40),
+    Case(eigen="[-1,1]", content="erase", chunk=32, T=70),
 ]
 GPU_POINTS = [replace(c, T=512 + 7, B=2, H=4, dk=64, dv=64) for c in POINTS[:6]]
 

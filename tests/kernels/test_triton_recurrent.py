@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from carvelab.kernels import _triton_common, triton_chunk, triton_ops, triton_recurrent, tuning
 from carvelab.kernels._args import ContentGate
+from carvelab.kernels.options import ERASE_SCALES
 from carvelab.kernels.reference import gated_delta_reference
 from carvelab.kernels.triton_ops import launch_counts, triton_gated_delta
 
@@ -64,6 +65,7 @@ class Case:
     H: int = 2
     max_decay: float = 2.0            # g in (-max_decay, 0) per token
     init_cov: bool = False
+    eigen: str = "[0,1]"              # "[-1,1]": b in (0, 2) (erase_scale 2 for a content gate)
 
     @property
     def id(self) -> str:
@@ -73,6 +75,8 @@ class Case:
             parts.append(f"g-{self.max_decay:g}")
         if self.init_cov:
             parts.append("P0")
+        if self.eigen != "[0,1]":
+            parts.append("eig-signed")
         return "-".join(parts)
 
 
@@ -89,7 +93,7 @@ def make_inputs(case: Case, dtype=torch.float32) -> dict:
         "k": _leaf(torch.randn(B, T, H, dk).to(dtype)),
         "v": _leaf(torch.randn(B, T, H, dv).to(dtype)),
         "g": _leaf(-case.max_decay * torch.rand(B, T, H, dk)),
-        "b": _leaf(torch.rand(B, T, H, n_b)),
+        "b": _leaf(ERASE_SCALES[case.eigen] * torch.rand(B, T, H, n_b)),
         "w": _leaf(torch.rand(B, T, H, dv) if case.write == "per_value" else torch.rand(B, T, H)),
         "initial_state": _leaf(0.3 * torch.randn(B, H, dk, dv)),
     }
@@ -115,7 +119,8 @@ def run_case(fn, case: Case, x: dict, **kwargs):
     (RecurrenceOutput, {name: grad})."""
     content = None
     if case.content is not None:
-        content = ContentGate(x["U"], x["V"], case.content, x.get("A_log"))
+        scale = ERASE_SCALES[case.eigen] if case.content == "erase" else 1.0
+        content = ContentGate(x["U"], x["V"], case.content, x.get("A_log"), erase_scale=scale)
     out = fn(
         F.normalize(x["q"], dim=-1), F.normalize(x["k"], dim=-1), x["v"], x["g"], x["b"], x["w"],
         x.get("r"), erase_axis=case.erase_axis, covariance=case.covariance, content=content,
@@ -181,6 +186,9 @@ RECURRENT_CASES = [
     Case(erase_axis="value", write="scalar", content="decay", chunk=32),
     Case(content="erase", T=130, chunk=32, dk=12, dv=20),
     Case(max_decay=20.0, chunk=32),
+    Case(eigen="[-1,1]"),
+    Case(erase_axis="value", eigen="[-1,1]", dk=12, dv=20, chunk=32),
+    Case(erase_axis="value", content="erase", eigen="[-1,1]"),
 ]
 LARGE = {c for c in RECURRENT_CASES if c.T >= 130}
 
