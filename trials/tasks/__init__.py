@@ -1,4 +1,5 @@
-"""The tasks a trial trains on: synthetic recall (``mqar``, ``update_mqar``) and ``lm``.
+"""The tasks a trial trains on: synthetic recall (``mqar``, ``update_mqar``), state tracking
+with length generalisation (``parity``, ``modular_arithmetic``, ``s5``) and ``lm``.
 
 A task is one module: a ``Task`` subclass with its own config dataclass (``Config``, a
 ``TaskConfig`` subclass: the keys of a ``task:`` mapping) and the metrics it reports,
@@ -12,19 +13,26 @@ from __future__ import annotations
 
 from carvelab.trials.tasks.base import IGNORE_INDEX, QUALITY_METRICS, Task, TaskConfig
 from carvelab.trials.tasks.lm import LMConfig, LMTask
+from carvelab.trials.tasks.modular_arithmetic import ModularArithmeticConfig, ModularArithmeticTask
 from carvelab.trials.tasks.mqar import MQARConfig, MQARTask
+from carvelab.trials.tasks.parity import ParityConfig, ParityTask
+from carvelab.trials.tasks.s5 import S5Config, S5Task
 from carvelab.trials.tasks.update_mqar import UpdateMQARConfig, UpdateMQARTask
 
 # The one list of tasks: name -> Task class (its ``Config`` types the ``task:`` mapping).
 TASKS: dict[str, type[Task]] = {
     "mqar": MQARTask,
     "update_mqar": UpdateMQARTask,
+    "parity": ParityTask,
+    "modular_arithmetic": ModularArithmeticTask,
+    "s5": S5Task,
     "lm": LMTask,
 }
 DEFAULT_TASK = "mqar"
 
 __all__ = ["DEFAULT_TASK", "IGNORE_INDEX", "QUALITY_METRICS", "TASKS", "LMConfig", "LMTask", "MQARConfig",
-           "MQARTask", "Task", "TaskConfig", "UpdateMQARConfig", "UpdateMQARTask", "build_task", "register_task",
+           "MQARTask", "ModularArithmeticConfig", "ModularArithmeticTask", "ParityConfig", "ParityTask", "S5Config",
+           "S5Task", "Task", "TaskConfig", "UpdateMQARConfig", "UpdateMQARTask", "build_task", "register_task",
            "task_class"]
 
 

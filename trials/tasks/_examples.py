@@ -6,6 +6,9 @@ the streams ``(data_seed, "train")``, ``(data_seed, "val")`` and ``(data_seed, "
 and cached on disk. Validation sequences that also occur in the training set, and test
 sequences that occur in either, are discarded and redrawn, so the three sets are disjoint.
 
+A task may give a split its own length (``split_len``; length-generalisation tasks test
+on longer sequences than they train on) and its own generator (``generate_split``).
+
 Training batches walk the training set in epochs: example ``i = step * B + j`` of the
 run is row ``perm_e[i mod N]`` of the set, with ``e = i // N`` and ``perm_e`` a
 permutation drawn from ``(data_seed, "order", e)``. Every example is seen once per
@@ -85,6 +88,15 @@ class ExampleSetTask(Task):
     def generate(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` examples: inputs, targets, both int ``[n, T]`` (targets -100 = unscored)."""
 
+    def generate_split(self, rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` examples of ``split`` (``train``, ``val``, ``test``), ``[n, split_len(split)]``;
+        by default every split is drawn by ``generate``."""
+        return self.generate(rng, n)
+
+    def split_len(self, split: str) -> int:
+        """The sequence length of ``split``'s examples (default: ``seq_len`` for all three)."""
+        return self.seq_len
+
     # ------------------------------------------------------------------ the interface
     @property
     def num_train(self) -> int:
@@ -125,8 +137,8 @@ class ExampleSetTask(Task):
             self._orders[epoch] = order
         return order
 
-    def _generate_many(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = [self.generate(rng, min(GENERATE_CHUNK, n - start))
+    def _generate_many(self, rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+        parts = [self.generate_split(rng, min(GENERATE_CHUNK, n - start), split)
                  for start in range(0, n, GENERATE_CHUNK)]
         return (np.concatenate([p[0] for p in parts]).astype(np.int32),
                 np.concatenate([p[1] for p in parts]).astype(np.int32))
@@ -136,7 +148,7 @@ class ExampleSetTask(Task):
                     self.name, self.cfg.train_examples, self.cfg.val_examples, self.cfg.test_examples,
                     self.seq_len)
         train_inputs, train_targets = self._generate_many(
-            stream_rng(self.cfg.data_seed, "train"), self.cfg.train_examples)
+            stream_rng(self.cfg.data_seed, "train"), self.cfg.train_examples, "train")
         seen = {row.tobytes() for row in train_inputs}
         val_inputs, val_targets = self._disjoint("val", self.cfg.val_examples, seen)
         seen.update(row.tobytes() for row in val_inputs)
@@ -151,7 +163,7 @@ class ExampleSetTask(Task):
         rng = stream_rng(self.cfg.data_seed, split)
         kept_inputs, kept_targets, need = [], [], count
         for _ in range(MAX_REDRAW_ROUNDS):
-            inputs, targets = self._generate_many(rng, need)
+            inputs, targets = self._generate_many(rng, need, split)
             fresh = np.array([row.tobytes() not in seen for row in inputs], dtype=bool)
             kept_inputs.append(inputs[fresh])
             kept_targets.append(targets[fresh])
@@ -169,7 +181,7 @@ class ExampleSetTask(Task):
         expected = {"train": self.cfg.train_examples, "val": self.cfg.val_examples,
                     "test": self.cfg.test_examples}
         for split, (inputs, targets) in (("train", self._train), ("val", self._val), ("test", self._test)):
-            shape = (expected[split], self.seq_len)
+            shape = (expected[split], self.split_len(split))
             if inputs.shape != shape or targets.shape != shape:
                 raise ValueError(f"cached {split} data in {self.cache_path} has shape "
                                  f"{inputs.shape}/{targets.shape}, expected {shape}; delete the file")
