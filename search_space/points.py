@@ -92,10 +92,11 @@ def grid_values(p: S.ParamSpec) -> list:
     raise ConfigError(f"space.{p.name}: grid mode needs a finite set of values; {p.type} ranges have none")
 
 
+def change_label(change: Optional[Mapping]) -> str:
+    """An ablation change's label, ``axis=value[,axis=value]``; ``baseline`` for None or {}."""
+    return ",".join(f"{k}={v}" for k, v in change.items()) if change else "baseline"
+
+
 def ablation_points(spec: S.SweepSpec) -> list[tuple[str, dict]]:
     """(label, point) for the baseline then each one-factor change."""
-    out = [("baseline", {})]
-    for change in spec.changes:
-        label = ",".join(f"{k}={v}" for k, v in change.items())
-        out.append((label, dict(change)))
-    return out
+    return [("baseline", {})] + [(change_label(change), dict(change)) for change in spec.changes]

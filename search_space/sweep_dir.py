@@ -131,6 +131,7 @@ def spec_from_snapshot(data: dict) -> SweepSpec:
         tracking=_typed(S.TrackingSpec, data.get("tracking")), storage=data.get("storage"),
         source=data.get("source", "<sweep>"), task_keys=data.get("task_keys") or {},
         tune=[_typed(S.ParamSpec, p) for p in data.get("tune") or []],
+        claims=[_typed(S.ClaimSpec, c) for c in data.get("claims") or []],
     )
 
 

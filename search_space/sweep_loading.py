@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from carvelab.search_space import sweep_spec as S
+from carvelab.search_space.claims import apply_size, validate_claims
 from carvelab.search_space.loading import load_trial_config, task_config, to_dataclass, typed_section
 from carvelab.search_space.points import (
     MAX_TRIALS, fit_task, grid_points, grid_values, nested, normalise, point_config, tune_points,
@@ -52,17 +53,20 @@ def find_sweep_file(name_or_path: str | Path) -> Path:
     )
 
 
-def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, ...] = ()) -> S.SweepSpec:
-    """Load, merge overrides into, and validate a sweep file (or mapping)."""
+def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, ...] = (),
+               size: str | None = None) -> S.SweepSpec:
+    """Load, merge overrides into, and validate a sweep file (or mapping); ``size`` picks one
+    of the file's ``sizes:`` (search_space.claims.apply_size), applied before ``overrides``."""
     if isinstance(source, Mapping):
         data, where, folder = dict(source), "<sweep>", Path.cwd()
     else:
         path = find_sweep_file(source)
         data, where, folder = read_yaml(path), str(path), path.parent
+    data = apply_size(dict(data), size, where)
     data = resolve_interpolations(deep_merge(data, parse_overrides(overrides)), where)
     _check_sections(data, where)
     # `base`, `space` and `ablation.changes` are open mappings: checked by _validate, not by the schema.
-    free = {k: data.pop(k) for k in ("base", "space", "pruner", "tune") if k in data}
+    free = {k: data.pop(k) for k in ("base", "space", "pruner", "tune", "claims") if k in data}
     changes = None
     if isinstance(data.get("ablation"), Mapping) and "changes" in data["ablation"]:
         data["ablation"] = dict(data["ablation"])
@@ -92,7 +96,9 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
         if not isinstance(changes, list) or not all(isinstance(c, Mapping) for c in changes):
             raise ConfigError(f"{where}: ablation.changes must be a list of mappings, e.g. [{{erase_axis: value}}]")
         raw.ablation.changes = [dict(c) for c in changes]
-    return _validate(raw, where, folder)
+    spec = _validate(raw, where, folder)
+    spec.claims = validate_claims(free.get("claims"), spec, where)
+    return spec
 
 
 def _dotted(mapping: Mapping, prefix: str = "") -> dict:

@@ -117,6 +117,8 @@ class SweepFile:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     storage: Optional[str] = None
+    claims: List[Any] = field(default_factory=list)   # validated by search_space.claims
+    sizes: Dict[str, Any] = field(default_factory=dict)  # size name -> dotted overrides (claims.apply_size)
 
 
 @dataclass
@@ -130,6 +132,21 @@ class ParamSpec:
     low: Optional[float] = None
     high: Optional[float] = None
     step: Optional[float] = None
+
+
+@dataclass
+class ClaimSpec:
+    """A published claim a sweep checks (validated by ``search_space.claims``): the effect of
+    ``change`` against ``against`` (None: the baseline), paired by seed, on ``metric``."""
+
+    name: str
+    change: Dict[str, Any]        # one of the sweep's ablation.changes, as written there
+    metric: str                   # a reported metric: test_X, a cost, a speed or memory figure
+    expect: str                   # increase | decrease | relative (the claimed relative change)
+    against: Optional[Dict[str, Any]] = None
+    relative: Optional[float] = None   # expect relative: claimed (change - against) / |against|
+    tolerance: Optional[float] = None  # expect relative: the claim holds within +- tolerance
+    source: str = ""
 
 
 @dataclass
@@ -156,3 +173,5 @@ class SweepSpec:
     # combination of their values and every seed; the dashboards select one per point on
     # the validation split (carvelab.dashboards.selection).
     tune: List[ParamSpec] = field(default_factory=list)
+    # Published claims the sweep checks (mode ablation); a verdict each (dashboards/claims.py).
+    claims: List[ClaimSpec] = field(default_factory=list)

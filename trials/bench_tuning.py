@@ -61,10 +61,15 @@ def train_config(config_dict: dict, threads: int = 2) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-def run(sweep: str, out: Path, workers: int, steps: int | None) -> None:
+def run(sweep: str, out: Path, workers: int, steps: int | None, size: str | None = None) -> None:
+    """Train every planned run of ``sweep`` (at ``size``; ``steps`` overrides base.train.steps)."""
+    run_planned(load_sweep(sweep, [f"base.train.steps={steps}"] if steps else [], size=size), out, workers)
+
+
+def run_planned(spec, out: Path, workers: int) -> None:
+    """Train every planned run of the sweep ``spec`` not yet in ``out``, appending each to it."""
     from carvelab.trials.study import planned
 
-    spec = load_sweep(sweep, [f"base.train.steps={steps}"] if steps else [])
     done = set()
     if out.exists():
         done = {_key(r["label"], r["seed"], r["tune"]) for r in map(json.loads, out.read_text().splitlines())}
@@ -78,7 +83,8 @@ def run(sweep: str, out: Path, workers: int, steps: int | None) -> None:
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(train_config, job[4]): job for job in jobs.values()}
+        threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscription of the cores
+        futures = {pool.submit(train_config, job[4], threads): job for job in jobs.values()}
         for future in as_completed(futures):
             point, seed, label, tune, _ = futures[future]
             try:

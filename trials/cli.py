@@ -9,6 +9,9 @@
     carvelab ablation NAME [--root DIR]             effects vs the baseline, paired by seed
     carvelab importance NAME [--root DIR] [--method auto|paired|fanova|ped_anova]   which axes matter
     carvelab export NAME --out DIR [--rank 0] [--top N] [--format carvelab|fla]
+    carvelab claims                                 the bundled claim studies and their claims
+    carvelab claims run NAME [--size cpu|gpu] [key=value ...]   run one; ends with its verdicts
+    carvelab claims verdict NAME [--size S] [--root DIR]        verdicts of a run study; refreshes MLflow
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     from carvelab.search_space.sweep_loading import load_sweep
     from carvelab.trials.driver import run_sweep
 
-    spec = load_sweep(args.sweep, args.overrides)
+    spec = load_sweep(args.sweep, args.overrides, size=getattr(args, "size", None))
     total = spec.budget.trials
     last: dict = {}
     with tqdm(total=total, desc=spec.name, unit="trial", disable=args.quiet) as bar, logging_redirect_tqdm():
@@ -84,12 +87,15 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     rows += [(k, str(v)) for k, v in summary.counts.items() if k not in ("running", "pending")]
     rows.append(("wall seconds", f"{summary.wall_s:.1f}"))
     print(format_table(rows, ("sweep", "value")))
-    if not args.quiet:
+    if spec.claims or not args.quiet:  # a claim study always ends with its verdicts
         from carvelab.dashboards.frame import front_table, open_sweep
 
         data = open_sweep(spec.name, args.root)
         print()
-        print_front(data, front_table(data))
+        if spec.claims:
+            print_claims(data, spec)
+        else:
+            print_front(data, front_table(data))
     print(f"\nInspect in MLflow:  mlflow ui --host 127.0.0.1 --backend-store-uri {summary.tracking_uri}")
     return 0
 
@@ -152,6 +158,43 @@ def print_front(data, table, rank: int = 0) -> None:
     print(significance_text(table, data.objectives, len(data.spec.seeds)))
 
 
+def print_claims(data, spec) -> None:
+    """The verdicts of ``spec``'s claims on ``data`` (claims as ``spec`` declares them),
+    printed and published to the parent run."""
+    from carvelab.dashboards.claims import claims_markdown, claims_table, publish_claims
+
+    data.spec.claims = spec.claims
+    rows = claims_table(data)
+    print(claims_markdown(rows))
+    publish_claims(data, rows)
+    print("verdicts under claims/ of the parent run and in its claim.<i>.verdict tags")
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from carvelab.search_space.sweep_loading import bundled_sweeps, find_sweep_file, load_sweep
+    from carvelab.search_space.yaml_io import read_yaml
+
+    if args.claims_cmd is None:
+        for name in bundled_sweeps():
+            raw = read_yaml(find_sweep_file(name))
+            if not raw.get("claims"):
+                continue
+            spec = load_sweep(name)
+            sizes = ", ".join(["(file)"] + sorted(raw.get("sizes") or {}))
+            print(f"{name}  [sizes: {sizes}]")
+            for claim in spec.claims:
+                print(f"  - {claim.name}" + (f"  ({claim.source})" if claim.source else ""))
+        print("\nrun one:  carvelab claims run NAME [--size gpu]")
+        return 0
+    if args.claims_cmd == "run":
+        return cmd_sweep_run(args)
+    from carvelab.dashboards.frame import open_sweep
+
+    spec = load_sweep(args.sweep, size=args.size)
+    print_claims(open_sweep(spec.name, args.root), spec)
+    return 0
+
+
 def cmd_ablation(args: argparse.Namespace) -> int:
     from carvelab.dashboards.ablation import ablation_markdown, ablation_table
     from carvelab.dashboards.frame import open_sweep
@@ -205,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="join this Ray cluster (default: a local Ray on 127.0.0.1)")
     run.add_argument("--root", default="carvelab_sweeps", help="folder holding sweep directories")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.add_argument("--size", default=None, help="one of the file's sizes: (e.g. gpu); default: as written")
     run.set_defaults(func=cmd_sweep_run)
     status = sweep.add_parser("status", help="table of a sweep's trials")
     status.add_argument("name")
@@ -241,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--top", type=int, default=None, help="at most this many points")
     exp.add_argument("--format", choices=["carvelab", "fla"], default="carvelab")
     exp.set_defaults(func=cmd_export)
+
+    claims = sub.add_parser("claims", help="list, run and judge the bundled claim studies")
+    claims.set_defaults(func=cmd_claims, claims_cmd=None)
+    claim_cmds = claims.add_subparsers(dest="claims_cmd", metavar="ACTION")
+    crun = claim_cmds.add_parser("run", help="run (or resume) a claim study; ends with its verdicts")
+    crun.add_argument("sweep", help="a claim study: bundled name or YAML file")
+    crun.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    crun.add_argument("--size", default=None, help="one of the study's sizes (e.g. gpu); default: the file as written")
+    crun.add_argument("--address", default=None, help="join this Ray cluster (default: a local Ray on 127.0.0.1)")
+    crun.add_argument("--root", default="carvelab_sweeps")
+    crun.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    crun.set_defaults(func=cmd_claims)
+    cver = claim_cmds.add_parser("verdict", help="the verdicts of a claim study that has run")
+    cver.add_argument("sweep", help="the study: bundled name or YAML file (its claims as written now)")
+    cver.add_argument("--size", default=None)
+    cver.add_argument("--root", default="carvelab_sweeps")
+    cver.set_defaults(func=cmd_claims)
     return parser
 
 
