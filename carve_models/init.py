@@ -100,6 +100,8 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     params = dict(model.named_parameters())
     for name, rule in parameter_rules(model).items():
         p = params[name]
+        if p.is_meta:  # shapes only (costs.py): no values, and no generator exists on the meta device
+            continue
         generator = None
         if cfg.init == "matched":
             generator = torch.Generator(device=p.device).manual_seed(matched_seed(cfg.seed, name))

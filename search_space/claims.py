@@ -90,6 +90,8 @@ def _claim(c: dict, spec: S.SweepSpec, where: str) -> S.ClaimSpec:
                           f"split's {'test_' + metric[4:]!r}")
     if metric not in allowed:
         raise ConfigError(f"{where}.metric={metric!r} is not allowed; choose one of {allowed}")
+    if metric in S.INIT_METRICS and not (spec.base.get("train") or {}).get("eval_at_init", False):
+        raise ConfigError(f"{where}.metric={metric!r} is measured only with base.train.eval_at_init: true")
     expect, relative, tolerance = _expectation(c["expect"], f"{where}.expect")
     source = c.get("source", "")
     if not isinstance(source, str):

@@ -50,8 +50,10 @@ COST_METRICS = ("params", "flops_per_token", "state_bytes")
 # Speed metrics measured with the device to the trial alone (trials/timing_slot.py); the
 # figure measured while trials share the device is tokens_per_s_contended.
 ISOLATED_METRICS = ("tokens_per_s", "step_ms")
+# The untrained model on validation (train.eval_at_init): checks, e.g., that two presets match at init.
+INIT_METRICS = ("init_val_loss", "init_val_accuracy")
 METRICS = ("val_accuracy", "val_loss", "val_ppl", "train_loss", "tokens_per_s", "step_ms", "tokens_per_s_contended",
-           "peak_mem_mb", "wall_s") + COST_METRICS
+           "peak_mem_mb", "wall_s") + COST_METRICS + INIT_METRICS
 # Metrics whose intermediate values are reported during training (prunable).
 INTERMEDIATE_METRICS = ("val_accuracy", "val_loss", "val_ppl", "train_loss")
 

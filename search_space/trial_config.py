@@ -37,6 +37,7 @@ class TrainConfig:
     max_seconds: Optional[float] = None  # wall-clock limit of training, after the first step (compilation)
     cuda_graph: bool = True        # on a GPU, replay the whole step from a CUDA graph (trials/step_graph.py)
     timing_steps: int = 20         # steps timed with the device to itself (tokens_per_s, step_ms); 0 = none
+    eval_at_init: bool = False     # also evaluate the untrained model on validation (init_val_loss, init_val_accuracy)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):
@@ -50,8 +51,9 @@ class TrainConfig:
         for name in ("lr", "grad_clip"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
                 raise ValueError(f"train.{name}={getattr(self, name)!r} must be a positive number")
-        if not isinstance(self.cuda_graph, bool):
-            raise ValueError(f"train.cuda_graph={self.cuda_graph!r} must be true or false")
+        for name in ("cuda_graph", "eval_at_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name}={getattr(self, name)!r} must be true or false")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
         if self.weight_decay < 0:

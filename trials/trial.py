@@ -177,6 +177,10 @@ class _Run:
         self.config_dict = dataclasses.asdict(config)
         self.digest = checkpoint.config_digest(self.config_dict)
         self.costs = static_costs(self.model_cfg, config.task.seq_len)
+        if self.train.eval_at_init:  # built from the seed, before any restore: always the untrained model
+            init = evaluate(self.model, self.task.val_batches(self.train.batch_size, self.train.eval_batches),
+                            self.device)
+            self.costs.update({"init_val_loss": init["val_loss"], "init_val_accuracy": init["val_accuracy"]})
         self.backend = kernel_backend(self.model_cfg, self.device)
         self.precision = kernel_precision(self.model_cfg, self.device)
         self.train_seconds_before = 0.0

@@ -24,6 +24,7 @@ POINTS = [(name, dict(hybrid_ratio=r)) for name in PRESETS for r in ("1:0", "3:1
     ("kda", dict(content_gate=True, content_target="decay", tie_embeddings=False)),
     ("carve", dict(expand_k=0.5, expand_v=2.0, mlp_hidden=40, conv_size=3, n_layers=3, hybrid_ratio="2:1")),
     ("deltanet", dict(erase_gate="channel", erase_axis="value", write_gate="per_value", tie_gates=False)),
+    ("carve", dict(init="matched")),   # the meta model is not initialised (no generator on meta)
 ]
 
 

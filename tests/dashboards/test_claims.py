@@ -106,7 +106,10 @@ def test_claims_load_with_defaults_and_match_changes_by_path():
     ([{"change": {"eigen_range": "[-1,1]"}, "expect": "increase"}], {}, r"claims\[0\].metric is required"),
     ([{"change": {"eigen_range": "[-1,1]"}, "metric": "test_accuracy", "expect": "increase"}],
      {"mode": "grid", "ablation": {}, "space": {"eigen_range": ["[0,1]", "[-1,1]"]}}, r"claims need mode 'ablation'"),
-], ids=["val-metric", "unknown-change", "bad-expect", "zero-tolerance", "unknown-key", "no-metric", "not-ablation"])
+    ([{"change": {"eigen_range": "[-1,1]"}, "metric": "init_val_loss", "expect": {"relative": 0, "tolerance": 1e-12}}],
+     {}, r"claims\[0\].metric='init_val_loss' is measured only with base.train.eval_at_init: true"),
+], ids=["val-metric", "unknown-change", "bad-expect", "zero-tolerance", "unknown-key", "no-metric", "not-ablation",
+        "init-metric-not-measured"])
 def test_bad_claims_name_the_key(claims, extra, match):
     with pytest.raises(ConfigError, match=match):
         load_sweep(_study(claims=claims, **extra))

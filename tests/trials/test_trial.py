@@ -55,6 +55,21 @@ def test_each_task_trains_and_returns_every_metric(task, tmp_path):
     assert 0 < result.metrics["first_step_s"] < elapsed
 
 
+def test_eval_at_init_scores_the_untrained_model_identically_for_matched_presets(tmp_path):
+    """train.eval_at_init: CARVE and GDN-2 at matched init compute the same function (the
+    content gate's U = 0), so their init_val_loss agree to the last bit; training then moves them."""
+    def config(preset):
+        cfg = tiny(tmp_path, eval_at_init=True)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init="matched", content_gate=preset == "carve"))
+
+    gdn2, carve = run_trial(config("gdn2")), run_trial(config("carve"))
+    assert gdn2.metrics["init_val_loss"] == carve.metrics["init_val_loss"]
+    assert gdn2.metrics["init_val_accuracy"] == carve.metrics["init_val_accuracy"]
+    assert gdn2.metrics["init_val_loss"] != gdn2.metrics["val_loss"]       # the untrained model, not the trained one
+    plain = run_trial(tiny(tmp_path))
+    assert "init_val_loss" not in plain.metrics
+
+
 def test_reporter_stop_prunes_at_that_step(tmp_path):
     reporter = RecordingReporter(stop_when=lambda step, m: step >= 3)
     result = run_trial(tiny(tmp_path, steps=9), reporter)
