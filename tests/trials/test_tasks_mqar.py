@@ -227,3 +227,33 @@ def test_bad_batch_arguments(tmp_path, step, batch_size, name):
     task = build_task(make_cfg(tmp_path))
     with pytest.raises(ValueError, match=name):
         task.train_batch(step, batch_size)
+
+
+def test_length_generalisation_tests_a_longer_shape_than_it_trains(tmp_path):
+    """Zoology's evaluation beyond the training shape: train at (T, N) = (32, 4), test at (128, 16)."""
+    task = build_task(make_cfg(tmp_path, seq_len=32, num_kv_pairs=4, test_seq_len=128, test_num_kv_pairs=16,
+                               test_examples=40))
+    inputs, targets = task.train_batch(0, 8)
+    assert inputs.shape == (8, 32) and ((targets != IGNORE_INDEX).sum(1) == 4).all()
+    val = all_examples(task)
+    assert val[0].shape[1] == 32
+    test = [b for b in task.test_batches(16)]
+    x = torch.cat([b[0] for b in test]).numpy()
+    y = torch.cat([b[1] for b in test]).numpy()
+    assert x.shape == (40, 128) and ((y != IGNORE_INDEX).sum(1) == 16).all()
+    key_vocab = task.vocab_size // 2
+    for seq, tgt in zip(x, y):                                   # the test split is still MQAR
+        answers = dictionary_answers(seq, key_vocab)
+        scored = np.flatnonzero(tgt != IGNORE_INDEX)
+        assert [answers.get(int(t)) for t in scored] == tgt[scored].tolist()
+    same = build_task(make_cfg(tmp_path, seq_len=32, num_kv_pairs=4))
+    assert same.cache_path != task.cache_path
+    assert next(same.test_batches(4))[0].shape[1] == 32          # by default the test split is as trained
+
+
+def test_length_generalisation_refuses_a_test_shape_that_cannot_be_generated(tmp_path):
+    with pytest.raises(ValueError, match=r"the test split \(task.test_seq_len=32, task.test_num_kv_pairs=16\): "
+                                         r"task.seq_len=32 is too short"):
+        build_task(make_cfg(tmp_path, seq_len=32, num_kv_pairs=4, test_seq_len=32, test_num_kv_pairs=16))
+    with pytest.raises(ValueError, match=r"task.test_seq_len=0 must be a positive integer"):
+        make_cfg(tmp_path, test_seq_len=0)

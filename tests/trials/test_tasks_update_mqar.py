@@ -147,3 +147,10 @@ def test_cache_reused_and_keyed_by_num_updates(tmp_path):
 def test_bad_configs_name_the_field(tmp_path, overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         build_task(make_cfg(tmp_path, **overrides))
+
+
+def test_test_split_at_a_larger_shape_keeps_the_updates(tmp_path):
+    task = build_task(make_cfg(tmp_path, test_seq_len=120, test_num_kv_pairs=12, test_examples=20))
+    x, y = next(task.test_batches(20))
+    assert x.shape == (20, 120) and ((y != IGNORE_INDEX).sum(1) == 12 + 3).all()
+    assert task.train_batch(0, 4)[0].shape == (4, 53)

@@ -25,10 +25,17 @@ T = 12 (``.`` = filler)::
 
 Requires ``T >= 4N`` (room for the N query slots) and ``V >= 2N`` (N distinct keys and
 N distinct values).
+
+Length generalisation (Zoology's evaluation beyond the training shape): ``task.test_seq_len``
+and ``task.test_num_kv_pairs`` (default: as trained) give the test split its own T and N,
+e.g. train at (T, N) = (64, 4), test at (256, 16). Training and validation keep
+``seq_len`` and ``num_kv_pairs``; the vocabulary is shared, so ``V`` must fit the larger N.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -42,11 +49,22 @@ class MQARConfig(TaskConfig):
     num_kv_pairs: int = 8          # N: key-value pairs in the context, each queried once
     power_a: float = 0.01          # power-law placement of queries (Zoology's alpha)
     train_examples: int = 20000    # size of the training set
+    test_seq_len: Optional[int] = None       # T of the test split (None: seq_len)
+    test_num_kv_pairs: Optional[int] = None  # N of the test split (None: num_kv_pairs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for key in ("num_kv_pairs", "train_examples"):
             positive_field(self, key)
+        for key in ("test_seq_len", "test_num_kv_pairs"):
+            if getattr(self, key) is not None:
+                positive_field(self, key)
+
+    def test_config(self) -> "MQARConfig":
+        """The config the test split is generated with (its own T and N, if set)."""
+        return dataclasses.replace(self, seq_len=self.test_seq_len or self.seq_len,
+                                   num_kv_pairs=self.test_num_kv_pairs or self.num_kv_pairs,
+                                   test_seq_len=None, test_num_kv_pairs=None)
         if not isinstance(self.power_a, (int, float)) or isinstance(self.power_a, bool) or self.power_a <= 0:
             raise ValueError(f"task.power_a={self.power_a!r} must be a positive number")
 
@@ -143,15 +161,36 @@ class MQARTask(ExampleSetTask):
 
     @classmethod
     def validate(cls, cfg: MQARConfig) -> None:
+        cls.check(cfg)
+        if cfg.test_seq_len is not None or cfg.test_num_kv_pairs is not None:
+            try:
+                cls.check(cfg.test_config())
+            except ValueError as exc:
+                raise ValueError(f"the test split (task.test_seq_len={cfg.test_seq_len}, task.test_num_kv_pairs="
+                                 f"{cfg.test_num_kv_pairs}): {exc}") from None
+
+    @classmethod
+    def check(cls, cfg: MQARConfig) -> None:
+        """Raise ValueError naming the key if ``cfg``'s (T, N, V) cannot be generated."""
         check_recall_config(cfg)
 
     def data_fields(self, cfg: MQARConfig) -> dict:
+        shape = {k: getattr(cfg, k) for k in ("test_seq_len", "test_num_kv_pairs") if getattr(cfg, k) is not None}
         return {"vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len,
-                "num_kv_pairs": cfg.num_kv_pairs, "power_a": float(cfg.power_a)}
+                "num_kv_pairs": cfg.num_kv_pairs, "power_a": float(cfg.power_a), **shape}
+
+    def split_len(self, split: str) -> int:
+        return self.cfg.test_config().seq_len if split == "test" else self.seq_len
+
+    def generate_split(self, rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.sequences(rng, n, self.cfg.test_config() if split == "test" else self.cfg)
 
     def generate(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` MQAR sequences; see the module docstring for the layout."""
-        cfg, num_pairs = self.cfg, self.cfg.num_kv_pairs
+        return self.sequences(rng, n, self.cfg)
+
+    def sequences(self, rng: np.random.Generator, n: int, cfg: MQARConfig) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` MQAR sequences of ``cfg``'s shape; see the module docstring for the layout."""
+        num_pairs = cfg.num_kv_pairs
         key_vocab = cfg.vocab_size // 2
         keys = sample_distinct(rng, n, key_vocab, num_pairs)
         values = key_vocab + sample_distinct(rng, n, cfg.vocab_size - key_vocab, num_pairs)

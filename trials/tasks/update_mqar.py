@@ -78,7 +78,7 @@ class UpdateMQARTask(MQARTask):
     Config = UpdateMQARConfig
 
     @classmethod
-    def validate(cls, cfg: UpdateMQARConfig) -> None:
+    def check(cls, cfg: UpdateMQARConfig) -> None:
         if cfg.num_updates > cfg.num_kv_pairs:
             raise ValueError(
                 f"task.num_updates={cfg.num_updates} must not exceed "
@@ -90,9 +90,9 @@ class UpdateMQARTask(MQARTask):
     def data_fields(self, cfg: UpdateMQARConfig) -> dict:
         return {**super().data_fields(cfg), "num_updates": cfg.num_updates}
 
-    def generate(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` Update-MQAR sequences; see the module docstring for the layout."""
-        cfg, num_pairs, num_upd = self.cfg, self.cfg.num_kv_pairs, self.cfg.num_updates
+    def sequences(self, rng: np.random.Generator, n: int, cfg: UpdateMQARConfig) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` Update-MQAR sequences of ``cfg``'s shape; see the module docstring for the layout."""
+        num_pairs, num_upd = cfg.num_kv_pairs, cfg.num_updates
         key_vocab = cfg.vocab_size // 2
         keys = sample_distinct(rng, n, key_vocab, num_pairs)
         all_values = key_vocab + sample_distinct(
