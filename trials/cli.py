@@ -9,6 +9,7 @@
     carvelab ablation NAME [--root DIR]             effects vs the baseline, paired by seed
     carvelab importance NAME [--root DIR] [--method auto|paired|fanova|ped_anova]   which axes matter
     carvelab export NAME --out DIR [--rank 0] [--top N] [--format carvelab|fla]
+    carvelab suite NAME [--root DIR]                MAD-style scores over a sweep's tasks (task.* axes)
     carvelab claims                                 the bundled claim studies and their claims
     carvelab claims run NAME [--size cpu|gpu] [key=value ...]   run one; ends with its verdicts
     carvelab claims verdict NAME [--size S] [--root DIR]        verdicts of a run study; refreshes MLflow
@@ -215,6 +216,17 @@ def cmd_importance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    from carvelab.dashboards.frame import open_sweep
+    from carvelab.dashboards.suite import publish_suite, suite_markdown, suite_table
+
+    data = open_sweep(args.name, args.root)
+    metric, rows = suite_table(data)
+    print(suite_markdown(metric, rows))
+    publish_suite(data, metric, rows)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from carvelab.dashboards.export import export
     from carvelab.dashboards.frame import open_sweep
@@ -277,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     importance.add_argument("--method", default="auto", choices=["auto", "paired", "fanova", "ped_anova"],
                             help="auto: paired effects for grid/ablation sweeps, fANOVA for search sweeps")
     importance.set_defaults(func=cmd_importance)
+    suite = sub.add_parser("suite", help="MAD-style scores of a sweep over several tasks (per task, mean of tasks)")
+    suite.add_argument("name")
+    suite.add_argument("--root", default="carvelab_sweeps")
+    suite.set_defaults(func=cmd_suite)
     exp = sub.add_parser("export", help="write the winning configs as re-runnable YAML files")
     exp.add_argument("name")
     exp.add_argument("--out", required=True, help="output folder (existing files are never overwritten)")

@@ -186,3 +186,22 @@ def test_callbacks_see_every_recorded_trial_once_between_start_and_end(tmp_path)
     assert recorded == sorted((t.number, t.user_attrs["state"]) for t in study.trials)
     client, _ = child_runs(summary)
     assert client.get_run(summary.parent_run_id).data.tags["pareto.front_size"] == str(summary.front_size)
+
+
+def test_a_sweep_over_tasks_is_scored_as_a_suite_in_the_terminal_and_mlflow(tmp_path, capsys):
+    """task.name as an axis: carvelab suite shows per task and the mean of tasks, per architecture."""
+    from carvelab.trials.cli import main
+
+    data = tiny_sweep("suite", tmp_path / "cache", mode="grid", budget={}, seeds=[0, 1],
+                      space={"task.name": ["mqar", "parity"], "erase_axis": ["key", "value"]})
+    summary = run_sweep(load_sweep(data), tmp_path)
+    assert summary.counts["completed"] == 8
+    assert main(["suite", "suite", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| architecture"))
+    assert "mqar" in header and "parity" in header and "(mean of tasks)" in header
+    assert sum(line.startswith('| {"erase_axis"') for line in out.splitlines()) == 2
+    assert "(n 2)" in out
+    client, _ = child_runs(summary)
+    names = {a.path for a in client.list_artifacts(summary.parent_run_id, "suite")}
+    assert names == {"suite/suite.md", "suite/suite.json"}

@@ -1,0 +1,57 @@
+"""MAD-style suite aggregation: best per setting, mean per task, mean of tasks, intervals over seeds."""
+import json
+
+import polars as pl
+import pytest
+
+from carvelab.dashboards.suite import OVERALL, suite_markdown, suite_rows
+from carvelab.search_space.sweep_loading import load_sweep
+
+SPEC = load_sweep({
+    "name": "s", "mode": "grid", "seeds": [0, 1, 2],
+    "base": {"preset": "gdn2", "model": {"d_model": 16, "n_heads": 2},
+             "task": {"name": "mqar", "seq_len": 32, "num_kv_pairs": 4, "vocab_size": 32}},
+    "space": {"task.name": ["mqar", "parity"], "erase_axis": ["key", "value"]},
+})
+
+
+def frame(values):
+    """values: (task, extra task keys, arch, seed) -> test accuracy."""
+    rows = []
+    for i, ((task, extra, arch, seed), v) in enumerate(values.items()):
+        point = {"task.name": task, **dict(extra), "erase_axis": arch}
+        rows.append({"number": i, "state": "COMPLETE", "seed": seed, "label": "", "point": json.dumps(point, sort_keys=True),
+                     "tune": "{}", "test_accuracy": v})
+    return pl.DataFrame(rows)
+
+
+def test_task_scores_average_settings_and_the_overall_averages_tasks():
+    values = {}
+    for seed in (0, 1, 2):
+        values[("mqar", (("task.num_kv_pairs", 4),), "key", seed)] = 0.9 + 0.01 * seed
+        values[("mqar", (("task.num_kv_pairs", 8),), "key", seed)] = 0.5 + 0.01 * seed
+        values[("parity", (), "key", seed)] = 0.6
+        values[("mqar", (("task.num_kv_pairs", 4),), "value", seed)] = 0.8
+        values[("mqar", (("task.num_kv_pairs", 8),), "value", seed)] = 0.4
+        values[("parity", (), "value", seed)] = 0.5
+    rows = {(json.loads(r["architecture"])["erase_axis"], r["task"]): r for r in suite_rows(SPEC, frame(values), "test_accuracy")}
+    assert rows[("key", "mqar")]["mean"] == pytest.approx(0.71) and rows[("key", "mqar")]["settings"] == 2
+    assert rows[("key", "mqar")]["n"] == 3 and rows[("key", "mqar")]["lo"] < 0.71 < rows[("key", "mqar")]["hi"]
+    assert rows[("key", OVERALL)]["mean"] == pytest.approx((0.71 + 0.6) / 2)
+    assert rows[("value", OVERALL)]["mean"] == pytest.approx((0.6 + 0.5) / 2)
+    text = suite_markdown("test_accuracy", list(rows.values()))
+    assert text.index('"key"') < text.index('"value"')             # ranked by the overall score
+    assert "mqar" in text and "parity" in text and "(n 3)" in text
+
+
+def test_a_seed_missing_a_setting_is_left_out_of_that_task_and_of_the_overall():
+    values = {("mqar", (("task.num_kv_pairs", n),), "key", s): 0.5 for n in (4, 8) for s in (0, 1, 2)}
+    values.update({("parity", (), "key", s): 0.7 for s in (0, 1, 2)})
+    del values[("mqar", (("task.num_kv_pairs", 8),), "key", 2)]
+    rows = {r["task"]: r for r in suite_rows(SPEC, frame(values), "test_accuracy")}
+    assert rows["mqar"]["n"] == 2 and rows["parity"]["n"] == 3 and rows[OVERALL]["n"] == 2
+
+
+def test_one_task_is_not_a_suite():
+    values = {("mqar", (), "key", s): 0.5 for s in (0, 1)}
+    assert "needs two or more tasks" in suite_markdown("test_accuracy", suite_rows(SPEC, frame(values), "test_accuracy"))
