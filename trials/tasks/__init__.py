@@ -1,5 +1,6 @@
 """The tasks a trial trains on: synthetic recall (``mqar``, ``update_mqar``), state tracking
-with length generalisation (``parity``, ``modular_arithmetic``, ``s5``) and ``lm``.
+with length generalisation (``parity``, ``modular_arithmetic``, ``s5``), MAD's six synthetic
+tasks (``mad_*``, settings in ``mad.MAD_SETTINGS``) and ``lm``.
 
 A task is one module: a ``Task`` subclass with its own config dataclass (``Config``, a
 ``TaskConfig`` subclass: the keys of a ``task:`` mapping) and the metrics it reports,
@@ -13,6 +14,12 @@ from __future__ import annotations
 
 from carvelab.trials.tasks.base import IGNORE_INDEX, QUALITY_METRICS, Task, TaskConfig
 from carvelab.trials.tasks.lm import LMConfig, LMTask
+from carvelab.trials.tasks.mad_compression import CompressionTask
+from carvelab.trials.tasks.mad_fuzzy_recall import FuzzyRecallTask
+from carvelab.trials.tasks.mad_in_context_recall import InContextRecallTask
+from carvelab.trials.tasks.mad_memorization import MemorizationTask
+from carvelab.trials.tasks.mad_noisy_recall import NoisyRecallTask
+from carvelab.trials.tasks.mad_selective_copying import SelectiveCopyingTask
 from carvelab.trials.tasks.modular_arithmetic import ModularArithmeticConfig, ModularArithmeticTask
 from carvelab.trials.tasks.mqar import MQARConfig, MQARTask
 from carvelab.trials.tasks.parity import ParityConfig, ParityTask
@@ -26,6 +33,12 @@ TASKS: dict[str, type[Task]] = {
     "parity": ParityTask,
     "modular_arithmetic": ModularArithmeticTask,
     "s5": S5Task,
+    "mad_in_context_recall": InContextRecallTask,
+    "mad_fuzzy_recall": FuzzyRecallTask,
+    "mad_noisy_recall": NoisyRecallTask,
+    "mad_selective_copying": SelectiveCopyingTask,
+    "mad_compression": CompressionTask,
+    "mad_memorization": MemorizationTask,
     "lm": LMTask,
 }
 DEFAULT_TASK = "mqar"
