@@ -96,6 +96,10 @@ def claim_rows(spec: SweepSpec, df: pl.DataFrame) -> list[dict]:
                 if a != 0:
                     relatives.append((b - a) / abs(a))
         result, stats, why = verdict(claim, diffs, relatives)
+        if claim.metric == "peak_mem_mb" and column is not None and not _per_trial_memory(done, change, against):
+            result, why = "inconclusive", ("peak_mem_mb was not measured per trial (on a CPU it is the worker "
+                                           "process's resident-set high-water mark, which earlier trials of "
+                                           "that process may have set); judge memory claims on a GPU")
         rows.append({"index": i, "name": claim.name, "source": claim.source, "change": change,
                      "against": against, "metric": claim.metric, "expect": _expected(claim),
                      "scale": "relative" if claim.expect == "relative" else "absolute",
@@ -105,6 +109,14 @@ def claim_rows(spec: SweepSpec, df: pl.DataFrame) -> list[dict]:
                      "verdict": result, "why": why if column is not None else
                      f"no run logged {claim.metric!r}"})
     return rows
+
+
+def _per_trial_memory(done: pl.DataFrame, *labels: str) -> bool:
+    """Whether every run of ``labels`` measured its own peak memory (a GPU trial)."""
+    if "m.peak_mem_per_trial" not in done.columns:
+        return False
+    flags = done.filter(pl.col("label").is_in(list(labels)))["m.peak_mem_per_trial"].to_list()
+    return bool(flags) and all(f == 1.0 for f in flags)
 
 
 def _expected(claim: ClaimSpec) -> str:

@@ -272,6 +272,9 @@ class _Run:
             # the steps outside the timing window, with whatever shares the device (absent if none)
             **({"tokens_per_s_contended": self.meter.tokens_per_s} if math.isfinite(self.meter.tokens_per_s) else {}),
             "peak_mem_mb": self.meter.peak_memory_mb(), "wall_s": wall_s, "step": float(self.step),
+            # 1: the GPU allocator's peak, reset for this trial; 0: the process's resident-set
+            # high-water mark, which earlier trials of the same worker process may have set
+            "peak_mem_per_trial": 1.0 if self.device.type == "cuda" else 0.0,
             # tokens_per_s, step_ms: in isolation, once the window has run (a trial resumed past
             # its window keeps the figures it measured before the interruption)
             **(self.window.metrics() or self._earlier_window()),

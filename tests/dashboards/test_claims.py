@@ -139,3 +139,29 @@ def test_bundled_claim_studies_load_at_every_size():
         for size in read_yaml(find_sweep_file(name)).get("sizes") or {}:
             spec = load_sweep(name, size=size)
             assert spec.claims and spec.name == f"{name}_{size}"
+
+
+def test_memory_claims_need_per_trial_peaks():
+    """On a CPU peak_mem_mb is the worker process's high-water mark: a memory claim there is
+    inconclusive, saying why, however decisive the numbers look."""
+    import json
+
+    import polars as pl
+
+    from carvelab.dashboards.claims import claim_rows
+
+    spec = load_sweep(_study(claims=[{"change": {"model.decay": "scalar"}, "metric": "peak_mem_mb",
+                                      "expect": {"relative": -0.13, "tolerance": 0.03}}]))
+
+    def frame(per_trial):
+        rows = []
+        for label, point, mem in (("baseline", {}, 100.0), ("model.decay=scalar", {"model.decay": "scalar"}, 87.0)):
+            for seed in (0, 1):
+                rows.append({"number": len(rows), "state": "COMPLETE", "seed": seed, "label": label,
+                             "point": json.dumps(point), "tune": "{}", "val_accuracy": 0.5,
+                             "m.peak_mem_mb": mem, "m.peak_mem_per_trial": per_trial})
+        return pl.DataFrame(rows)
+
+    assert claim_rows(spec, frame(1.0))[0]["verdict"] == "supported"
+    cpu = claim_rows(spec, frame(0.0))[0]
+    assert cpu["verdict"] == "inconclusive" and "not measured per trial" in cpu["why"]
