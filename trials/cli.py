@@ -181,7 +181,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
             if not raw.get("claims"):
                 continue
             spec = load_sweep(name)
-            sizes = ", ".join(["(file)"] + sorted(raw.get("sizes") or {}))
+            sizes = ", ".join(["default (as written)"] + sorted(raw.get("sizes") or {}))
             print(f"{name}  [sizes: {sizes}]")
             for claim in spec.claims:
                 print(f"  - {claim.name}" + (f"  ({claim.source})" if claim.source else ""))
