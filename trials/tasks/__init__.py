@@ -1,6 +1,6 @@
 """The tasks a trial trains on: synthetic recall (``mqar``, ``update_mqar``), state tracking
 with length generalisation (``parity``, ``modular_arithmetic``, ``s5``), MAD's six synthetic
-tasks (``mad_*``, settings in ``mad.MAD_SETTINGS``) and ``lm``.
+tasks (``mad_*``, settings in ``mad.MAD_SETTINGS``), RULER-style ``needle`` retrieval and ``lm``.
 
 A task is one module: a ``Task`` subclass with its own config dataclass (``Config``, a
 ``TaskConfig`` subclass: the keys of a ``task:`` mapping) and the metrics it reports,
@@ -22,6 +22,7 @@ from carvelab.trials.tasks.mad_noisy_recall import NoisyRecallTask
 from carvelab.trials.tasks.mad_selective_copying import SelectiveCopyingTask
 from carvelab.trials.tasks.modular_arithmetic import ModularArithmeticConfig, ModularArithmeticTask
 from carvelab.trials.tasks.mqar import MQARConfig, MQARTask
+from carvelab.trials.tasks.needle import NeedleTask
 from carvelab.trials.tasks.parity import ParityConfig, ParityTask
 from carvelab.trials.tasks.s5 import S5Config, S5Task
 from carvelab.trials.tasks.update_mqar import UpdateMQARConfig, UpdateMQARTask
@@ -39,6 +40,7 @@ TASKS: dict[str, type[Task]] = {
     "mad_selective_copying": SelectiveCopyingTask,
     "mad_compression": CompressionTask,
     "mad_memorization": MemorizationTask,
+    "needle": NeedleTask,
     "lm": LMTask,
 }
 DEFAULT_TASK = "mqar"
