@@ -29,9 +29,9 @@ from typing import Optional
 import polars as pl
 
 from carvelab.dashboards.ablation import paired_stats
-from carvelab.dashboards.frame import SweepData, trials_frame
+from carvelab.dashboards.frame import SweepData, json_safe, trials_frame
 from carvelab.dashboards.selection import select_tuned
-from carvelab.search_space.claims import claim_label
+from carvelab.search_space.points import change_label
 from carvelab.search_space.sweep_spec import ClaimSpec, SweepSpec
 
 VERDICTS = ("supported", "contradicted", "inconclusive")
@@ -81,7 +81,7 @@ def claim_rows(spec: SweepSpec, df: pl.DataFrame) -> list[dict]:
     done = select_tuned(df, spec).trials if len(df) else df
     rows = []
     for i, claim in enumerate(spec.claims):
-        change, against = claim_label(claim.change), claim_label(claim.against)
+        change, against = change_label(claim.change), change_label(claim.against)
         column = _column(done, claim.metric) if len(done) else None
         diffs, relatives, base, mine = [], [], [], []
         if column is not None:
@@ -165,15 +165,10 @@ def publish_claims(data: SweepData, rows: list[dict]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         (out / "claims.md").write_text(claims_markdown(rows))
-        (out / "claims.json").write_text(json.dumps([_plain(r) for r in rows], indent=2))
+        (out / "claims.json").write_text(json.dumps([json_safe(r) for r in rows], indent=2))
         for path in sorted(out.iterdir()):
             data.client.log_artifact(data.parent_run_id, str(path), "claims")
     for r in rows:
         data.client.set_tag(data.parent_run_id, f"claim.{r['index']}.verdict", r["verdict"])
         data.client.set_tag(data.parent_run_id, f"claim.{r['index']}.name", r["name"][:250])
     data.client.set_tag(data.parent_run_id, "claims.summary", summary_line(rows))
-
-
-def _plain(row: dict) -> dict:
-    """A row with NaN as null (JSON has no NaN)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}

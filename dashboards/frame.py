@@ -129,6 +129,11 @@ def reported_objectives(told: list[tuple[str, str]], df: pl.DataFrame) -> list[t
     return out
 
 
+def json_safe(row: dict) -> dict:
+    """A table row with non-finite floats as None (JSON has no NaN or infinity)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 def completed(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("state") == "COMPLETE") if len(df) else df
 

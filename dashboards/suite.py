@@ -26,7 +26,7 @@ from typing import Optional
 
 import polars as pl
 
-from carvelab.dashboards.frame import SweepData, trials_frame
+from carvelab.dashboards.frame import SweepData, json_safe, trials_frame
 from carvelab.dashboards.selection import select_tuned
 from carvelab.dashboards.uncertainty import mean_interval
 from carvelab.search_space.sweep_spec import SweepSpec
@@ -110,8 +110,6 @@ def publish_suite(data: SweepData, metric: str, rows: list[dict]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         (out / "suite.md").write_text(suite_markdown(metric, rows))
-        (out / "suite.json").write_text(json.dumps(
-            [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows],
-            indent=2))
+        (out / "suite.json").write_text(json.dumps([json_safe(r) for r in rows], indent=2))
         for path in sorted(out.iterdir()):
             data.client.log_artifact(data.parent_run_id, str(path), "suite")

@@ -28,8 +28,7 @@ import math
 from typing import Any, Mapping, Optional
 
 from carvelab.search_space import sweep_spec as S
-from carvelab.search_space.points import change_label as claim_label
-from carvelab.search_space.points import nested, normalise
+from carvelab.search_space.points import change_label, nested, normalise
 from carvelab.search_space.yaml_io import ConfigError, deep_merge
 
 DIRECTIONS = ("increase", "decrease")
@@ -96,7 +95,7 @@ def _claim(c: dict, spec: S.SweepSpec, where: str) -> S.ClaimSpec:
     source = c.get("source", "")
     if not isinstance(source, str):
         raise ConfigError(f"{where}.source={source!r} must be a string (where the claim is made)")
-    name = c.get("name") or f"{claim_label(change)} vs {claim_label(against)}: {metric} {_describe(expect, relative)}"
+    name = c.get("name") or f"{change_label(change)} vs {change_label(against)}: {metric} {_describe(expect, relative)}"
     if not isinstance(name, str):
         raise ConfigError(f"{where}.name={name!r} must be a string")
     return S.ClaimSpec(name=name, change=change, against=against, metric=metric, expect=expect,

@@ -22,23 +22,7 @@ import sys
 from pathlib import Path
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.bench_tuning import run_planned
-
-
-def runs_frame(rows: list[dict], spec):
-    """The JSON-lines runs as the trials frame the dashboards read (``m.<metric>`` columns)."""
-    import polars as pl
-
-    metrics = sorted({k for r in rows for k in r.get("metrics", {})})
-    told = [o.metric for o in spec.objectives]
-    return pl.DataFrame([{
-        "number": i, "state": "COMPLETE" if r["status"] == "completed" else "FAIL", "seed": r["seed"],
-        "label": r["label"], "point": json.dumps(r["point"], sort_keys=True),
-        "tune": json.dumps(r["tune"], sort_keys=True),
-        **{m: r["metrics"].get(m) for m in told},
-        **{f"m.{m}": r["metrics"].get(m) for m in metrics},
-    } for i, r in enumerate(rows)], schema_overrides={f"m.{m}": pl.Float64 for m in metrics}
-        | {m: pl.Float64 for m in told}, infer_schema_length=None)
+from carvelab.trials.bench_tuning import run_planned, runs_frame
 
 
 def verdicts(path: Path, name: str, size: str | None, overrides=()) -> list[dict]:
@@ -46,7 +30,7 @@ def verdicts(path: Path, name: str, size: str | None, overrides=()) -> list[dict
 
     spec = load_sweep(name, overrides, size=size)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return claim_rows(spec, runs_frame(rows, spec))
+    return claim_rows(spec, runs_frame(rows, [o.metric for o in spec.objectives]))
 
 
 def main(argv=None) -> int:

@@ -99,16 +99,29 @@ def run_planned(spec, out: Path, workers: int) -> None:
                   f"test {m.get('test_accuracy', math.nan):.3f} ({result.get('seconds', 0):.0f} s)", flush=True)
 
 
-def _frame(rows: list[dict], told: str):
-    """The runs as the trials frame ``dashboards.selection`` reads."""
+def runs_frame(rows: list[dict], told: list[str]):
+    """JSON-lines runs as the trials frame the dashboards read: the told objectives as columns
+    and every logged metric as ``m.<metric>``."""
     import polars as pl
 
+    metrics = sorted({k for r in rows for k in r.get("metrics", {})})
     return pl.DataFrame([{
         "number": i, "state": "COMPLETE" if r["status"] == "completed" else "FAIL", "seed": r["seed"],
         "label": r["label"], "point": json.dumps(r["point"], sort_keys=True),
-        "tune": json.dumps(r["tune"], sort_keys=True), told: r["metrics"].get(told),
-        "test": r["metrics"].get("test_" + told[4:]),
-    } for i, r in enumerate(rows)], infer_schema_length=None)
+        "tune": json.dumps(r["tune"], sort_keys=True),
+        **{m: r["metrics"].get(m) for m in told},
+        **{f"m.{m}": r["metrics"].get(m) for m in metrics},
+    } for i, r in enumerate(rows)], schema_overrides={f"m.{m}": pl.Float64 for m in metrics}
+        | {m: pl.Float64 for m in told}, infer_schema_length=None)
+
+
+def _frame(rows: list[dict], told: str):
+    """``runs_frame`` with the told objective's test figure as ``test``."""
+    import polars as pl
+
+    df = runs_frame(rows, [told])
+    test = f"m.test_{told[4:]}"
+    return df.with_columns(pl.col(test).alias("test") if test in df.columns else pl.lit(None, pl.Float64).alias("test"))
 
 
 def flip_fraction(scores: dict[str, dict[int, float]], min_diff: float = 0.0) -> tuple[float, int]:
