@@ -128,6 +128,13 @@ class InstancePool:
 POOL = InstancePool()
 
 
+def release_graphs() -> None:
+    """Drop every captured instance of this process (their graphs and memory pools). A call
+    after this captures afresh; a process that runs one trial after another calls it between
+    them, so one trial's pools neither stay allocated nor count in the next one's memory."""
+    POOL.clear()
+
+
 class CudaGraphInstance(Instance):
     """Static inputs, forward graph and outputs, and (with ``grad``) the backward graph."""
 

@@ -1,6 +1,7 @@
 """Throughput and peak-memory measurement of a training loop."""
 from __future__ import annotations
 
+import gc
 import resource
 import sys
 import time
@@ -17,6 +18,22 @@ def rss_high_water_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def release_device_memory(device: torch.device) -> float:
+    """Free what earlier work of this process left on ``device`` (captured content-gate graphs,
+    unreachable tensors, the allocator's cached blocks) and start its peak-memory count afresh;
+    the MiB still allocated there, which a trial's own peak leaves out. 0 on a CPU."""
+    if device.type != "cuda":
+        return 0.0
+    from carvelab.kernels.cuda_graph import release_graphs
+
+    release_graphs()
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device) / 2**20
+
+
 class Meter:
     """Counts tokens and wall time over the steps after the first ``skip`` (compile/warm-up).
 
@@ -27,16 +44,15 @@ class Meter:
     next step while the GPU runs this one; per-step synchronisation made small trials wait
     for each launch queue to drain."""
 
-    def __init__(self, device: torch.device, skip: int):
+    def __init__(self, device: torch.device, skip: int, baseline_mb: float = 0.0):
         self.device = device
+        self.baseline_mb = baseline_mb  # allocated before the trial began (not its own)
         self.skip = skip
         self.tokens = 0
         self.seconds = 0.0
         self._t0 = None
         self._pending = 0
         self._waited = 0.0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -72,8 +88,10 @@ class Meter:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
     def peak_memory_mb(self) -> float:
+        """On a GPU the allocator's peak since ``release_device_memory``, less what was allocated
+        before (``baseline_mb``); on a CPU the process's resident-set high-water mark."""
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
+            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.baseline_mb
         return rss_high_water_mb()
 
     def state(self) -> dict:

@@ -30,7 +30,7 @@ from carvelab.kernels.cuda_graph import replays_on
 from carvelab.kernels.dispatch import resolve_backend, resolve_precision
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
-from carvelab.trials.measure import Meter
+from carvelab.trials.measure import Meter, release_device_memory
 from carvelab.trials.reporting import STOP, NullReporter, Reporter
 from carvelab.trials.step_graph import WARMUP, GraphedStep
 from carvelab.trials.timing_slot import DeviceSlot, TimedWindow
@@ -158,6 +158,8 @@ class _Run:
         self.config, self.reporter = config, reporter
         self.train = config.train
         self.device = pick_device(self.train.device)
+        # what an earlier trial of this process left on the GPU is freed, and not counted as ours
+        self.memory_before_mb = release_device_memory(self.device)
         self.task = task_factory(config.task)
         seed_everything(self.train.seed)
         # torch imports torch._dynamo when a process builds its first optimizer (seconds, once per
@@ -171,7 +173,7 @@ class _Run:
         self.optimizer = make_optimizer(self.model, self.train, capturable=graphed)
         self.graph_step = GraphedStep(self.model, self.optimizer, self.train.grad_clip,
                                       self._autocast(cache=False)) if graphed else None
-        self.meter = Meter(self.device, skip=self.train.compile_steps)
+        self.meter = Meter(self.device, skip=self.train.compile_steps, baseline_mb=self.memory_before_mb)
         self.history: list[tuple[int, dict]] = []
         self.step = 0
         self.config_dict = dataclasses.asdict(config)
@@ -272,8 +274,8 @@ class _Run:
             # the steps outside the timing window, with whatever shares the device (absent if none)
             **({"tokens_per_s_contended": self.meter.tokens_per_s} if math.isfinite(self.meter.tokens_per_s) else {}),
             "peak_mem_mb": self.meter.peak_memory_mb(), "wall_s": wall_s, "step": float(self.step),
-            # 1: the GPU allocator's peak, reset for this trial; 0: the process's resident-set
-            # high-water mark, which earlier trials of the same worker process may have set
+            # 1: the GPU allocator's peak during this trial, less what it found allocated; 0: the
+            # process's resident-set high-water mark, which earlier trials of the process may have set
             "peak_mem_per_trial": 1.0 if self.device.type == "cuda" else 0.0,
             # tokens_per_s, step_ms: in isolation, once the window has run (a trial resumed past
             # its window keeps the figures it measured before the interruption)
@@ -319,6 +321,7 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
         return _train(run, on_step)
     finally:
         run.slot.close()
+        release_device_memory(run.device)  # the trial's graphs and pools go with it
 
 
 def _train(run: _Run, on_step: Optional[Callable[[int], None]]) -> TrialResult:

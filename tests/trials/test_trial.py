@@ -239,3 +239,43 @@ def test_the_test_split_is_read_once_after_training_and_reported_apart(tmp_path)
     # token 0 is a key, never a scored value: the test accuracy differs from the validation one
     assert result.metrics["test_accuracy"] != result.metrics["val_accuracy"]
     assert result.metrics["test_loss"] != result.metrics["val_loss"]
+
+
+def test_graphs_of_an_earlier_trial_are_released_and_not_counted_as_the_next_ones_memory(monkeypatch):
+    """A process that runs trials one after another (a reused pool or Ray worker): the captured
+    content-gate graphs of the first are dropped before the second starts, and what is still
+    allocated then is left out of the second's peak. The allocator is faked here (no GPU); the
+    test below does it on a GPU."""
+    from carvelab.kernels import cuda_graph
+    from carvelab.trials import measure
+
+    cuda_graph.POOL.instances["earlier trial"] = [cuda_graph.Instance()]
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 300 * 2**20)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1000 * 2**20)
+    cuda = torch.device("cuda")
+    before = measure.release_device_memory(cuda)
+    assert cuda_graph.POOL.instances == {} and calls == ["sync", "empty", "reset"]
+    assert before == 300
+    assert measure.Meter(cuda, skip=0, baseline_mb=before).peak_memory_mb() == 700
+    assert measure.release_device_memory(torch.device("cpu")) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU allocator's peak needs a GPU")
+def test_two_identical_gpu_trials_in_one_process_report_the_same_peak_memory(tmp_path):
+    from carvelab.kernels import cuda_graph
+
+    cfg = load_trial_config({
+        "preset": "carve", "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "chunk_size": 16},
+        "task": {"name": "mqar", "seq_len": 64, "vocab_size": 64, "num_kv_pairs": 4, "train_examples": 256,
+                 "val_examples": 32, "cache_dir": str(tmp_path / "cache")},
+        "train": {"steps": 8, "batch_size": 8, "eval_every": 8, "warmup_steps": 2, "device": "cuda",
+                  "dtype": "bfloat16", "timing_steps": 0},
+    })
+    first, second = run_trial(cfg), run_trial(cfg)
+    assert first.status == second.status == COMPLETED
+    assert sum(len(v) for v in cuda_graph.POOL.instances.values()) == 0
+    assert second.metrics["peak_mem_mb"] == pytest.approx(first.metrics["peak_mem_mb"], rel=0.02)
