@@ -7,6 +7,7 @@
                           Optuna or MLflow (recovery after a driver crash reads it)
     checkpoints/<key>/    per-(point, seed) training checkpoints (a re-queued trial resumes)
     failures/trial-N.txt  tracebacks of failed trials
+    broker-journal.jsonl  the pruning broker's journal of this driver run (trials/broker.py)
 """
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ class SweepDir:
 
     def checkpoint_dir(self, key: str) -> Path:
         return self.path / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @property
+    def broker_journal(self) -> Path:
+        return self.path / "broker-journal.jsonl"
 
     def failure_path(self, number: int) -> Path:
         return self.path / "failures" / f"trial-{number}.txt"

@@ -111,7 +111,8 @@ class SweepDriver:
         status = "KILLED"
         try:
             self.executor = scheduler.RayExecutor(self.spec.resources, self.spec.pruner,
-                                                  self.spec.objectives, self.spec.sampler.seed)
+                                                  self.spec.objectives, self.spec.sampler.seed,
+                                                  journal=self.dir.broker_journal)
             self._recover()
             self._preload()
             st.plan_remaining(self.study, self.spec)

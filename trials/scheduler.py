@@ -1,8 +1,9 @@
 """Ray execution of trials; the only module that imports Ray.
 
 - ``start_ray``: joins ``address`` or starts a local Ray bound to 127.0.0.1.
-- ``PruningBroker``: a Ray actor that receives workers' intermediate metrics and answers
-  CONTINUE / STOP from the sweep's pruner; the driver drains the reports to log them.
+- the pruning broker (``trials/broker.py``) runs as a Ray actor on the driver's node: it
+  receives workers' intermediate metrics and answers CONTINUE / STOP from the sweep's
+  pruner; the driver drains the reports to log them. Restarted if it dies, from its journal.
 - ``RayExecutor``: submits trials as Ray tasks with the declared resources (fractional
   GPUs stay fractional), waits for them, cancels the ones past their timeout.
 """
@@ -12,7 +13,10 @@ import dataclasses
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, Optional
+
+from carvelab.trials.broker import PruningBroker, import_extensions
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +70,6 @@ def extension_modules() -> list[str]:
     return sorted(m for m in found if not m.startswith("carvelab.") and m != "__main__")
 
 
-def import_extensions(names: list[str]) -> None:
-    import importlib
-
-    for name in names:
-        importlib.import_module(name)
-
-
 def trial_needs(res) -> dict[str, tuple[float, str]]:
     """What one trial asks Ray for: Ray's resource name -> (amount, the sweep file's key)."""
     needs = {"CPU": (res.cpus_per_trial, "resources.cpus_per_trial"),
@@ -120,46 +117,6 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
-class _Broker:
-    """Actor body: the pruner plus a log of reports for the driver."""
-
-    def __init__(self, pruner_spec, objectives, seed: int = 0, extensions: tuple = ()):
-        from carvelab.trials.pruners import build_pruner
-
-        import_extensions(list(extensions))
-        self.pruner = build_pruner(pruner_spec, objectives, seed)
-        self.pending: list[tuple[int, int, dict, str]] = []
-        self.started_trials: list[int] = []
-
-    def report(self, trial: int, step: int, metrics: dict) -> str:
-        decision = self.pruner.decide(trial, step, metrics)
-        self.pending.append((trial, step, metrics, decision))
-        return decision
-
-    def rebuild(self, finished: list) -> None:
-        """Pruner state as an uninterrupted sweep would have it after these trials (resume)."""
-        from carvelab.trials.pruners import rebuild
-
-        rebuild(self.pruner, finished)
-
-    def complete(self, trial: int, state: str, value: Optional[float]) -> None:
-        self.pruner.complete(trial, state, value)
-
-    def drain(self) -> tuple[list, list]:
-        """(the reports since the last drain, the trials that started since then)."""
-        out, self.pending = self.pending, []
-        started, self.started_trials = self.started_trials, []
-        return out, started
-
-    def started(self, trial: int) -> None:
-        self.started_trials.append(trial)
-
-    def node(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-
 class _BrokerReporter:
     """The Reporter a worker hands to run_trial: forwards to the broker actor."""
 
@@ -201,7 +158,10 @@ class Handle:
 
 
 class RayExecutor:
-    def __init__(self, resources, pruner_spec, objectives, seed: int = 0):
+    def __init__(self, resources, pruner_spec, objectives, seed: int = 0, journal: Optional[Path] = None):
+        """``journal``: where the pruning broker journals its state (``trials/broker.py``); a
+        journal left by an earlier driver run is removed first. None: no journal (a broker
+        that dies is restarted empty)."""
         import ray
 
         self.ray = ray
@@ -212,8 +172,13 @@ class RayExecutor:
         # pruner (and with it the sweep) down; losing the driver's node ends the sweep anyway.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.extensions = tuple(extension_modules())
-        self.broker = ray.remote(_Broker).options(num_cpus=0, scheduling_strategy=here).remote(
-            pruner_spec, objectives, seed, self.extensions)
+        if journal is not None:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            journal.unlink(missing_ok=True)
+        # Restarted when it dies, the calls in flight retried (it replays its journal first).
+        self.broker = ray.remote(PruningBroker).options(
+            num_cpus=0, scheduling_strategy=here, max_restarts=-1, max_task_retries=-1,
+        ).remote(pruner_spec, objectives, seed, self.extensions, str(journal) if journal else None)
         self.task = ray.remote(_run_remote)
         self.started: set[int] = set()   # trials whose worker began (the rest wait in Ray's queue)
 
@@ -250,7 +215,9 @@ class RayExecutor:
 
     def drain(self) -> list:
         """Workers' reports since the last drain; the trials that started are added to ``started``."""
-        reports, started = self.ray.get(self.broker.drain.remote())
+        reports, started, restarted = self.ray.get(self.broker.drain.remote())
+        if restarted:
+            logger.warning("the pruning broker died and was restarted; its state was rebuilt from its journal")
         self.started.update(started)
         return reports
 

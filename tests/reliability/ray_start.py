@@ -61,7 +61,7 @@ class Node:
         return [p for p in descendants(self.proc.pid) if cmdline(p).startswith("ray::_run_remote")]
 
     def hosts_broker(self) -> bool:
-        return any(cmdline(p).startswith("ray::_Broker") for p in descendants(self.proc.pid))
+        return any(cmdline(p).startswith("ray::PruningBroker") for p in descendants(self.proc.pid))
 
 
 class RayStartCluster:

@@ -161,14 +161,21 @@ def decisions(root, name):
             if "state" in t.user_attrs}
 
 
+def uninterrupted_decisions(tmp_path, name):
+    """``decisions`` of the pruning sweep run without a fault; the two bad learning rates are
+    pruned there only because the pruner knows the two good trials ended."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    run_sweep(load_sweep(pruning_sweep(name, whole)), whole / "sweeps")
+    expected = decisions(whole / "sweeps", name)
+    assert [expected[lr][0] for lr in (1e-7, 1e-6)] == ["pruned", "pruned"], expected
+    return expected
+
+
 def test_resumed_sweep_prunes_exactly_as_an_uninterrupted_one(tmp_path, local_ray):
     """Killed after the two good trials were told: the resumed driver's pruner must know they
     completed (not only their reports), so the two bad trials are pruned at the same steps."""
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    run_sweep(load_sweep(pruning_sweep("prune-whole", whole)), whole / "sweeps")
-    expected = decisions(whole / "sweeps", "prune-whole")
-    assert [expected[lr][0] for lr in (1e-7, 1e-6)] == ["pruned", "pruned"], expected
+    expected = uninterrupted_decisions(tmp_path, "prune-whole")
 
     killed = tmp_path / "killed"
     killed.mkdir()

@@ -49,7 +49,7 @@ def test_removed_node_trials_finish_on_the_other_nodes(cluster, tmp_path):
             titles = {n: node_workers(n) for n in nodes}
             # A node executing a trial and not hosting the pruning broker (the sweep needs that actor).
             busy = [n for n, ts in titles.items() if any(t.startswith("ray::_run_remote") for t in ts)
-                    and not any(t.startswith("ray::_Broker") for t in ts)]
+                    and not any(t.startswith("ray::PruningBroker") for t in ts)]
             return busy[0] if busy else None
 
         try:
