@@ -42,6 +42,7 @@ class SweepData:
     client: Any  # MlflowClient
     parent_run_id: Optional[str]
     reported: Optional[list] = None  # set by trials_frame: the objectives as reported
+    front_tags: Optional[dict] = None  # set by trials_frame: run id -> its FRONT_TAGS as MLflow holds them
 
     @property
     def told_objectives(self) -> list[tuple[str, str]]:
@@ -78,18 +79,24 @@ def open_sweep(name: str, root: str | Path = "carvelab_sweeps") -> SweepData:
     return SweepData(name, folder.path, spec, study, tracking, client, parent)
 
 
+# The tags ``report.tag_runs`` keeps on every child run.
+FRONT_TAGS = ("on_front", "tied_with_front", "pareto_rank", "tune_selected")
+
+
 def _run_metrics(data: SweepData) -> dict[str, dict]:
     if data.parent_run_id is None:
         return {}
     exp_id = data.client.get_run(data.parent_run_id).info.experiment_id
     runs = data.client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{data.parent_run_id}'",
                                    max_results=50000)
-    return {r.info.run_id: {"metrics": dict(r.data.metrics), "status": r.info.status} for r in runs}
+    return {r.info.run_id: {"metrics": dict(r.data.metrics), "status": r.info.status,
+                            "tags": {k: r.data.tags[k] for k in FRONT_TAGS if k in r.data.tags}} for r in runs}
 
 
 def trials_frame(data: SweepData) -> pl.DataFrame:
     runs = _run_metrics(data)
-    params = sorted({k for t in data.study.trials for k in t.params})
+    data.front_tags = {run_id: run["tags"] for run_id, run in runs.items()}
+    params = sorted({k for t in data.study.get_trials(deepcopy=False) for k in t.params})
     metric_names = sorted({k for r in runs.values() for k in r["metrics"]})
     rows = []
     for t in data.study.get_trials(deepcopy=False):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping, Sequence
 
+import numpy as np
+
 
 def _to_min(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[list[float]]:
     for d in directions:
@@ -20,36 +22,37 @@ def _dominates_min(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
+_CHUNK = 512  # rows of the dominance matrix built at once (memory: _CHUNK x n x m booleans)
+
+
 def non_dominated_ranks(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
     """Pareto rank of every point: 0 = the front, 1 = the front once rank 0 is removed, ...
 
-    Duplicates share a rank. O(n² m) per front, fine for sweeps of thousands of trials.
+    Duplicates share a rank; a point with a NaN objective neither dominates nor is dominated
+    through that objective (comparisons with NaN are false). Fast non-dominated sorting: the
+    dominance relation is built with array comparisons (O(n² m) work, in chunks of rows), then
+    the fronts are peeled off by counting each point's dominators.
     """
-    pts = _to_min(points, directions)
+    pts = np.asarray(_to_min(points, directions), dtype=float)
     n = len(pts)
-    dominated_by = [0] * n
-    dominates_list: list[list[int]] = [[] for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            if _dominates_min(pts[i], pts[j]):
-                dominates_list[i].append(j)
-                dominated_by[j] += 1
-            elif _dominates_min(pts[j], pts[i]):
-                dominates_list[j].append(i)
-                dominated_by[i] += 1
-    ranks = [-1] * n
-    current = [i for i in range(n) if dominated_by[i] == 0]
-    rank = 0
-    while current:
-        nxt = []
-        for i in current:
-            ranks[i] = rank
-            for j in dominates_list[i]:
-                dominated_by[j] -= 1
-                if dominated_by[j] == 0:
-                    nxt.append(j)
-        current, rank = nxt, rank + 1
-    return ranks
+    if n == 0:
+        return []
+    pts = pts.reshape(n, -1)
+    dominated_by = np.zeros(n, dtype=np.int64)
+    dominates: list[np.ndarray] = []
+    for start in range(0, n, _CHUNK):
+        block = pts[start:start + _CHUNK, None, :]
+        d = (block <= pts[None, :, :]).all(axis=-1) & (block < pts[None, :, :]).any(axis=-1)  # row dominates col
+        dominated_by += d.sum(axis=0)
+        dominates.extend(np.flatnonzero(row) for row in d)
+    ranks = np.full(n, -1, dtype=np.int64)
+    current, rank = np.flatnonzero(dominated_by == 0), 0
+    while current.size:
+        ranks[current] = rank
+        freed = np.concatenate([dominates[i] for i in current])
+        np.subtract.at(dominated_by, freed, 1)
+        current, rank = np.unique(freed[dominated_by[freed] == 0]), rank + 1
+    return ranks.tolist()
 
 
 def point_front(vectors: Mapping[Hashable, Sequence[Sequence[float]]], directions: Sequence[str]) -> list:

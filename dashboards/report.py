@@ -35,15 +35,19 @@ def tag_runs(data: SweepData, df: pl.DataFrame, table: pl.DataFrame) -> int:
             if run_id:
                 rank_of[run_id] = (row["pareto_rank"], bool(row.get("tied_with_front")))
     on_front = 0
+    held = data.front_tags or {}
     for run_id in df["run_id"].drop_nulls().to_list():
         rank, tied = rank_of.get(run_id, (None, False))
         front = rank == 0
         on_front += front
-        data.client.set_tag(run_id, "on_front", "true" if front else "false")
-        data.client.set_tag(run_id, "tied_with_front", "true" if tied else "false")
-        data.client.set_tag(run_id, "pareto_rank", "" if rank is None else str(rank))
+        tags = {"on_front": "true" if front else "false", "tied_with_front": "true" if tied else "false",
+                "pareto_rank": "" if rank is None else str(rank)}
         if data.spec.tune:
-            data.client.set_tag(run_id, "tune_selected", "true" if run_id in rank_of else "false")
+            tags["tune_selected"] = "true" if run_id in rank_of else "false"
+        # only what changed since the last refresh: a refresh costs what moved, not the whole sweep
+        for key, value in tags.items():
+            if held.get(run_id, {}).get(key) != value:
+                data.client.set_tag(run_id, key, value)
     return on_front
 
 

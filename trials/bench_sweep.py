@@ -5,6 +5,7 @@
     python -m carvelab.trials.bench_sweep overhead --quick  # seconds-long smoke run
     python -m carvelab.trials.bench_sweep startup           # kernel compile cost per trial, cold vs warm cache
     python -m carvelab.trials.bench_sweep gpu               # quickstart_gpu: fractional GPUs, utilisation
+    python -m carvelab.trials.bench_sweep scale [--trials 2000] [storage=URL]   # see bench_scale.py
 
 overhead: trials bounded by wall time (``train.max_seconds``), one at a time; the
 orchestration overhead (Ray scheduling, MLflow and Optuna writes, result handling) is
@@ -189,13 +190,14 @@ def gpu_sweep(sweep: str, root: Path, overrides: list[str]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m carvelab.trials.bench_sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("which", choices=["overhead", "pruning", "startup", "gpu", "startup-trial"])
-    p.add_argument("args", nargs="*", help="startup: presets (default gdn2 carve); gpu: sweep overrides; "
+    p.add_argument("which", choices=["overhead", "pruning", "startup", "gpu", "scale", "startup-trial"])
+    p.add_argument("args", nargs="*", help="startup: presets (default gdn2 carve); gpu, scale: sweep overrides; "
                                            "startup-trial: one preset (internal)")
+    p.add_argument("--trials", type=int, default=2000, help="scale: how many trials")
     p.add_argument("--quick", action="store_true", help="small sizes: checks that the benchmark runs")
     p.add_argument("--root", default=None, help="where to keep the sweeps (default: a temporary folder)")
     p.add_argument("--sweep", default="quickstart_gpu", help="gpu: the sweep file or name")
-    p.add_argument("--out", default=None, help="startup, gpu: write the figures as JSON here")
+    p.add_argument("--out", default=None, help="startup, gpu, scale: write the figures as JSON here")
     args = p.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.which == "startup-trial":
@@ -228,6 +230,12 @@ def main(argv=None) -> int:
                 print(f"{seconds:>5.0f}-s trials x{r['trials']}: loop {r['loop_s']:.1f} s, inside trials "
                       f"{r['inside_trials_s']:.1f} s -> orchestration overhead {100 * r['overhead_fraction']:.2f}% "
                       f"of trial time" + ("  (target <= 2% for 30-s trials)" if seconds >= 30 else ""))
+        elif args.which == "scale":
+            from carvelab.trials.bench_scale import print_scale, scale
+
+            r = scale(200 if args.quick else args.trials, root, args.args)
+            print_scale(r)
+            _write(args.out, r)
         elif args.which == "gpu":
             r = gpu_sweep(args.sweep, root, args.args)
             print(f"{r['sweep']}: {r['counts']} in {r['loop_s']:.0f} s at {r['gpus_per_trial']} GPU per trial; "

@@ -209,3 +209,23 @@ def test_a_tuned_grid_reports_each_point_at_its_validation_choice(sweeps, tmp_pa
         assert doc["train"]["lr"] == doc["provenance"]["tune"]["train.lr"]
         row = table.filter(pl.col("point") == json.dumps(doc["provenance"]["point"], sort_keys=True)).row(0, named=True)
         assert json.loads(row["tune"]) == doc["provenance"]["tune"]
+
+
+def test_a_refresh_writes_only_the_front_tags_that_changed(sweeps, monkeypatch):
+    """Live publishing refreshes the front while a sweep runs: a refresh must cost what moved,
+    not one write per tag of every run (which grows with the sweep)."""
+    from carvelab.dashboards.frame import FRONT_TAGS
+
+    publish(open_sweep("grid", sweeps))  # every run carries its front tags now
+    data = open_sweep("grid", sweeps)
+    run = data.client.search_runs([data.client.get_run(data.parent_run_id).info.experiment_id],
+                                  filter_string="tags.on_front = 'false'")[0]
+    data.client.set_tag(run.info.run_id, "on_front", "stale")  # one tag out of date
+    writes = []
+    set_tag = type(data.client).set_tag
+    monkeypatch.setattr(type(data.client), "set_tag",
+                        lambda self, run_id, key, value, **kw: (writes.append((run_id, key, value))
+                                                                if key in FRONT_TAGS else None,
+                                                                set_tag(self, run_id, key, value, **kw))[1])
+    publish(data)
+    assert [w for w in writes if w[1] in FRONT_TAGS] == [(run.info.run_id, "on_front", "false")]
