@@ -15,6 +15,9 @@ from typing import Protocol
 logger = logging.getLogger(__name__)
 
 PUBLISH_EVERY_S = 20.0  # live Pareto refreshes in MLflow at most this often
+# ... and at most this share of the driver's time: a refresh reads every run, so it grows
+# with the sweep; the interval grows with it and the driver keeps launching and recording.
+PUBLISH_SHARE = 0.1
 
 
 class SweepCallback(Protocol):
@@ -29,12 +32,19 @@ class SweepCallback(Protocol):
 
 class FrontPublisher:
     """Refreshes the front's tags and artifacts in MLflow: at most every ``every_s`` while
-    trials end (the first refresh ``every_s`` after the loop starts), and once at the end."""
+    trials end (the first refresh ``every_s`` after the loop starts), never taking more than
+    ``share`` of the time (after a refresh that took d seconds the next waits at least
+    d / share - d), and once at the end."""
 
-    def __init__(self, every_s: float = PUBLISH_EVERY_S):
-        self.every_s = every_s
+    def __init__(self, every_s: float = PUBLISH_EVERY_S, share: float = PUBLISH_SHARE):
+        self.every_s, self.share = every_s, share
         self.dirty = False
         self.published_at = time.monotonic()
+        self.took_s = 0.0  # the last refresh's duration
+
+    def due(self, now: float) -> bool:
+        wait = max(self.every_s, self.took_s / self.share - self.took_s)
+        return self.dirty and now - self.published_at >= wait
 
     def on_sweep_start(self, sweep) -> None:
         self.published_at = time.monotonic()
@@ -43,7 +53,7 @@ class FrontPublisher:
         self.dirty = True
 
     def on_tick(self, sweep) -> None:
-        if self.dirty and time.monotonic() - self.published_at >= self.every_s:
+        if self.due(time.monotonic()):
             self.publish(sweep)
 
     def on_sweep_end(self, sweep) -> None:
@@ -54,6 +64,7 @@ class FrontPublisher:
         from carvelab.dashboards.frame import SweepData
         from carvelab.dashboards.report import publish
 
+        started = time.monotonic()
         data = SweepData(sweep.spec.name, sweep.dir.path, sweep.dir.spec(), sweep.study, sweep.tracking_uri,
                          sweep.tracker.client, sweep.parent)
         try:
@@ -62,4 +73,5 @@ class FrontPublisher:
         except Exception:  # a report is not worth stopping a sweep for; the traceback goes to the log
             logger.exception("could not refresh the Pareto report in MLflow")
         self.published_at = time.monotonic()
+        self.took_s = self.published_at - started
         self.dirty = False

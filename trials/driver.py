@@ -62,6 +62,7 @@ class SweepDriver:
         self.spec = spec
         self.dir = SweepDir(root, spec.name)
         self.address = address
+        self._keys: dict[int, str] = {}  # trial number -> st.point_key, for _trained_keys
         self.on_update = on_update or (lambda counts: None)
         self.counts = {"running": 0, "pending": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0,
                        "front": 0}  # pending: submitted, waiting in Ray's queue for resources
@@ -258,9 +259,15 @@ class SweepDriver:
         return None
 
     def _trained_keys(self, exclude: int) -> set:
-        return {st.point_key(dict(t.params), st.seed_of(t, self.spec), st.tune_of(t))
-                for t in self.study.get_trials(deepcopy=False)
-                if t.number != exclude and st.consumed_training(t)}
+        keys = set()
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number != exclude and st.consumed_training(t):
+                # a trial's point, seed and tune values are fixed once it runs: its key is made once
+                key = self._keys.get(t.number)
+                if key is None:
+                    key = self._keys[t.number] = st.point_key(dict(t.params), st.seed_of(t, self.spec), st.tune_of(t))
+                keys.add(key)
+        return keys
 
     # ------------------------------------------------------------------ results
     def _log_reports(self) -> None:

@@ -66,10 +66,11 @@ def test_a_killed_worker_raylet_and_an_added_worker_lose_nothing(tmp_path):
     ran_on = {r.data.tags["node"] for r in runs}
     nodes, killed = report["nodes"], report["killed"]
     assert {nodes["w1"], nodes["w2"]} & ran_on and len(ran_on) >= 2  # trials spread over the nodes
-    # the trials running when w1's raylet died finished elsewhere, after the kill
-    for r in runs:
-        if int(r.data.tags["optuna_trial_number"]) in killed["running"] and r.data.tags["node"] == killed["node"]:
-            pytest.fail(f"trial {r.data.tags['optuna_trial_number']} is recorded on the killed node")
+    # nothing finished on the killed node after its raylet died: the trial it ran was retried elsewhere
+    results = [json.loads(f.read_text()) for f in (tmp_path / "scenario" / "root" / "raystart-nodes" / "results").glob("*.json")]
+    late = [r for r in results if r.get("node") == killed["node"] and r["finished_at"] > killed["at"]]
+    assert not late, late
+    assert any(r.get("node") != killed["node"] and r["started_at"] > killed["at"] for r in results)
     assert nodes["w3"] in ran_on, "the worker added mid-sweep got no trial"
     LEDGER.faults_survived += 2
 
