@@ -51,6 +51,17 @@ def trial_states(storage: str, name: str) -> dict[str, list[int]]:
     return out
 
 
+def finished_on(sweep_dir: Path) -> set[str]:
+    """Ids of the nodes that finished a trial of the sweep (its saved results)."""
+    nodes = set()
+    for f in (sweep_dir / "results").glob("trial-*.json"):
+        try:
+            nodes.add(json.loads(f.read_text()).get("node"))
+        except (OSError, json.JSONDecodeError):  # being written
+            continue
+    return nodes
+
+
 def nodes_scenario(sweep: Path, folder: Path, root: Path, storage: str, name: str) -> dict:
     cluster = RayStartCluster(folder / "cluster")
     report: dict = {"events": []}
@@ -59,7 +70,9 @@ def nodes_scenario(sweep: Path, folder: Path, root: Path, storage: str, name: st
         w1, w2 = cluster.add_worker("w1"), cluster.add_worker("w2")
         report["listeners"] = cluster.listeners()
         proc = driver(sweep, root, cluster.address, cluster.env, folder / "driver.log")
-        # a worker running a trial, and not the one holding the pruning broker (the sweep needs it)
+        # trials spread over both workers first, then the fault: a worker running a trial, and
+        # not the one holding the pruning broker (the sweep needs it)
+        wait_for(lambda: {w1.id, w2.id} <= finished_on(root / name), 240, "a trial finished on each worker")
         victim = wait_for(lambda: next((n for n in (w1, w2) if n.running_trials() and not n.hosts_broker()), None),
                           240, "a worker node running a trial")
         running = trial_states(storage, name).get(RUNNING.name, [])
