@@ -20,6 +20,7 @@ Storage: the sweep folder's SQLite by default; ``storage=postgresql://...`` (and
 from __future__ import annotations
 
 import contextlib
+import io
 import statistics
 import time
 from pathlib import Path
@@ -153,7 +154,7 @@ def scale(trials: int, root: Path, overrides: list[str] = (), concurrency: int =
     for label, argv in (("pareto", ["pareto", spec.name, "--root", str(root)]),
                         ("sweep status", ["sweep", "status", spec.name, "--root", str(root)])):
         t = time.perf_counter()
-        with contextlib.redirect_stdout(open("/dev/null", "w")):
+        with contextlib.redirect_stdout(io.StringIO()):
             code = cli(argv)
         timings[label] = {"seconds": time.perf_counter() - t, "exit": code}
     html = sorted(Path(summary.sweep_dir).rglob("pareto.html"), key=lambda p: p.stat().st_mtime)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import optuna
 
-from tests.reliability.helpers import COMPLETE, RUNNING, wait_for
+from tests.reliability.helpers import COMPLETE, RUNNING, end_session, wait_for
 from tests.reliability.ray_start import RayStartCluster
 
 DRIVER_EXIT_LIMIT_S = 120  # after the head dies, the driver must be gone within this
@@ -109,8 +109,7 @@ def head_scenario(sweep: Path, folder: Path, root: Path, storage: str, name: str
         except subprocess.TimeoutExpired:
             report["driver1_rc"] = None
             first.end_all()
-            subprocess.run(["kill", "-9", f"-{proc.pid}"])  # its own process group
-            proc.wait()
+            end_session(proc)  # the driver's own process group
         report["driver1_exit_s"] = time.monotonic() - killed
     finally:
         first.end_all()
