@@ -1,8 +1,11 @@
-"""Suite scores, MAD-style: a sweep whose points include task axes (``task.name`` and any
-``task.*`` key) is read as architectures x task settings.
+"""Suite scores, MAD-style: a sweep that declares a ``suite:`` (its points' ``suite``
+parameter, ``carvelab.search_space.suite_loading``) or whose points include task axes
+(``task.name`` and any ``task.*`` key) is read as architectures x task settings.
 
-A point's ``task.*`` values are its *setting* (``task.name`` its task; the base's task
-where the sweep does not vary it), the rest its *architecture*. For each architecture:
+A point's ``suite`` label, or else its ``task.*`` values, is its *setting* (its task the
+setting's; the base's task where the sweep does not vary it), the rest its *architecture*.
+With a suite, a task's settings are the suite's selected settings, whether or not each
+has runs yet; with task axes, the settings that appear among the runs. For each architecture:
 
     per setting   the best run of the setting (with ``tune:``, the tune values with the best
                   validation seed mean, ``dashboards/selection.py``), on the reported metric
@@ -29,7 +32,7 @@ import polars as pl
 from carvelab.dashboards.frame import SweepData, json_safe, trials_frame
 from carvelab.dashboards.selection import select_tuned
 from carvelab.dashboards.uncertainty import mean_interval
-from carvelab.search_space.sweep_spec import SweepSpec
+from carvelab.search_space.sweep_spec import SUITE_PARAM, SweepSpec
 
 OVERALL = "(mean of tasks)"
 
@@ -40,14 +43,20 @@ def suite_rows(spec: SweepSpec, df: pl.DataFrame, metric: str) -> list[dict]:
     if not len(done) or metric not in done.columns:
         return []
     base_task = (spec.base.get("task") or {}).get("name", "mqar")
-    settings: dict[str, set] = {}                     # task -> every setting the sweep ran
+    settings: dict[str, set] = {}                     # task -> every setting of the suite, or the sweep ran
+    for label, mapping in spec.suite_settings.items():
+        settings.setdefault(mapping["name"], set()).add(label)
     values: dict[tuple, dict[int, dict[str, float]]] = {}   # (arch, task) -> seed -> setting -> value
     for r in done.iter_rows(named=True):
         point = json.loads(r["point"])
-        arch = json.dumps({k: v for k, v in point.items() if not k.startswith("task.")}, sort_keys=True)
-        setting = json.dumps({k: v for k, v in point.items() if k.startswith("task.")}, sort_keys=True)
-        task = point.get("task.name", base_task)
-        settings.setdefault(task, set()).add(setting)
+        arch = json.dumps({k: v for k, v in point.items() if not _is_setting(k)}, sort_keys=True)
+        if spec.suite:
+            setting = point[SUITE_PARAM]
+            task = spec.suite_settings[setting]["name"]
+        else:
+            setting = json.dumps({k: v for k, v in point.items() if k.startswith("task.")}, sort_keys=True)
+            task = point.get("task.name", base_task)
+            settings.setdefault(task, set()).add(setting)
         if r[metric] is not None and math.isfinite(r[metric]):
             values.setdefault((arch, task), {}).setdefault(r["seed"], {})[setting] = r[metric]
     rows = []
@@ -66,6 +75,10 @@ def suite_rows(spec: SweepSpec, df: pl.DataFrame, metric: str) -> list[dict]:
     return rows
 
 
+def _is_setting(key: str) -> bool:
+    return key == SUITE_PARAM or key.startswith("task.")
+
+
 def suite_table(data: SweepData, df: Optional[pl.DataFrame] = None) -> tuple[str, list[dict]]:
     """(the metric, the rows) for the sweep's first objective as reported."""
     df = trials_frame(data) if df is None else df
@@ -75,9 +88,9 @@ def suite_table(data: SweepData, df: Optional[pl.DataFrame] = None) -> tuple[str
 
 def suite_markdown(metric: str, rows: list[dict]) -> str:
     tasks = sorted({r["task"] for r in rows} - {OVERALL})
-    if len(tasks) < 2:
-        return ("A suite needs two or more tasks among the sweep's points (a task.name axis); "
-                f"this sweep has {len(tasks)}.\n")
+    if len(tasks) < 2 and max((r["settings"] for r in rows if r["task"] != OVERALL), default=0) < 2:
+        return ("A suite needs two or more task settings among the sweep's points (a suite: key, a task.name "
+                f"axis or task.* axes); this sweep has {len(tasks)} task(s) at one setting.\n")
     lines = [f"{metric}: per setting its best run (tuned on validation), mean over a task's settings, "
              "mean over tasks; seed means with 95% intervals over seeds (n).", "",
              "| architecture | " + " | ".join(tasks) + f" | {OVERALL} |", "|---|" + "---|" * (len(tasks) + 1)]

@@ -37,6 +37,11 @@ def point_config(spec: S.SweepSpec, point: Mapping[str, Any], seed: int,
     """
     data = dict(spec.base)
     for name, value in {**point, **(tune or {})}.items():
+        if name == S.SUITE_PARAM and spec.suite:
+            if value not in spec.suite_settings:
+                raise ConfigError(f"suite={value!r} is not a setting of the sweep's suite {spec.suite!r}")
+            data = {**data, "task": dict(spec.suite_settings[value])}   # the setting replaces the task
+            continue
         path = S.AXES.get(name, name)
         data = deep_merge(data, nested(path, normalise(path, value)))
     data = deep_merge(data, {"train": {"seed": seed}, "model": {"seed": seed}})

@@ -27,8 +27,8 @@ from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 
 # Parts of a spec that define *what* is swept; budgets, resources and tracking may change on resume.
-_IDENTITY = ("name", "base", "mode", "params", "changes", "objectives", "seeds", "tune")
-_ABSENT = {"tune": []}  # what a snapshot written before the key existed means by its absence
+_IDENTITY = ("name", "base", "mode", "params", "changes", "objectives", "seeds", "tune", "suite_settings")
+_ABSENT = {"tune": [], "suite_settings": {}}  # what a snapshot written before the key existed means by its absence
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -137,6 +137,7 @@ def spec_from_snapshot(data: dict) -> SweepSpec:
         source=data.get("source", "<sweep>"), task_keys=data.get("task_keys") or {},
         tune=[_typed(S.ParamSpec, p) for p in data.get("tune") or []],
         claims=[_typed(S.ClaimSpec, c) for c in data.get("claims") or []],
+        suite=data.get("suite"), suite_settings=data.get("suite_settings") or {},
     )
 
 

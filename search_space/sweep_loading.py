@@ -19,6 +19,7 @@ from carvelab.search_space.loading import load_trial_config, task_config, to_dat
 from carvelab.search_space.points import (
     MAX_TRIALS, fit_task, grid_points, grid_values, nested, normalise, point_config, tune_points,
 )
+from carvelab.search_space.suite_loading import validate_suite
 from carvelab.search_space.trial_config import TrainConfig
 from carvelab.carve_models.config import ModelConfig
 from carvelab.kernels.options import check_triton_chunk
@@ -66,7 +67,7 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
     data = resolve_interpolations(deep_merge(data, parse_overrides(overrides)), where)
     _check_sections(data, where)
     # `base`, `space` and `ablation.changes` are open mappings: checked by _validate, not by the schema.
-    free = {k: data.pop(k) for k in ("base", "space", "pruner", "tune", "claims") if k in data}
+    free = {k: data.pop(k) for k in ("base", "space", "pruner", "tune", "claims", "suite") if k in data}
     changes = None
     if isinstance(data.get("ablation"), Mapping) and "changes" in data["ablation"]:
         data["ablation"] = dict(data["ablation"])
@@ -82,6 +83,7 @@ def load_sweep(source: str | Path | Mapping, overrides: list[str] | tuple[str, .
     if custom is not None:
         raw.resources.custom = {str(k): v for k, v in custom.items()}
     raw.base = free.get("base")
+    raw.suite = free.get("suite")
     raw.pruner = free.get("pruner") or {}
     space = free.get("space") or {}
     if not isinstance(space, Mapping):
@@ -199,7 +201,11 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     if not NAME_RE.match(raw.name or ""):
         raise ConfigError(f"{where}: name={raw.name!r} must be 1-100 characters of letters, digits, '_', '.', '-'")
     _choice(where, "mode", raw.mode, S.MODES)
-    base, task_keys = _split_task_keys(_raw_base(raw.base, where, folder), _swept_tasks(raw, where))
+    suite = None
+    if raw.suite is not None:
+        base, task_keys, suite_param, *suite = validate_suite(raw.suite, raw, _raw_base(raw.base, where, folder), where)
+    else:
+        base, task_keys = _split_task_keys(_raw_base(raw.base, where, folder), _swept_tasks(raw, where))
     base = _checked_base(base, where)
     objectives = _validate_objectives(raw.objectives, where)
     _validate_sampler(raw.sampler, raw, where)
@@ -208,14 +214,14 @@ def _validate(raw: S.SweepFile, where: str, folder: Path) -> S.SweepSpec:
     _validate_budget(raw.budget, raw.mode, where)
     _validate_resources(raw.resources, where)
     _validate_uris(raw, where)
-    params = [_param(name, value, base, where) for name, value in raw.space.items()]
+    params = ([suite_param] if suite else []) + [_param(name, value, base, where) for name, value in raw.space.items()]
     changes = _validate_changes(raw, base, task_keys, where)
     tune = _validate_tune(raw, base, params, changes, where)
     spec = S.SweepSpec(
         name=raw.name, base=base, mode=raw.mode, params=params, changes=changes,
         objectives=objectives, sampler=raw.sampler, pruner=pruner, seeds=seeds, budget=raw.budget,
         resources=raw.resources, tracking=raw.tracking, storage=raw.storage, source=where, task_keys=task_keys,
-        tune=tune,
+        tune=tune, suite=suite[0] if suite else None, suite_settings=suite[1] if suite else {},
     )
     _check_effective_axes(spec, where)
     _check_triton_chunks(spec, where)

@@ -11,6 +11,7 @@ A sweep file::
       train.lr: {type: log_float, low: 1.0e-3, high: 1.0e-2}
     ablation: {changes: [{erase_axis: value}, {content_gate: on}]}   # mode: ablation
     tune: {train.lr: [1.0e-3, 3.0e-3, 1.0e-2]}   # nuisance values trained at every point (optional)
+    suite: {name: mad, settings: all}         # every point at every setting of a task suite (optional)
     objectives: [{metric: val_accuracy, direction: maximize}, {metric: params, direction: minimize}]
     sampler: {name: tpe, seed: 0}
     pruner: {name: pareto, metric: val_accuracy, warmup_steps: 20}
@@ -44,6 +45,9 @@ AXES = {
     "covariance": "model.covariance",
     "eigen_range": "model.eigen_range",
 }
+# The parameter a sweep with ``suite:`` adds to its points: the label of a task setting
+# (carvelab.search_space.suite_loading).
+SUITE_PARAM = "suite"
 
 # Metrics a trial reports; cost metrics are known before training starts.
 COST_METRICS = ("params", "flops_per_token", "state_bytes")
@@ -121,6 +125,7 @@ class SweepFile:
     storage: Optional[str] = None
     claims: List[Any] = field(default_factory=list)   # validated by search_space.claims
     sizes: Dict[str, Any] = field(default_factory=dict)  # size name -> dotted overrides (claims.apply_size)
+    suite: Any = None             # a suite name or {name, settings}; validated by search_space.suite_loading
 
 
 @dataclass
@@ -177,3 +182,7 @@ class SweepSpec:
     tune: List[ParamSpec] = field(default_factory=list)
     # Published claims the sweep checks (mode ablation); a verdict each (dashboards/claims.py).
     claims: List[ClaimSpec] = field(default_factory=list)
+    # ``suite:``: the suite's name and {label: task mapping} of its selected settings; the
+    # points' ``suite`` parameter takes the labels (points.point_config applies the mapping).
+    suite: Optional[str] = None
+    suite_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)

@@ -9,7 +9,8 @@
     carvelab ablation NAME [--root DIR]             effects vs the baseline, paired by seed
     carvelab importance NAME [--root DIR] [--method auto|paired|fanova|ped_anova]   which axes matter
     carvelab export NAME --out DIR [--rank 0] [--top N] [--format carvelab|fla]
-    carvelab suite NAME [--root DIR]                MAD-style scores over a sweep's tasks (task.* axes)
+    carvelab suite NAME [--root DIR]                MAD-style scores over a sweep's suite or task.* axes
+    carvelab suites [SUITE]                         the task suites a sweep can declare (suite: NAME)
     carvelab claims                                 the bundled claim studies and their claims
     carvelab claims run NAME [--size cpu|gpu] [key=value ...]   run one; ends with its verdicts
     carvelab claims verdict NAME [--size S] [--root DIR]        verdicts of a run study; refreshes MLflow
@@ -227,6 +228,29 @@ def cmd_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suites(args: argparse.Namespace) -> int:
+    from carvelab.trials.tasks.suites import SUITES, get_suite
+
+    if args.suite is not None:
+        try:
+            suite = get_suite(args.suite)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        baselines = set(suite.selected("baseline"))
+        print(f"{suite.name}: {suite.description}")
+        for label in suite.selected("all"):
+            print(f"  {label}" + ("  (baseline)" if label in baselines else ""))
+        return 0
+    for suite in SUITES.values():
+        n_all, n_base = len(suite.selected("all")), len(suite.selected("baseline"))
+        print(f"{suite.name}  [{n_all} settings, {n_base} baseline; tasks: {', '.join(suite.tasks())}]")
+        print(f"  {suite.description}")
+    print("\nin a sweep file:  suite: NAME   or   suite: {name: NAME, settings: baseline}"
+          "\nits settings:     carvelab suites NAME")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from carvelab.dashboards.export import export
     from carvelab.dashboards.frame import open_sweep
@@ -293,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("name")
     suite.add_argument("--root", default="carvelab_sweeps")
     suite.set_defaults(func=cmd_suite)
+    suites = sub.add_parser("suites", help="list the task suites (or one suite's settings)")
+    suites.add_argument("suite", nargs="?", default=None)
+    suites.set_defaults(func=cmd_suites)
     exp = sub.add_parser("export", help="write the winning configs as re-runnable YAML files")
     exp.add_argument("name")
     exp.add_argument("--out", required=True, help="output folder (existing files are never overwritten)")

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_dir import SweepDir, driver_lock
 from carvelab.search_space.points import grid_points, point_config
-from carvelab.search_space.sweep_spec import SweepSpec
+from carvelab.search_space.sweep_spec import SUITE_PARAM, SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
 from carvelab.trials.callbacks import FrontPublisher
@@ -416,13 +416,16 @@ class SweepDriver:
 
 def point_tags(point: dict, tune: dict) -> dict[str, str]:
     """MLflow tags grouping a point's runs: ``point`` (its JSON, as the dashboards key it), ``point_id``
-    (a short hash, to filter the UI with ``tags.point_id = '...'``) and ``tune`` (the run's tune values)."""
+    (a short hash, to filter the UI with ``tags.point_id = '...'``), ``tune`` (the run's tune values) and,
+    in a sweep with ``suite:``, ``suite`` (the task setting's label: ``tags.suite = 'mqar:seq_len=256,...'``)."""
     import hashlib
 
     text = json.dumps(point, sort_keys=True, default=str)
     tags = {"point": text[:5000], "point_id": hashlib.sha256(text.encode()).hexdigest()[:10]}
     if tune:
         tags["tune"] = ",".join(f"{k}={v}" for k, v in tune.items())
+    if SUITE_PARAM in point:
+        tags["suite"] = str(point[SUITE_PARAM])
     return tags
 
 

@@ -54,4 +54,46 @@ def test_a_seed_missing_a_setting_is_left_out_of_that_task_and_of_the_overall():
 
 def test_one_task_is_not_a_suite():
     values = {("mqar", (), "key", s): 0.5 for s in (0, 1)}
-    assert "needs two or more tasks" in suite_markdown("test_accuracy", suite_rows(SPEC, frame(values), "test_accuracy"))
+    assert "needs two or more task settings" in suite_markdown("test_accuracy", suite_rows(SPEC, frame(values), "test_accuracy"))
+
+
+SUITE_SPEC = load_sweep({
+    "name": "s", "mode": "grid", "seeds": [0, 1, 2], "suite": "state_tracking",
+    "base": {"preset": "gdn2", "model": {"d_model": 16, "n_heads": 2}},
+    "space": {"erase_axis": ["key", "value"]},
+})
+
+
+def suite_frame(values):
+    """values: (suite label, arch, seed) -> test accuracy."""
+    rows = [{"number": i, "state": "COMPLETE", "seed": seed, "label": "", "tune": "{}", "test_accuracy": v,
+             "point": json.dumps({"suite": label, "erase_axis": arch}, sort_keys=True)}
+            for i, ((label, arch, seed), v) in enumerate(values.items())]
+    return pl.DataFrame(rows)
+
+
+def test_a_suite_groups_its_settings_by_task_and_needs_every_setting_the_suite_lists():
+    labels = {"parity": 0.9, "modular_arithmetic": 0.6, "modular_arithmetic:brackets=true": 0.4, "s5": 0.2}
+    values = {(label, arch, seed): v - (0.1 if arch == "value" else 0.0)
+              for label, v in labels.items() for arch in ("key", "value") for seed in (0, 1, 2)}
+    out = suite_rows(SUITE_SPEC, suite_frame(values), "test_accuracy")
+    assert {r["architecture"] for r in out} == {'{"erase_axis": "key"}', '{"erase_axis": "value"}'}  # suite is no axis
+    rows = {(json.loads(r["architecture"])["erase_axis"], r["task"]): r for r in out}
+    assert rows[("key", "modular_arithmetic")]["settings"] == 2
+    assert rows[("key", "modular_arithmetic")]["mean"] == pytest.approx(0.5)
+    assert rows[("key", OVERALL)]["mean"] == pytest.approx((0.9 + 0.5 + 0.2) / 3) and rows[("key", OVERALL)]["n"] == 3
+    # no run at all of one setting: no seed has the task complete (the suite, not the runs, lists the settings)
+    del values[("modular_arithmetic:brackets=true", "key", 0)], values[("modular_arithmetic:brackets=true", "key", 1)]
+    del values[("modular_arithmetic:brackets=true", "key", 2)]
+    rows = {(json.loads(r["architecture"])["erase_axis"], r["task"]): r
+            for r in suite_rows(SUITE_SPEC, suite_frame(values), "test_accuracy")}
+    assert rows[("key", "modular_arithmetic")]["n"] == 0 and rows[("key", OVERALL)]["n"] == 0
+    assert rows[("value", OVERALL)]["n"] == 3
+
+
+def test_one_task_at_several_settings_is_a_suite():
+    spec = load_sweep({"name": "z", "mode": "grid", "seeds": [0, 1], "suite": "zoology_mqar",
+                       "base": {"preset": "gdn2", "model": {"d_model": 16, "n_heads": 2}}, "space": {"erase_axis": ["key"]}})
+    values = {(label, "key", seed): 0.5 for label in spec.suite_settings for seed in (0, 1)}
+    text = suite_markdown("test_accuracy", suite_rows(spec, suite_frame(values), "test_accuracy"))
+    assert "| architecture | mqar | (mean of tasks) |" in text and "0.500 [0.500, 0.500] (n 2)" in text

@@ -34,3 +34,25 @@ def test_a_snapshot_with_keys_this_version_dropped_still_reads(tmp_path):
     snapshot.write_text(yaml.safe_dump(stored))
     back = folder.spec()
     assert isinstance(back.pruner, MedianSpec) and back.task_keys == {}
+
+
+def test_a_suite_sweep_reads_back_and_a_resume_with_other_settings_is_refused(tmp_path):
+    import pytest
+
+    from carvelab.search_space.yaml_io import ConfigError
+
+    def suite_sweep(settings):
+        data = tiny_sweep("suite", tmp_path / "cache", mode="grid", budget={}, suite={"name": "mad", "settings": settings},
+                          space={"erase_axis": ["key"]})
+        data["base"]["task"] = {"val_examples": 8}
+        return load_sweep(data)
+
+    spec = suite_sweep("baseline")
+    folder = SweepDir(tmp_path / "sweeps", "suite")
+    folder.bind(spec)
+    back = folder.spec()
+    assert dataclasses.asdict(back) == dataclasses.asdict(spec) and back.suite == "mad"
+    assert list(back.suite_settings) == list(spec.suite_settings) and len(back.suite_settings) == 6
+    assert folder.bind(spec) is True
+    with pytest.raises(ConfigError, match="different params, suite_settings"):
+        folder.bind(suite_sweep("all"))

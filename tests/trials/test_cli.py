@@ -43,3 +43,14 @@ def test_typo_in_override_is_named(capsys):
 def test_stray_argument_is_refused():
     with pytest.raises(SystemExit):
         main(["train", TINY, "--frobnicate"])
+
+
+def test_suites_lists_the_registered_suites_and_one_suites_settings(capsys):
+    assert main(["suites"]) == 0
+    out = capsys.readouterr().out
+    assert "mad  [66 settings, 6 baseline;" in out and "state_tracking  [4 settings, 3 baseline;" in out
+    assert main(["suites", "zoology_mqar"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "  mqar:seq_len=64,num_kv_pairs=4  (baseline)" and lines[-1] == "  mqar:seq_len=256,num_kv_pairs=64"
+    assert main(["suites", "nope"]) == 2
+    assert "suite 'nope' is not registered" in capsys.readouterr().err

@@ -205,3 +205,24 @@ def test_a_sweep_over_tasks_is_scored_as_a_suite_in_the_terminal_and_mlflow(tmp_
     client, _ = child_runs(summary)
     names = {a.path for a in client.list_artifacts(summary.parent_run_id, "suite")}
     assert names == {"suite/suite.md", "suite/suite.json"}
+
+
+def test_a_sweep_declaring_a_suite_trains_every_setting_and_is_scored_per_task(tmp_path, capsys):
+    """suite: state_tracking: each point at parity, modular arithmetic (twice) and S5."""
+    from carvelab.trials.cli import main
+
+    data = tiny_sweep("suitekey", tmp_path / "cache", mode="grid", budget={}, seeds=[0],
+                      suite="state_tracking", space={"erase_axis": ["key"]})
+    data["base"]["task"] = {"train_examples": 64, "val_examples": 8, "test_examples": 8,
+                            "cache_dir": str(tmp_path / "cache")}
+    summary = run_sweep(load_sweep(data), tmp_path)
+    study, runs = assert_exactly_once(summary)
+    assert summary.counts["completed"] == 4
+    assert sorted(t.params["suite"] for t in study.trials) == sorted(
+        ["parity", "modular_arithmetic", "modular_arithmetic:brackets=true", "s5"])
+    by_label = {r.data.tags["suite"]: r for r in runs}
+    assert by_label["modular_arithmetic:brackets=true"].data.params["task.brackets"] == "True"
+    assert by_label["s5"].data.params["task.name"] == "s5" and by_label["s5"].data.params["task.val_examples"] == "8"
+    assert main(["suite", "suitekey", "--root", str(tmp_path)]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| architecture"))
+    assert header == "| architecture | modular_arithmetic | parity | s5 | (mean of tasks) |"
