@@ -68,9 +68,14 @@ class SweepDir:
         return self.path / "failures" / f"trial-{number}.txt"
 
     # ------------------------------------------------------------------ spec snapshot
+    @property
+    def snapshot(self) -> Path:
+        """``sweep.yaml``: present once a sweep has been bound to this folder."""
+        return self.path / "sweep.yaml"
+
     def bind(self, spec: SweepSpec) -> bool:
         """Create the directory for ``spec`` or check that it belongs to it. True if it existed."""
-        snapshot = self.path / "sweep.yaml"
+        snapshot = self.snapshot
         identity = {k: _plain(getattr(spec, k)) for k in _IDENTITY}
         if snapshot.exists():
             stored = yaml.safe_load(snapshot.read_text())
@@ -91,7 +96,7 @@ class SweepDir:
 
     def spec(self) -> SweepSpec:
         """The sweep's validated spec as it was first run, read back from ``sweep.yaml``."""
-        snapshot = self.path / "sweep.yaml"
+        snapshot = self.snapshot
         if not snapshot.exists():
             raise ConfigError(f"{self.path}: no sweep named {self.path.name!r} here (use --root to point at its folder)")
         return spec_from_snapshot(yaml.safe_load(snapshot.read_text()))

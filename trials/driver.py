@@ -94,6 +94,7 @@ class SweepDriver:
         from carvelab.trials import scheduler
 
         t0 = time.monotonic()
+        self._refuse_a_study_without_its_folder()
         started = scheduler.start_ray(self.address)
         try:
             # A trial no node can ever run is refused before anything is created.
@@ -106,6 +107,20 @@ class SweepDriver:
         finally:
             if started:
                 scheduler.stop_ray()
+
+    def _refuse_a_study_without_its_folder(self) -> None:
+        """A new sweep folder over a declared storage that already holds the study is refused:
+        the study's trials would point at results, checkpoints and (with the default tracking)
+        MLflow runs that live in the folder of the run that made them."""
+        if not self.spec.storage or self.dir.snapshot.exists():
+            return
+        n = st.trials_in_storage(self.spec.name, self.spec.storage)
+        if n:
+            raise ConfigError(
+                f"{self.spec.source}: the Optuna storage {redact(self.spec.storage)} already holds a study named "
+                f"{self.spec.name!r} with {n} trial(s), but {self.dir.path} holds no sweep of that name (its "
+                "snapshot, results and default MLflow store are in the folder of the run that made it). Point "
+                "--root at that folder to resume, or give this sweep another name; nothing was created.")
 
     def _run_locked(self, scheduler, t0: float) -> SweepSummary:
         self._open()

@@ -106,6 +106,21 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     return optuna.samplers.GridSampler({p.name: grid_values(p) for p in spec.params}, seed=seed)
 
 
+def trials_in_storage(name: str, storage: str) -> int:
+    """How many trials a study named ``name`` holds in ``storage`` (0: no such study, or a
+    SQLite file that does not exist; the file is not created)."""
+    if storage.startswith("sqlite:///"):
+        from pathlib import Path
+
+        if not Path(storage[len("sqlite:///"):]).exists():
+            return 0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if summary.study_name == name:
+            return summary.n_trials
+    return 0
+
+
 def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [o.direction for o in spec.objectives]

@@ -226,3 +226,22 @@ def test_a_sweep_declaring_a_suite_trains_every_setting_and_is_scored_per_task(t
     assert main(["suite", "suitekey", "--root", str(tmp_path)]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| architecture"))
     assert header == "| architecture | modular_arithmetic | parity | s5 | (mean of tasks) |"
+
+
+def test_a_new_folder_over_a_storage_that_holds_the_study_is_refused_and_creates_nothing(tmp_path):
+    """A declared storage outlives the sweep folder: a run with another --root must not adopt
+    trials whose results and MLflow runs live in the first folder."""
+    from carvelab.search_space.yaml_io import ConfigError
+    from carvelab.trials.study import trials_in_storage
+
+    missing = tmp_path / "not-yet.db"
+    assert trials_in_storage("shared", f"sqlite:///{missing}") == 0 and not missing.exists()
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    data = tiny_sweep("shared", tmp_path / "cache", budget={"trials": 1}, storage=storage)
+    first = run_sweep(load_sweep(data), tmp_path / "a")
+    assert first.counts["completed"] == 1 and trials_in_storage("shared", storage) == 1
+    with pytest.raises(ConfigError, match=r"already holds a study named 'shared' with 1 trial\(s\).*nothing was created"):
+        run_sweep(load_sweep(data), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    again = run_sweep(load_sweep(data), tmp_path / "a")              # its own folder resumes
+    assert again.counts["completed"] == 1 and trials_in_storage("shared", storage) == 1
