@@ -180,10 +180,25 @@ class CudaGraphInstance(Instance):
         return out
 
 
+_SIDE_STREAMS: dict = {}
+
+
+def side_stream(device=None) -> torch.cuda.Stream:
+    """This process's one side stream on ``device`` (default: the current device), for warm-up
+    work ahead of a capture. One per device and process, never one per call: cuBLAS keeps a
+    workspace (32 MiB on Hopper) for every stream it has run on, for the life of the process,
+    so a fresh stream per trial grew the memory a process holds by that much per trial."""
+    index = torch.device("cuda" if device is None else device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
+
+
 def _warm_up(fn: Callable, tensors: Sequence[Optional[torch.Tensor]], grad: bool, iters: int = 2) -> None:
-    """Eager calls on a side stream (as capture will run) so that every kernel is compiled and
-    autotuned before capture."""
-    stream = torch.cuda.Stream()
+    """Eager calls on the side stream (as capture will run) so that every kernel is compiled
+    and autotuned before capture."""
+    stream = side_stream(next((t.device for t in tensors if t is not None), None))
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(iters):

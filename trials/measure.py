@@ -20,7 +20,7 @@ def rss_high_water_mb() -> float:
 
 def release_device_memory(device: torch.device) -> float:
     """Free what earlier work of this process left on ``device`` (captured content-gate graphs,
-    unreachable tensors, the allocator's cached blocks) and start its peak-memory count afresh;
+    unreachable tensors, cuBLAS workspaces, the allocator's cached blocks) and start its peak-memory count afresh;
     the MiB still allocated there, which a trial's own peak leaves out. 0 on a CPU."""
     if device.type != "cuda":
         return 0.0
@@ -29,6 +29,11 @@ def release_device_memory(device: torch.device) -> float:
     release_graphs()
     gc.collect()
     torch.cuda.synchronize(device)
+    # cuBLAS's per-stream workspaces too: each trial then allocates its own inside its count,
+    # as in a fresh process, instead of the first trial of a process paying for the rest
+    clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_workspaces is not None:
+        clear_workspaces()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     return torch.cuda.memory_allocated(device) / 2**20

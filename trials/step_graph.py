@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from carvelab.kernels.cuda_graph import replay
+from carvelab.kernels.cuda_graph import replay, side_stream
 from carvelab.trials.training import optimizer_step
 
 WARMUP = 3
@@ -41,7 +41,7 @@ class GraphedStep:
         self.calls = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self._inputs = self._targets = self._loss = None
-        self._side = torch.cuda.Stream()
+        self._side = side_stream(next(model.parameters()).device)
 
     @property
     def captured(self) -> bool:

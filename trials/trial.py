@@ -189,6 +189,11 @@ class _Run:
         self.slot: Optional[DeviceSlot] = None
         self.window: Optional[TimedWindow] = None
 
+    def close(self) -> None:
+        """Drop the model, the optimiser and the captured step (its graph and static buffers):
+        the device memory they hold is then free for ``release_device_memory``."""
+        self.graph_step = self.model = self.optimizer = None
+
     def open_slot(self) -> None:
         """The device's timing slot, and the window: ``train.timing_steps`` steps once the step is
         warm (after the compile steps and, on a GPU, the CUDA graph's capture), clipped to the run."""
@@ -321,7 +326,8 @@ def run_trial(config: TrialConfig, reporter: Optional[Reporter] = None, *,
         return _train(run, on_step)
     finally:
         run.slot.close()
-        release_device_memory(run.device)  # the trial's graphs and pools go with it
+        run.close()
+        release_device_memory(run.device)  # the trial's model, graphs and pools go with it
 
 
 def _train(run: _Run, on_step: Optional[Callable[[int], None]]) -> TrialResult:

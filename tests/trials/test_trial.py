@@ -252,21 +252,57 @@ def test_graphs_of_an_earlier_trial_are_released_and_not_counted_as_the_next_one
     cuda_graph.POOL.instances["earlier trial"] = [cuda_graph.Instance()]
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: calls.append("workspaces"), raising=False)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 300 * 2**20)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1000 * 2**20)
     cuda = torch.device("cuda")
     before = measure.release_device_memory(cuda)
-    assert cuda_graph.POOL.instances == {} and calls == ["sync", "empty", "reset"]
+    assert cuda_graph.POOL.instances == {} and calls == ["sync", "workspaces", "empty", "reset"]
     assert before == 300
     assert measure.Meter(cuda, skip=0, baseline_mb=before).peak_memory_mb() == 700
     assert measure.release_device_memory(torch.device("cpu")) == 0.0
 
 
+def test_a_finished_trial_has_dropped_its_model_and_optimizer_when_the_device_is_released(tmp_path, monkeypatch):
+    """The release at a trial's end frees that trial's memory only if nothing of the trial still
+    holds its model, optimiser or captured step; checked here at the moment of the release."""
+    import gc
+    import weakref
+
+    from carvelab.trials import trial
+
+    refs, seen = {}, []
+    build, make = trial.build_model, trial.make_optimizer
+
+    def build_model(*args, **kwargs):
+        model, cfg = build(*args, **kwargs)
+        refs["model"] = weakref.ref(model)
+        return model, cfg
+
+    def make_optimizer(*args, **kwargs):
+        opt = make(*args, **kwargs)
+        refs["optimizer"] = weakref.ref(opt)
+        return opt
+
+    def release(device):
+        gc.collect()
+        seen.append({name: ref() is not None for name, ref in refs.items()})
+        return 0.0
+
+    monkeypatch.setattr(trial, "build_model", build_model)
+    monkeypatch.setattr(trial, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(trial, "release_device_memory", release)
+    result = run_trial(tiny(tmp_path, steps=4))
+    assert result.status == COMPLETED
+    assert seen == [{}, {"model": False, "optimizer": False}]  # at the start (none yet), at the end
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU allocator's peak needs a GPU")
 def test_two_identical_gpu_trials_in_one_process_report_the_same_peak_memory(tmp_path):
     from carvelab.kernels import cuda_graph
+    from carvelab.trials import measure
 
     cfg = load_trial_config({
         "preset": "carve", "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "chunk_size": 16},
@@ -275,7 +311,13 @@ def test_two_identical_gpu_trials_in_one_process_report_the_same_peak_memory(tmp
         "train": {"steps": 8, "batch_size": 8, "eval_every": 8, "warmup_steps": 2, "device": "cuda",
                   "dtype": "bfloat16", "timing_steps": 0},
     })
-    first, second = run_trial(cfg), run_trial(cfg)
+    cuda = torch.device("cuda")
+    first = run_trial(cfg)
+    left_by_first = measure.release_device_memory(cuda)
+    second = run_trial(cfg)
+    left_by_second = measure.release_device_memory(cuda)
     assert first.status == second.status == COMPLETED
     assert sum(len(v) for v in cuda_graph.POOL.instances.values()) == 0
     assert second.metrics["peak_mem_mb"] == pytest.approx(first.metrics["peak_mem_mb"], rel=0.02)
+    # nothing of a finished trial stays allocated: a process running trial after trial holds no more
+    assert left_by_second == pytest.approx(left_by_first, abs=1.0)
