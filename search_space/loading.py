@@ -14,6 +14,8 @@ the file and the key path.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,10 +38,47 @@ def _allowed_keys(schema: Any, full_key: str) -> list[str]:
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
 
 
+_SCHEMAS: OrderedDict = OrderedDict()
+_SCHEMA_CACHE_SIZE = 64
+
+
+def _typed_tree(value: Any) -> Any:
+    """A hashable picture of ``value`` that tells apart what a schema tells apart: each
+    dataclass by its class object (two classes of one name are two keys), each leaf with
+    its type (1, 1.0 and True are three keys)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value), tuple((f.name, _typed_tree(getattr(value, f.name))) for f in dataclasses.fields(value)))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_typed_tree(v) for v in value))
+    if isinstance(value, Mapping):
+        return (dict, tuple(sorted(((repr(k), _typed_tree(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    return (type(value), value)
+
+
+def _schema(cls_instance: Any) -> Any:
+    """The struct-mode structured schema of ``cls_instance``, built once per distinct value
+    (``OmegaConf.structured`` is most of a config's loading time; a sweep loads the same
+    bases again and again). A cached schema is only ever read: ``OmegaConf.merge`` copies
+    it, and ``to_object`` builds fresh dataclasses from the copy."""
+    key = _typed_tree(cls_instance)
+    try:
+        schema = _SCHEMAS.pop(key)
+    except KeyError:
+        schema = OmegaConf.structured(cls_instance)
+        OmegaConf.set_struct(schema, True)
+    except TypeError:  # an unhashable leaf: no caching
+        schema = OmegaConf.structured(cls_instance)
+        OmegaConf.set_struct(schema, True)
+        return schema
+    _SCHEMAS[key] = schema
+    while len(_SCHEMAS) > _SCHEMA_CACHE_SIZE:
+        _SCHEMAS.popitem(last=False)
+    return schema
+
+
 def to_dataclass(cls_instance: Any, data: Mapping, where: str) -> Any:
     """Merge ``data`` into the structured schema of ``cls_instance`` and build the dataclass."""
-    schema = OmegaConf.structured(cls_instance)
-    OmegaConf.set_struct(schema, True)
+    schema = _schema(cls_instance)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.create(dict(data)))
         return OmegaConf.to_object(merged)
@@ -60,8 +99,14 @@ def to_dataclass(cls_instance: Any, data: Mapping, where: str) -> Any:
 def typed_section(key: str, cls: type, data: Mapping, where: str) -> Any:
     """``data`` (the mapping under ``key``) as a ``cls`` instance, in struct mode: unknown
     keys and bad types raise ``ConfigError`` naming ``key.<field>``."""
-    holder = dataclasses.make_dataclass("Section", [(key, cls, dataclasses.field(default_factory=cls))])
-    return getattr(to_dataclass(holder(), {key: dict(data)}, where), key)
+    return getattr(to_dataclass(_holder(key, cls)(), {key: dict(data)}, where), key)
+
+
+@functools.lru_cache(maxsize=None)
+def _holder(key: str, cls: type) -> type:
+    """The one-field dataclass ``typed_section`` validates through, one class per (key, cls)
+    (a new class per call would make every schema a new one)."""
+    return dataclasses.make_dataclass("Section", [(key, cls, dataclasses.field(default_factory=cls))])
 
 
 def task_config(data: Mapping, where: str) -> Any:

@@ -184,17 +184,18 @@ class SweepDriver:
                 cb.on_tick(self)
 
     def _may_start(self) -> bool:
-        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        trials = self.study.get_trials(deepcopy=False)  # one read of the storage per decision
+        waiting = any(t.state == TrialState.WAITING for t in trials)
         if self.spec.mode != "search" and not waiting:
             return False
         if self.spec.budget.trials is not None:
-            used = sum(st.consumed_training(t) for t in self.study.get_trials(deepcopy=False))
+            used = sum(st.consumed_training(t) for t in trials)
             if used >= self.spec.budget.trials:
                 return False
         size = self._space_size()
         if self.spec.mode == "search" and size is not None and not waiting:
             # A finite space: stop once every (point, seed) has been trained.
-            return len(self._trained_keys(exclude=-1)) < size * len(st.runs_of_point(self.spec))
+            return len(self._trained_keys(exclude=-1, trials=trials)) < size * len(st.runs_of_point(self.spec))
         return True
 
     def _space_size(self) -> Optional[int]:
@@ -273,9 +274,9 @@ class SweepDriver:
                 return point
         return None
 
-    def _trained_keys(self, exclude: int) -> set:
+    def _trained_keys(self, exclude: int, trials: Optional[list] = None) -> set:
         keys = set()
-        for t in self.study.get_trials(deepcopy=False):
+        for t in self.study.get_trials(deepcopy=False) if trials is None else trials:
             if t.number != exclude and st.consumed_training(t):
                 # a trial's point, seed and tune values are fixed once it runs: its key is made once
                 key = self._keys.get(t.number)

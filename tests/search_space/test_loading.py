@@ -45,3 +45,32 @@ def test_bad_trial_configs_name_the_key(data, needle):
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         parse_overrides(["train.lr"])
+
+
+def test_loads_through_the_schema_cache_give_fresh_configs_and_still_refuse_bad_keys():
+    first = load_trial_config({"preset": "gdn2", "model": {"d_model": 48}})
+    first.train.steps = 12345  # a loaded config is the caller's own: nothing of it is shared
+    second = load_trial_config({"preset": "gdn2", "model": {"d_model": 48}})
+    assert second.train.steps != 12345 and second is not first and second.model == first.model
+    for _ in range(2):  # the second time from the cached schema
+        with pytest.raises(ConfigError, match="d_modle"):
+            load_trial_config({"preset": "gdn2", "model": {"d_modle": 48}})
+        with pytest.raises(ConfigError, match="d_model"):
+            load_trial_config({"preset": "gdn2", "model": {"d_model": "wide"}})
+
+
+def test_two_classes_of_one_name_are_two_schemas():
+    import dataclasses
+
+    from carvelab.search_space.loading import to_dataclass
+
+    def make(field_type, default):
+        return dataclasses.make_dataclass("Same", [("x", field_type, dataclasses.field(default=default))])
+
+    ints, strs = make(int, 1), make(str, "a")
+    assert to_dataclass(ints(), {"x": 2}, "<a>").x == 2
+    assert to_dataclass(strs(), {"x": "b"}, "<b>").x == "b"
+    with pytest.raises(ConfigError, match="x"):
+        to_dataclass(ints(), {"x": "not an int"}, "<a>")
+    # values of one class differing only in type are two schemas as well
+    assert to_dataclass(make(float, 1.0)(), {}, "<c>").x == 1.0
