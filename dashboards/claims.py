@@ -167,8 +167,8 @@ def publish_claims(data: SweepData, rows: list[dict]) -> None:
         (out / "claims.md").write_text(claims_markdown(rows))
         (out / "claims.json").write_text(json.dumps([json_safe(r) for r in rows], indent=2))
         for path in sorted(out.iterdir()):
-            data.client.log_artifact(data.parent_run_id, str(path), "claims")
+            data.writer().log_artifact(data.parent_run_id, path, "claims")
+    tags = {"claims.summary": summary_line(rows)}
     for r in rows:
-        data.client.set_tag(data.parent_run_id, f"claim.{r['index']}.verdict", r["verdict"])
-        data.client.set_tag(data.parent_run_id, f"claim.{r['index']}.name", r["name"][:250])
-    data.client.set_tag(data.parent_run_id, "claims.summary", summary_line(rows))
+        tags.update({f"claim.{r['index']}.verdict": r["verdict"], f"claim.{r['index']}.name": r["name"][:250]})
+    data.writer().set_tags(data.parent_run_id, tags)

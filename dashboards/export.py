@@ -101,7 +101,7 @@ def _trained_vocab(data: SweepData, run_id: Optional[str]) -> Optional[int]:
     """The vocabulary the trial's model was built with (its ``vocab_size`` metric), if logged."""
     if not run_id:
         return None
-    value = data.client.get_run(run_id).data.metrics.get("vocab_size")
+    value = data.store.run(run_id).metrics.get("vocab_size")
     return None if value is None else int(value)
 
 

@@ -1,9 +1,10 @@
-"""A sweep's trials as a polars DataFrame: the Optuna study joined with the MLflow runs.
+"""A sweep's trials as a polars DataFrame: the Optuna study joined with its tracked runs.
 
 One row per Optuna trial: ``number, state, reason, seed, label, steps, run_id, point,
 tune`` (the run's tune values as JSON, ``{}`` without ``tune:``), one ``p.<name>`` column
 per swept parameter, one column per objective (the values told to Optuna: validation),
-``m.<metric>`` for every final metric logged to the trial's MLflow run, and, for every
+``m.<metric>`` for every final metric logged to the trial's run (read through the sweep's
+``RunStore``, trials/tracking), and, for every
 validation objective ``val_X`` whose runs were evaluated on the test split, ``test_X``.
 
 What is reported (fronts, intervals, tables, exports) is measured on the test split:
@@ -18,7 +19,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import optuna
 import polars as pl
@@ -28,6 +29,7 @@ from carvelab.dashboards.selection import select_tuned
 from carvelab.dashboards.uncertainty import tied_with_front, with_intervals
 from carvelab.search_space.sweep_dir import SweepDir
 from carvelab.search_space.sweep_spec import SweepSpec
+from carvelab.trials.tracking import RunStore, Tracker, open_store, open_tracker, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +41,16 @@ class SweepData:
     spec: SweepSpec
     study: optuna.Study
     tracking_uri: str
-    client: Any  # MlflowClient
+    store: RunStore                  # reads the runs
     parent_run_id: Optional[str]
+    tracker: Optional[Tracker] = None  # writes tags and artifacts (opened on first use: ``writer``)
     reported: Optional[list] = None  # set by trials_frame: the objectives as reported
-    front_tags: Optional[dict] = None  # set by trials_frame: run id -> its FRONT_TAGS as MLflow holds them
+    front_tags: Optional[dict] = None  # set by trials_frame: run id -> its FRONT_TAGS as the store holds them
+
+    def writer(self) -> Tracker:
+        if self.tracker is None:
+            self.tracker = open_tracker(self.spec.tracking, self.path)
+        return self.tracker
 
     @property
     def told_objectives(self) -> list[tuple[str, str]]:
@@ -60,23 +68,16 @@ class SweepData:
 
 
 def open_sweep(name: str, root: str | Path = "carvelab_sweeps") -> SweepData:
-    """Open a sweep's Optuna study and MLflow experiment from its directory."""
-    from mlflow.tracking import MlflowClient
-
+    """Open a sweep's Optuna study and its runs from its directory."""
     folder = SweepDir(root, name)
     spec = folder.spec()
     storage = spec.storage or folder.optuna_url
-    tracking = spec.tracking.uri or folder.mlflow_uri
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
-    client = MlflowClient(tracking_uri=tracking)
-    experiment = client.get_experiment_by_name(spec.tracking.experiment or name)
-    parent = None
-    if experiment is not None:
-        runs = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.`carvelab.role` = 'sweep' and tags.`carvelab.sweep` = '{name}'")
-        parent = runs[0].info.run_id if runs else None
-    return SweepData(name, folder.path, spec, study, tracking, client, parent)
+    store = open_store(spec.tracking, folder.path)
+    parent = store.parent(name)
+    return SweepData(name, folder.path, spec, study, tracking_uri(spec.tracking, folder.path), store,
+                     parent.run_id if parent is not None else None)
 
 
 # The tags ``report.tag_runs`` keeps on every child run.
@@ -86,11 +87,9 @@ FRONT_TAGS = ("on_front", "tied_with_front", "pareto_rank", "tune_selected")
 def _run_metrics(data: SweepData) -> dict[str, dict]:
     if data.parent_run_id is None:
         return {}
-    exp_id = data.client.get_run(data.parent_run_id).info.experiment_id
-    runs = data.client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{data.parent_run_id}'",
-                                   max_results=50000)
-    return {r.info.run_id: {"metrics": dict(r.data.metrics), "status": r.info.status,
-                            "tags": {k: r.data.tags[k] for k in FRONT_TAGS if k in r.data.tags}} for r in runs}
+    return {r.run_id: {"metrics": dict(r.metrics), "status": r.status,
+                       "tags": {k: r.tags[k] for k in FRONT_TAGS if k in r.tags}}
+            for r in data.store.children(data.parent_run_id)}
 
 
 def trials_frame(data: SweepData) -> pl.DataFrame:

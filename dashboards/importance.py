@@ -164,4 +164,4 @@ def publish_importance(data: SweepData, table: pl.DataFrame) -> None:
             table.write_csv(out / "importance.csv")
             importance_png(table, out / "importance.png")
         for path in sorted(out.iterdir()):
-            data.client.log_artifact(data.parent_run_id, str(path), "importance")
+            data.writer().log_artifact(data.parent_run_id, path, "importance")

@@ -5,6 +5,7 @@ import html
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 
@@ -65,8 +66,10 @@ t.innerHTML = '<tr><th>run</th><th>rank</th><th>n</th>' + OBJ.map(o => '<th>' + 
 """
 
 
-def pareto_html(table: pl.DataFrame, objectives: list[tuple[str, str]], title: str, experiment_id: str) -> str:
-    """Self-contained page: scatter of any two objectives, points link to their MLflow runs."""
+def pareto_html(table: pl.DataFrame, objectives: list[tuple[str, str]], title: str,
+                run_link: Callable[[str], str]) -> str:
+    """Self-contained page: scatter of any two objectives, points link to their runs (``run_link``:
+    a run id -> its URL in the tracking UI, ``RunStore.run_link``)."""
     data = []
     for row in table.iter_rows(named=True):
         run_ids = row.get("run_ids") or [row.get("run_id")]
@@ -75,7 +78,7 @@ def pareto_html(table: pl.DataFrame, objectives: list[tuple[str, str]], title: s
         data.append({"name": name, "rank": row["pareto_rank"], "point": html.escape(row["point"]), "runs": run_ids,
                      "values": [row[m] for m, _ in objectives], "half": [_half(row, m) for m, _ in objectives],
                      "n": row.get("n", 1), "tied": bool(row.get("tied_with_front")),
-                     "url": f"/#/experiments/{experiment_id}/runs/{run_id}"})
+                     "url": run_link(run_id) if run_id else ""})
     return _PAGE.format(title=html.escape(title), data=json.dumps(data), objectives=json.dumps(objectives))
 
 

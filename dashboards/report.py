@@ -1,4 +1,5 @@
-"""Publish a sweep's Pareto front into MLflow: tags on child runs, artifacts on the parent.
+"""Publish a sweep's Pareto front to its tracker (MLflow by default): tags on child runs,
+artifacts on the parent.
 
 Child runs get ``pareto_rank`` and ``on_front`` (``true``/``false``), so the MLflow UI's
 search ``tags.on_front = 'true'`` lists exactly the front. The parent run gets, under
@@ -45,9 +46,9 @@ def tag_runs(data: SweepData, df: pl.DataFrame, table: pl.DataFrame) -> int:
         if data.spec.tune:
             tags["tune_selected"] = "true" if run_id in rank_of else "false"
         # only what changed since the last refresh: a refresh costs what moved, not the whole sweep
-        for key, value in tags.items():
-            if held.get(run_id, {}).get(key) != value:
-                data.client.set_tag(run_id, key, value)
+        changed = {key: value for key, value in tags.items() if held.get(run_id, {}).get(key) != value}
+        if changed:
+            data.writer().set_tags(run_id, changed)
     return on_front
 
 
@@ -99,10 +100,9 @@ def publish(data: SweepData, df: Optional[pl.DataFrame] = None) -> dict:
     table = front_table(data, df)
     history = hypervolume_history(df, data.objectives)
     on_front = tag_runs(data, df, table)
-    exp_id = data.client.get_run(data.parent_run_id).info.experiment_id
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        (out / "pareto.html").write_text(plots.pareto_html(table, data.objectives, data.name, exp_id))
+        (out / "pareto.html").write_text(plots.pareto_html(table, data.objectives, data.name, data.store.run_link))
         plots.pareto_png(table, data.objectives, out / "pareto.png")
         plots.hypervolume_png(history, out / "hypervolume.png")
         history.write_csv(out / "hypervolume.csv")
@@ -115,10 +115,9 @@ def publish(data: SweepData, df: Optional[pl.DataFrame] = None) -> dict:
         if data.spec.tune:
             (out / "tune.md").write_text(tune_markdown(select_tuned(df, data.spec)))
         for path in sorted(out.iterdir()):
-            data.client.log_artifact(data.parent_run_id, str(path), "pareto")
+            data.writer().log_artifact(data.parent_run_id, path, "pareto")
     hv = float(history["hypervolume"][-1]) if len(history) else 0.0
     front = int((table["pareto_rank"] == 0).sum()) if len(table) else 0  # points, as the driver counts them
-    data.client.set_tag(data.parent_run_id, "pareto.front_size", str(front))
-    data.client.set_tag(data.parent_run_id, "pareto.front_runs", str(on_front))
-    data.client.set_tag(data.parent_run_id, "pareto.hypervolume", f"{hv:.6g}")
+    data.writer().set_tags(data.parent_run_id, {"pareto.front_size": str(front), "pareto.front_runs": str(on_front),
+                                                "pareto.hypervolume": f"{hv:.6g}"})
     return {"front": front, "front_runs": on_front, "hypervolume": hv}

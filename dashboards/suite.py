@@ -125,4 +125,4 @@ def publish_suite(data: SweepData, metric: str, rows: list[dict]) -> None:
         (out / "suite.md").write_text(suite_markdown(metric, rows))
         (out / "suite.json").write_text(json.dumps([json_safe(r) for r in rows], indent=2))
         for path in sorted(out.iterdir()):
-            data.client.log_artifact(data.parent_run_id, str(path), "suite")
+            data.writer().log_artifact(data.parent_run_id, path, "suite")

@@ -2,7 +2,7 @@
 
     sweep.yaml            the validated spec as it was first run (a resume must match it)
     optuna.db             default Optuna storage
-    mlflow.db, mlartifacts/   default MLflow backend and artifact store
+    mlflow.db, mlartifacts/   default tracking store (trials/tracking/mlflow_backend.py)
     results/trial-N.json  each finished trial's result, written before it is told to
                           Optuna or MLflow (recovery after a driver crash reads it)
     checkpoints/<key>/    per-(point, seed) training checkpoints (a re-queued trial resumes)
@@ -45,14 +45,6 @@ class SweepDir:
     @property
     def optuna_url(self) -> str:
         return f"sqlite:///{self.path / 'optuna.db'}"
-
-    @property
-    def mlflow_uri(self) -> str:
-        return f"sqlite:///{self.path / 'mlflow.db'}"
-
-    @property
-    def artifact_location(self) -> str:
-        return (self.path / "mlartifacts").as_uri()
 
     def result_path(self, number: int) -> Path:
         return self.path / "results" / f"trial-{number}.json"

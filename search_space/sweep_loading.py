@@ -402,6 +402,11 @@ def _validate_uris(raw: S.SweepFile, where: str) -> None:
     if raw.storage and not URI_RE.match(raw.storage):
         raise ConfigError(f"{where}: storage must be a database URL such as sqlite:///path/optuna.db or "
                           "postgresql://user@host/db (or null for the sweep directory's SQLite file)")
+    from carvelab.trials.tracking import tracker_names  # the registry lives with the trackers
+
+    if raw.tracking.backend not in tracker_names():
+        raise ConfigError(f"{where}: tracking.backend={raw.tracking.backend!r} is not allowed; choose one of "
+                          f"{tracker_names()}")
     uri = raw.tracking.uri
     if uri and not (URI_RE.match(uri) or uri.startswith(("file:", "databricks"))):
         raise ConfigError(f"{where}: tracking.uri must be a tracking URI such as http://127.0.0.1:5000 or "

@@ -18,7 +18,7 @@ A sweep file::
     seeds: [0]
     budget: {trials: 16, seconds: 600}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0, concurrency: 2}
-    tracking: {uri: null, experiment: null}   # null = sqlite:///<sweep_dir>/mlflow.db
+    tracking: {backend: mlflow, uri: null, experiment: null}   # null = sqlite:///<sweep_dir>/mlflow.db
     storage: null                             # null = sqlite:///<sweep_dir>/optuna.db
 
 Loading and validation live in ``carvelab.search_space.sweep_loading``.
@@ -96,6 +96,7 @@ class ResourcesSpec:
 
 @dataclass
 class TrackingSpec:
+    backend: str = "mlflow"       # a registered tracker (carvelab.trials.tracking): mlflow | none | ...
     uri: Optional[str] = None
     experiment: Optional[str] = None
 

@@ -101,3 +101,26 @@ def test_nothing_outside_kernels_imports_its_private_modules():
 def test_no_module_is_longer_than_a_sitting():
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports anywhere in it."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+    return out
+
+
+def test_only_the_tracking_backend_imports_mlflow():
+    importers = {name for name, path in MODULES.items() if "mlflow" in _imports_of(path)}
+    assert importers == {"carvelab.trials.tracking.mlflow_backend"}
+
+
+def test_the_sweep_reaches_optuna_through_its_public_api():
+    """No module reads Optuna's storage or study id behind the study's back."""
+    private = {name for name, path in MODULES.items() if name.startswith("carvelab.trials")
+               and any(word in path.read_text() for word in ("._storage", "_study_id"))}
+    assert private == set()

@@ -78,12 +78,12 @@ def instrument(clock: Clock) -> Iterator[Clock]:
     patches = [(scheduler.RayExecutor, "wait", "waiting for trials"),
                (optuna.study.Study, "ask", "optuna ask"), (optuna.study.Study, "tell", "optuna tell")]
     patches += [(tracking.MlflowTracker, m, "tracker writes") for m in
-                ("start_child", "log_metrics", "set_tags", "finish", "find_child", "logged_steps")]
+                ("start_child", "log_metrics", "set_tags", "finish")]
     saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in patches]
     record = driver.SweepDriver._record
 
-    def marked(self, number, payload):
-        record(self, number, payload)
+    def marked(self, number, payload, *args):
+        record(self, number, payload, *args)
         clock.marks.append((time.perf_counter(), clock.parts.get("waiting for trials", 0.0), dict(clock.parts)))
 
     try:

@@ -66,7 +66,7 @@ class FrontPublisher:
 
         started = time.monotonic()
         data = SweepData(sweep.spec.name, sweep.dir.path, sweep.dir.spec(), sweep.study, sweep.tracking_uri,
-                         sweep.tracker.client, sweep.parent)
+                         sweep.recorder.store, sweep.parent, tracker=sweep.tracker)
         try:
             # The sweep's front count is the published front's (one definition: the dashboards').
             sweep.counts["front"] = publish(data)["front"]

@@ -85,7 +85,8 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
 
         summary = run_sweep(spec, args.root, address=args.address, on_update=update)
     rows = [("sweep", summary.name), ("directory", summary.sweep_dir), ("optuna storage", summary.storage),
-            ("mlflow tracking", summary.tracking_uri), ("mlflow parent run", str(summary.parent_run_id))]
+            (f"tracking ({spec.tracking.backend})", str(summary.tracking_uri)),
+            ("parent run", str(summary.parent_run_id))]
     rows += [(k, str(v)) for k, v in summary.counts.items() if k not in ("running", "pending")]
     rows.append(("wall seconds", f"{summary.wall_s:.1f}"))
     print(format_table(rows, ("sweep", "value")))
@@ -98,7 +99,8 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
             print_claims(data, spec)
         else:
             print_front(data, front_table(data))
-    print(f"\nInspect in MLflow:  mlflow ui --host 127.0.0.1 --backend-store-uri {summary.tracking_uri}")
+    if spec.tracking.backend == "mlflow":
+        print(f"\nInspect in MLflow:  mlflow ui --host 127.0.0.1 --backend-store-uri {summary.tracking_uri}")
     return 0
 
 

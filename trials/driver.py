@@ -1,10 +1,10 @@
-"""The sweep driver: Optuna ask-and-tell, Ray fan-out, MLflow records, crash recovery.
+"""The sweep driver: Optuna ask-and-tell, Ray fan-out, tracked runs, crash recovery.
 
-Order of writes for a finished trial (so a driver killed at any point loses nothing):
-1. ``results/trial-N.json`` (atomic), 2. the MLflow child run (metrics, tags, status),
-3. Optuna ``tell``. On start, a RUNNING Optuna trial with a result file is finished from
-it; one without is marked FAIL (reason ``driver_died``), its MLflow run KILLED, and its
-point and seed are re-queued (training resumes from its checkpoint).
+Every change of a trial's state goes through the ``Recorder`` (trials/recorder.py): the
+result file, then the tracker, then Optuna, so a driver killed at any point loses nothing.
+On start, the trials a dead driver left RUNNING are recovered by the same recorder (finished
+from their saved result, or failed as ``driver_died`` and re-queued: training resumes from
+the checkpoint).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +21,13 @@ import optuna
 from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_dir import SweepDir, driver_lock
-from carvelab.search_space.points import grid_points, point_config
+from carvelab.search_space.points import point_config
 from carvelab.search_space.sweep_spec import SUITE_PARAM, SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
 from carvelab.trials import study as st
 from carvelab.trials.callbacks import FrontPublisher
-from carvelab.trials.tracking import (
-    MLFLOW_STATUS, MlflowTracker, flatten, redact, redact_text, result_tags, test_metrics,
-)
+from carvelab.trials.recorder import Recorder
+from carvelab.trials.tracking import flatten, open_tracker, redact, redact_text, tracking_uri
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_INFEASIBLE = 200
@@ -62,16 +60,12 @@ class SweepDriver:
         self.spec = spec
         self.dir = SweepDir(root, spec.name)
         self.address = address
-        self._keys: dict[int, str] = {}  # trial number -> st.point_key, for _trained_keys
         self.on_update = on_update or (lambda counts: None)
         self.counts = {"running": 0, "pending": 0, "completed": 0, "pruned": 0, "failed": 0, "infeasible": 0,
                        "front": 0}  # pending: submitted, waiting in Ray's queue for resources
         self.unschedulable_since: Optional[float] = None  # since when waiting trials fit no live node
         self._nodes_checked, self._why = -math.inf, None
         self.stop_launching = False
-        self.logged: dict[int, set] = {}
-        self.run_ids: dict[int, str] = {}               # trial number -> its MLflow run
-        self.live: dict[int, optuna.trial.Trial] = {}   # trial number -> the running trial, to be told
         # None: the default, the live Pareto front in MLflow (callbacks.FrontPublisher)
         self.callbacks = [FrontPublisher()] if callbacks is None else list(callbacks)
 
@@ -79,9 +73,8 @@ class SweepDriver:
     def _open(self) -> None:
         self.dir.bind(self.spec)
         self.storage = self.spec.storage or self.dir.optuna_url
-        self.tracking_uri = self.spec.tracking.uri or self.dir.mlflow_uri
-        self.tracker = MlflowTracker(self.tracking_uri, self.spec.tracking.experiment or self.spec.name,
-                                     self.dir.artifact_location)
+        self.tracking_uri = tracking_uri(self.spec.tracking, self.dir.path)
+        self.tracker = open_tracker(self.spec.tracking, self.dir.path)
         self.parent = self.tracker.start_parent(self.spec.name, {
             "carvelab.mode": self.spec.mode, "carvelab.storage": redact(self.storage) or "",
             "carvelab.sweep_dir": str(self.dir.path)})
@@ -89,6 +82,8 @@ class SweepDriver:
         self.tracker.log_text(self.parent, redact_text((self.dir.path / "sweep.yaml").read_text()), "sweep.yaml")
         self.study = st.open_study(self.spec, self.storage)
         self.dists = st.space_distributions(self.spec)
+        self.recorder = Recorder(self.dir, self.tracker, self.tracker.store(), self.study,
+                                 [o.metric for o in self.spec.objectives], self.spec.seeds[0], self.spec.name)
 
     def run(self) -> SweepSummary:
         from carvelab.trials import scheduler
@@ -192,23 +187,11 @@ class SweepDriver:
             used = sum(st.consumed_training(t) for t in trials)
             if used >= self.spec.budget.trials:
                 return False
-        size = self._space_size()
+        size = st.space_size(self.dists)
         if self.spec.mode == "search" and size is not None and not waiting:
             # A finite space: stop once every (point, seed) has been trained.
-            return len(self._trained_keys(exclude=-1, trials=trials)) < size * len(st.runs_of_point(self.spec))
+            return len(self.study.sampler.trained(self.study, trials=trials)) < size * len(st.runs_of_point(self.spec))
         return True
-
-    def _space_size(self) -> Optional[int]:
-        """Number of points of a finite (categorical / stepped int) space, else None."""
-        size = 1
-        for dist in self.dists.values():
-            if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                size *= len(dist.choices)
-            elif isinstance(dist, optuna.distributions.IntDistribution):
-                size *= (dist.high - dist.low) // dist.step + 1
-            else:
-                return None
-        return size
 
     def _launch(self, inflight: dict) -> _Inflight | str:
         """Ask for a point and start training it, or record why not ("infeasible", "duplicate")."""
@@ -218,16 +201,12 @@ class SweepDriver:
         (seed, tune), *others = st.runs_of_point(self.spec)
         if not sampled:
             seed, tune = int(trial.user_attrs["seed"]), st.tune_of(trial)
-        if sampled and st.point_key(point, seed, tune) in self._trained_keys(trial.number):
-            # Training is deterministic per (point, seed): a second run would only repeat the first.
+        if sampled and st.point_key(point, seed, tune) in self.study.sampler.trained(self.study, trial.number):
+            # The sampler proposes a trained point only where it found no untrained one
+            # (trials/sampling.py): training it again would only repeat the first run.
             trial.set_user_attr("seed", seed)
             trial.set_user_attr("reason", "duplicate")
             self.study.tell(trial, state=TrialState.FAIL)
-            # A model-based sampler that has converged keeps proposing the same point (and
-            # ignores failed trials): queue a random point not trained yet so the sweep explores.
-            fresh = self._random_untrained_point(trial.number)
-            if fresh is not None:
-                st.enqueue(self.study, fresh, seed, tune=tune, exploration_after=trial.number)
             logger.debug("trial %d repeats a trained point; not trained", trial.number)
             return "duplicate"
         if sampled:
@@ -250,51 +229,16 @@ class SweepDriver:
         ckpt = self.dir.checkpoint_dir(st.point_key(point, seed, tune))
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(ckpt)))
         config_dict = dataclasses.asdict(config)
-        tags = {"carvelab.sweep": self.spec.name, "seed": str(seed), "state": "running",
-                "label": trial.user_attrs.get("label", ""), "optuna_study": self.spec.name,
-                **point_tags(point, tune)}
-        run_id = self.tracker.start_child(trial.number, flatten(config_dict), tags)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        self.run_ids[trial.number], self.live[trial.number] = run_id, trial
+        tags = {"seed": str(seed), "state": "running", "label": trial.user_attrs.get("label", ""),
+                "optuna_study": self.spec.name, **point_tags(point, tune)}
+        run_id = self.recorder.start(trial, flatten(config_dict), tags)
         handle = self.executor.submit(config_dict, trial.number)
         return _Inflight(handle, trial, run_id)
-
-    def _random_untrained_point(self, salt: int) -> Optional[dict]:
-        """A uniformly random point of the space whose first run has not been trained (None if none)."""
-        rng = random.Random(self.spec.sampler.seed * 1_000_003 + salt)
-        trained = self._trained_keys(exclude=-1)
-        seed, tune = st.runs_of_point(self.spec)[0]
-        size = self._space_size()
-        if size is not None and size <= 100_000:
-            candidates = [c for c in grid_points(self.spec) if st.point_key(c, seed, tune) not in trained]
-            return rng.choice(candidates) if candidates else None
-        for _ in range(100):
-            point = {name: _draw(dist, rng) for name, dist in self.dists.items()}
-            if st.point_key(point, seed, tune) not in trained:
-                return point
-        return None
-
-    def _trained_keys(self, exclude: int, trials: Optional[list] = None) -> set:
-        keys = set()
-        for t in self.study.get_trials(deepcopy=False) if trials is None else trials:
-            if t.number != exclude and st.consumed_training(t):
-                # a trial's point, seed and tune values are fixed once it runs: its key is made once
-                key = self._keys.get(t.number)
-                if key is None:
-                    key = self._keys[t.number] = st.point_key(dict(t.params), st.seed_of(t, self.spec), st.tune_of(t))
-                keys.add(key)
-        return keys
 
     # ------------------------------------------------------------------ results
     def _log_reports(self) -> None:
         for trial_number, step, metrics, _decision in self.executor.drain():
-            run_id = self._run_id(trial_number)
-            if run_id and step not in self.logged.setdefault(trial_number, set()):
-                self.tracker.log_metrics(run_id, step, metrics)
-                self.logged[trial_number].add(step)
-
-    def _run_id(self, number: int) -> Optional[str]:
-        return self.run_ids.get(number)
+            self.recorder.report(trial_number, step, metrics)
 
     def _finish(self, item: _Inflight, result: Optional[dict], exc: Optional[BaseException]) -> None:
         from carvelab.trials.scheduler import failure_reason
@@ -304,35 +248,19 @@ class SweepDriver:
                        "history": [], "traceback": str(exc)}
         else:
             payload = result
-        self.dir.save_result(item.trial.number, payload)
         self._record(item.trial.number, payload)
 
-    def _record(self, number: int, payload: dict) -> None:
-        """MLflow then Optuna, for a result already saved to disk."""
-        run_id = self._run_id(number)
-        status, reason = payload["status"], payload.get("reason")
-        if run_id:
-            logged = self.logged.setdefault(number, set())
-            for step, metrics in payload.get("history", []):
-                if step not in logged:
-                    self.tracker.log_metrics(run_id, step, metrics)
-                    logged.add(step)
-            if test_metrics(payload):  # never streamed: logged here, at the last step
-                self.tracker.log_metrics(run_id, payload.get("steps", 0), test_metrics(payload))
-            if payload.get("traceback"):
-                self.dir.failure_path(number).parent.mkdir(parents=True, exist_ok=True)
-                self.dir.failure_path(number).write_text(payload["traceback"])
-                self.tracker.log_text(run_id, payload["traceback"], "traceback.txt")
-            self.tracker.set_tags(run_id, {"state": status, "reason": reason or "", **result_tags(payload)})
-            self.tracker.finish(run_id, MLFLOW_STATUS[status])
-        trial = self.live.pop(number)
-        values = [payload["metrics"].get(o.metric) for o in self.spec.objectives]
-        status, reason = st.tell_finished(self.study, trial, status, reason, payload.get("steps", 0), values)
+    def _record(self, number: int, payload: dict, saved: bool = False) -> None:
+        """Record a trial's end (``Recorder.finish``), then tell the pruner and the callbacks."""
+        status, reason = self.recorder.finish(number, payload, saved)
+        self._recorded(number, status, payload)
+        logger.info("trial %d %s%s", number, status, f" ({reason})" if reason else "")
+
+    def _recorded(self, number: int, status: str, payload: dict) -> None:
         self.counts[status] += 1
         for cb in self.callbacks:
             cb.on_trial_recorded(self, number, status)
         self.executor.complete(number, status, self._pruned_value(payload))
-        logger.info("trial %d %s%s", number, status, f" ({reason})" if reason else "")
 
     def _pruned_value(self, payload: dict) -> Optional[float]:
         quality = payload.get("metrics", {}).get(self.spec.pruner.metric)
@@ -350,7 +278,6 @@ class SweepDriver:
                 payload = {"status": "failed", "reason": "timeout", "steps": 0, "metrics": {}, "history": [],
                            "traceback": f"trial exceeded resources.trial_timeout_s={limit}"}
                 inflight.pop(item.trial.number)
-                self.dir.save_result(item.trial.number, payload)
                 self._record(item.trial.number, payload)
 
     def _check_pending(self, inflight: dict) -> None:
@@ -384,7 +311,6 @@ class SweepDriver:
                 payload = {"status": "failed", "reason": "unschedulable", "steps": 0, "metrics": {}, "history": [],
                            "traceback": f"waited {now - self.unschedulable_since:.0f}s (resources.pending_timeout_s="
                                         f"{limit}) for resources no live node has: {self._why}"}
-                self.dir.save_result(item.trial.number, payload)
                 self._record(item.trial.number, payload)
             self.counts["pending"] = 0
             self.stop_launching = True
@@ -393,28 +319,12 @@ class SweepDriver:
     # ------------------------------------------------------------------ resume
     def _recover(self) -> None:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            payload = self.dir.load_result(t.number)
-            if payload is not None:
-                logger.info("finishing trial %d from its saved result", t.number)
-                run_id = t.user_attrs.get("mlflow_run_id")
-                self.live[t.number] = optuna.trial.Trial(self.study, t._trial_id)
-                if run_id:  # steps streamed before the crash are not logged again
-                    self.run_ids[t.number] = run_id
-                    self.logged[t.number] = self.tracker.logged_steps(run_id, payload.get("history", []))
-                self._record(t.number, payload)
-                continue
-            child = self.tracker.find_child(t.number)
-            if child is not None and child["status"] == "RUNNING":
-                self.tracker.set_tags(child["run_id"], {"state": "failed", "reason": "driver_died"})
-                self.tracker.finish(child["run_id"], "KILLED")
-            trial = optuna.trial.Trial(self.study, t._trial_id)
-            trial.set_user_attr("reason", "driver_died")
-            self.study.tell(trial, state=TrialState.FAIL)
-            # A driver killed inside ask leaves only part of the params: the fixed ones complete them.
-            point = {**t.system_attrs.get("fixed_params", {}), **t.params}
-            st.enqueue(self.study, point, int(t.user_attrs.get("seed", self.spec.seeds[0])),
-                       t.user_attrs.get("label", ""), st.tune_of(t), requeued_from=t.number)
-            logger.info("trial %d was running when the driver stopped; re-queued", t.number)
+            outcome, status = self.recorder.recover(t)
+            if outcome == "finished":
+                logger.info("trial %d finished from its saved result as %s", t.number, status)
+                self._recorded(t.number, status, self.dir.load_result(t.number))
+            else:
+                logger.info("trial %d was running when the driver stopped; re-queued", t.number)
 
     def _preload(self) -> None:
         # Every ended trial's reports and its end, so a resumed sweep prunes as an uninterrupted one.
@@ -443,19 +353,6 @@ def point_tags(point: dict, tune: dict) -> dict[str, str]:
     if SUITE_PARAM in point:
         tags["suite"] = str(point[SUITE_PARAM])
     return tags
-
-
-def _draw(dist, rng):
-    """One uniform draw from an Optuna distribution (log-uniform for log floats)."""
-    if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return rng.choice(list(dist.choices))
-    if isinstance(dist, optuna.distributions.IntDistribution):
-        return rng.randrange(dist.low, dist.high + 1, dist.step)
-    if dist.log:
-        return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
-    if dist.step:
-        return dist.low + dist.step * rng.randint(0, int(round((dist.high - dist.low) / dist.step)))
-    return rng.uniform(dist.low, dist.high)
 
 
 def run_sweep(spec: SweepSpec, root: str | Path = "carvelab_sweeps", address: Optional[str] = None,

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from carvelab.search_space.points import ablation_points, grid_points, tune_points
 from carvelab.search_space.sweep_spec import SweepSpec
+from carvelab.trials.sampling import UntrainedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,32 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     return optuna.samplers.GridSampler({p.name: grid_values(p) for p in spec.params}, seed=seed)
 
 
+def untrained_sampler(spec: SweepSpec, inner: optuna.samplers.BaseSampler) -> UntrainedSampler:
+    """``inner`` wrapped so that a search never proposes a trained point (trials/sampling.py)."""
+    dists = space_distributions(spec)
+    seed, tune = runs_of_point(spec)[0]  # what a sampled trial runs itself
+
+    def trained_key(t) -> Optional[str]:
+        return point_key(dict(t.params), seed_of(t, spec), tune_of(t)) if consumed_training(t) else None
+
+    size = space_size(dists)
+    return UntrainedSampler(inner, dists, lambda point: point_key(point, seed, tune), trained_key, spec.sampler.seed,
+                            (lambda: grid_points(spec)) if size is not None and size <= 100_000 else None)
+
+
+def space_size(dists: dict[str, BaseDistribution]) -> Optional[int]:
+    """Number of points of a finite (categorical / stepped int) space, else None."""
+    size = 1
+    for dist in dists.values():
+        if isinstance(dist, CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, IntDistribution):
+            size *= (dist.high - dist.low) // dist.step + 1
+        else:
+            return None
+    return size
+
+
 def trials_in_storage(name: str, storage: str) -> int:
     """How many trials a study named ``name`` holds in ``storage`` (0: no such study, or a
     SQLite file that does not exist; the file is not created)."""
@@ -131,7 +158,8 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
     offset = len(existing.trials) if existing is not None else 0
     study = optuna.create_study(
         study_name=spec.name, storage=storage, directions=directions, load_if_exists=True,
-        sampler=make_sampler(spec, offset),
+        sampler=(untrained_sampler(spec, make_sampler(spec, offset)) if spec.mode == "search"
+                 else make_sampler(spec, offset)),
     )
     if study.directions and [d.name.lower() for d in study.directions] != directions:
         raise ValueError(
@@ -187,6 +215,13 @@ def planned(spec: SweepSpec) -> list[tuple[dict, int, str, dict]]:
             out += [(point, s, label, t) for s, t in runs]
         return out
     return []
+
+
+def live_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.Trial:
+    """A trial of ``study`` that can still take user attributes and ``tell``, from its frozen
+    copy (a RUNNING trial a dead driver left behind). Optuna offers no public way from a trial's
+    number to its ``Trial``; this is the one place that reads the frozen trial's id."""
+    return optuna.trial.Trial(study, trial._trial_id)
 
 
 def seed_of(trial, spec: SweepSpec) -> int:

@@ -93,7 +93,7 @@ def test_front_filter_lists_exactly_the_front_and_parent_shows_the_plot(sweep, s
     front = {f"trial-{n}" for n in table.filter(pl.col("pareto_rank") == 0)["number"].to_list()}
     others = {f"trial-{n}" for n in table.filter(pl.col("pareto_rank") > 0)["number"].to_list()}
     assert front and others  # the check would be empty otherwise
-    exp_id = data.client.get_run(data.parent_run_id).info.experiment_id
+    exp_id = data.store.experiment_id()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     page.goto(f"{server}/#/experiments/{exp_id}/runs?searchFilter=tags.on_front%20%3D%20%27true%27")

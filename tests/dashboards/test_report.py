@@ -16,6 +16,13 @@ from carvelab.trials.driver import run_sweep
 from tests.trials.sweep_helpers import tiny_sweep
 
 
+def mlflow(data):
+    """An MLflow client of the sweep's tracking store, to read what was published."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=data.tracking_uri)
+
+
 SUMMARIES = {}
 
 
@@ -84,7 +91,7 @@ def test_one_front_definition_for_the_driver_and_the_published_front(sweeps):
     table = front_table(data)
     points = int((table["pareto_rank"] == 0).sum())
     assert SUMMARIES["grid"].front_size == info["front"] == points
-    assert int(data.client.get_run(data.parent_run_id).data.tags["pareto.front_size"]) == points
+    assert int(mlflow(data).get_run(data.parent_run_id).data.tags["pareto.front_size"]) == points
     assert info["front_runs"] == 2 * points  # both seeds of every front point are tagged
 
 
@@ -99,14 +106,14 @@ def test_publish_tags_exactly_the_front_and_logs_artifacts(sweeps, tmp_path):
     info = publish(data)
     table = front_table(data)
     front_runs = {r for row in table.filter(pl.col("pareto_rank") == 0).iter_rows(named=True) for r in row["run_ids"]}
-    exp = data.client.get_run(data.parent_run_id).info.experiment_id
-    tagged = data.client.search_runs([exp], filter_string="tags.on_front = 'true'")
+    exp = mlflow(data).get_run(data.parent_run_id).info.experiment_id
+    tagged = mlflow(data).search_runs([exp], filter_string="tags.on_front = 'true'")
     assert {r.info.run_id for r in tagged} == front_runs and info["front_runs"] == len(front_runs)
-    names = {a.path for a in data.client.list_artifacts(data.parent_run_id, "pareto")}
+    names = {a.path for a in mlflow(data).list_artifacts(data.parent_run_id, "pareto")}
     for f in ("pareto.html", "pareto.png", "hypervolume.png", "hypervolume.csv", "trials.csv",
               "trials.parquet", "summary.md", "ablation.md"):
         assert f"pareto/{f}" in names
-    page = open(data.client.download_artifacts(data.parent_run_id, "pareto/pareto.html", str(tmp_path))).read()
+    page = open(mlflow(data).download_artifacts(data.parent_run_id, "pareto/pareto.html", str(tmp_path))).read()
     assert all(r in page for r in front_runs)
 
 
@@ -166,7 +173,7 @@ def test_cli_pareto_ablation_export(sweeps, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| erase_axis | erase_axis=value |" in out and "artifacts under importance/" in out
     data = open_sweep("grid", sweeps)
-    names = {a.path for a in data.client.list_artifacts(data.parent_run_id, "importance")}
+    names = {a.path for a in mlflow(data).list_artifacts(data.parent_run_id, "importance")}
     assert {"importance/importance.md", "importance/importance.csv", "importance/importance.png"} <= names
     assert main(["export", "grid", "--root", str(sweeps), "--out", str(tmp_path / "x"), "--top", "1"]) == 0
     assert len(list((tmp_path / "x").glob("*.yaml"))) == 1
@@ -193,15 +200,15 @@ def test_a_tuned_grid_reports_each_point_at_its_validation_choice(sweeps, tmp_pa
         assert row["test_accuracy"] == pytest.approx(sum(kept["test_accuracy"]) / 2)
         assert sorted(row["run_ids"]) == sorted(kept["run_id"].to_list())
     publish(data)
-    exp = data.client.get_run(data.parent_run_id).info.experiment_id
-    runs = data.client.search_runs([exp], filter_string="tags.`carvelab.role` = 'trial'")
+    exp = mlflow(data).get_run(data.parent_run_id).info.experiment_id
+    runs = mlflow(data).search_runs([exp], filter_string="tags.`carvelab.role` = 'trial'")
     assert {r.data.tags["tune"] for r in runs} == {"train.lr=0.003", "train.lr=0.01"}
     assert len({r.data.tags["point_id"] for r in runs}) == 2
     selected = {r.info.run_id for r in runs if r.data.tags["tune_selected"] == "true"}
     assert selected == {rid for ids in table["run_ids"] for rid in ids}
-    names = {a.path for a in data.client.list_artifacts(data.parent_run_id, "pareto")}
+    names = {a.path for a in mlflow(data).list_artifacts(data.parent_run_id, "pareto")}
     assert "pareto/tune.md" in names
-    summary = open(data.client.download_artifacts(data.parent_run_id, "pareto/summary.md", str(tmp_path))).read()
+    summary = open(mlflow(data).download_artifacts(data.parent_run_id, "pareto/summary.md", str(tmp_path))).read()
     assert "test split" in summary and "train.lr=" in summary
     written = [p for p in export(data, tmp_path / "x", rank=10) if p.suffix == ".yaml"]
     for path in written:
@@ -218,14 +225,13 @@ def test_a_refresh_writes_only_the_front_tags_that_changed(sweeps, monkeypatch):
 
     publish(open_sweep("grid", sweeps))  # every run carries its front tags now
     data = open_sweep("grid", sweeps)
-    run = data.client.search_runs([data.client.get_run(data.parent_run_id).info.experiment_id],
+    run = mlflow(data).search_runs([mlflow(data).get_run(data.parent_run_id).info.experiment_id],
                                   filter_string="tags.on_front = 'false'")[0]
-    data.client.set_tag(run.info.run_id, "on_front", "stale")  # one tag out of date
+    mlflow(data).set_tag(run.info.run_id, "on_front", "stale")  # one tag out of date
     writes = []
-    set_tag = type(data.client).set_tag
-    monkeypatch.setattr(type(data.client), "set_tag",
-                        lambda self, run_id, key, value, **kw: (writes.append((run_id, key, value))
-                                                                if key in FRONT_TAGS else None,
-                                                                set_tag(self, run_id, key, value, **kw))[1])
+    set_tags = type(data.writer()).set_tags
+    monkeypatch.setattr(type(data.writer()), "set_tags",
+                        lambda self, run_id, tags: (writes.extend((run_id, k, v) for k, v in tags.items()),
+                                                    set_tags(self, run_id, tags))[1])
     publish(data)
     assert [w for w in writes if w[1] in FRONT_TAGS] == [(run.info.run_id, "on_front", "false")]

@@ -131,7 +131,8 @@ def test_pruning_stops_bad_trials_early_in_a_multi_objective_study(pruner, tmp_p
 
 
 def test_search_never_trains_a_point_twice_and_stops_when_the_space_is_exhausted(tmp_path):
-    # With this seed Optuna's random sampler proposes value, value, key: the second is a repeat.
+    # With this seed Optuna's random sampler proposes value, value, key: the sampler wrapper
+    # replaces the repeat by the untrained point, and the sweep stops once both are trained.
     data = tiny_sweep("exhaust", tmp_path / "cache", space={"erase_axis": ["key", "value"]},
                       sampler={"name": "random", "seed": 1},
                       budget={"trials": 5}, resources={"cpus_per_trial": 1, "concurrency": 1})
@@ -139,8 +140,19 @@ def test_search_never_trains_a_point_twice_and_stops_when_the_space_is_exhausted
     study, _ = assert_exactly_once(summary)
     trained = [t for t in study.trials if t.state == COMPLETE]
     assert sorted(t.params["erase_axis"] for t in trained) == ["key", "value"]
-    repeats = [t for t in study.trials if t.state == FAIL]
-    assert repeats and all(t.user_attrs["reason"] == "duplicate" for t in repeats)
+    assert [t for t in study.trials if t.state == FAIL] == []
+    assert len(study.trials) == 2
+
+
+def test_a_search_with_the_grid_sampler_ends_when_its_grid_is_done(tmp_path):
+    # Optuna's GridSampler stops an optimize loop after its last point; in ask-and-tell that
+    # raised from the last tell and crashed the driver.
+    data = tiny_sweep("gridsampler", tmp_path / "cache", space={"erase_axis": ["key", "value"]},
+                      sampler={"name": "grid", "seed": 0}, budget={"trials": 4},
+                      resources={"cpus_per_trial": 1, "concurrency": 1})
+    study, _ = assert_exactly_once(run_sweep(load_sweep(data), tmp_path))
+    assert sorted(t.params["erase_axis"] for t in study.trials if t.state == COMPLETE) == ["key", "value"]
+    assert len(study.trials) == 2
 
 
 def test_a_converged_sampler_still_explores_untrained_points(tmp_path):
