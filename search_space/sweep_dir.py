@@ -7,7 +7,7 @@
                           Optuna or MLflow (recovery after a driver crash reads it)
     checkpoints/<key>/    per-(point, seed) training checkpoints (a re-queued trial resumes)
     failures/trial-N.txt  tracebacks of failed trials
-    broker-journal.jsonl  the pruning broker's journal of this driver run (trials/broker.py)
+    broker-journal.jsonl  the pruning broker's journal of this driver run (trials/sweep/broker.py)
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from carvelab.trials.scheduler import triton_cache_dir
+from carvelab.trials.sweep.scheduler import triton_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

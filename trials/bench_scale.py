@@ -73,7 +73,8 @@ def instrument(clock: Clock) -> Iterator[Clock]:
     restored on exit); mark each trial the driver records."""
     import optuna
 
-    from carvelab.trials import driver, scheduler, tracking
+    from carvelab.trials.sweep import driver, scheduler
+    from carvelab.trials import tracking
 
     patches = [(scheduler.RayExecutor, "wait", "waiting for trials"),
                (optuna.study.Study, "ask", "optuna ask"), (optuna.study.Study, "tell", "optuna tell")]
@@ -141,7 +142,7 @@ def chromium_load_s(path: Path, empty: Path, repeats: int = 3) -> tuple[float, f
 def scale(trials: int, root: Path, overrides: list[str] = (), concurrency: int = 2, browser: bool = True) -> dict:
     """Run the scale sweep and measure it (see the module docstring)."""
     from carvelab.trials.cli import main as cli
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
 
     spec = load_sweep(scale_sweep(f"scale-{trials}", trials, concurrency), list(overrides))
     clock = Clock()

@@ -57,7 +57,7 @@ def _sweep(name: str, **fields) -> dict:
 
 
 def overhead(seconds: float, trials: int, root: Path) -> dict:
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
 
     data = _sweep(f"overhead-{seconds:g}s", space={"train.seed": list(range(trials))})
     data["base"]["train"].update(steps=10**6, max_seconds=seconds, eval_every=10**6)
@@ -71,7 +71,7 @@ def overhead(seconds: float, trials: int, root: Path) -> dict:
 def pruning(root: Path, steps: int) -> dict:
     from carvelab.dashboards.frame import open_sweep, trials_frame
     from carvelab.dashboards.pareto import hypervolume, reference_point
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
 
     space = {"train.lr": [3e-3, 1e-3, 3e-4, 1e-4], "model.d_model": [32, 64]}
     out = {}
@@ -165,7 +165,7 @@ def concurrency(spans: list[tuple[float, float]], t: float) -> int:
 
 
 def gpu_sweep(sweep: str, root: Path, overrides: list[str]) -> dict:
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
 
     spec = load_sweep(sweep, overrides)
     with GpuSampler() as sampler:
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                   f"trials {' / '.join(r['status'])}")
         _write(args.out, rows)
         return 0
-    from carvelab.trials import scheduler
+    from carvelab.trials.sweep import scheduler
 
     if args.which == "gpu":
         import torch

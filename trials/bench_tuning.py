@@ -68,7 +68,7 @@ def run(sweep: str, out: Path, workers: int, steps: int | None, size: str | None
 
 def run_planned(spec, out: Path, workers: int) -> None:
     """Train every planned run of the sweep ``spec`` not yet in ``out``, appending each to it."""
-    from carvelab.trials.study import planned
+    from carvelab.trials.sweep.study import planned
 
     done = set()
     if out.exists():

@@ -66,7 +66,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from carvelab.search_space.sweep_loading import load_sweep
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
 
     spec = load_sweep(args.sweep, args.overrides, size=getattr(args, "size", None))
     total = spec.budget.trials
@@ -105,14 +105,14 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from carvelab.trials.status import sweep_table
+    from carvelab.trials.ops.status import sweep_table
 
     print(sweep_table(args.name, args.root))
     return 0
 
 
 def cmd_sweep_check(args: argparse.Namespace) -> int:
-    from carvelab.trials.check import check_sweep
+    from carvelab.trials.ops.check import check_sweep
 
     report = check_sweep(args.name, args.root, repair=args.repair)
     print(report.text())

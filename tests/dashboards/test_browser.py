@@ -20,8 +20,8 @@ import pytest
 
 from carvelab.dashboards.frame import front_table, open_sweep
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials import scheduler
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep import scheduler
+from carvelab.trials.sweep.driver import run_sweep
 from tests.trials.sweep_helpers import tiny_sweep
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

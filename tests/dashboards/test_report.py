@@ -10,9 +10,9 @@ from carvelab.dashboards.frame import front_table, hypervolume_history, open_swe
 from carvelab.dashboards.report import publish
 from carvelab.search_space.loading import load_trial_config
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials import scheduler
+from carvelab.trials.sweep import scheduler
 from carvelab.trials.cli import main
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from tests.trials.sweep_helpers import tiny_sweep
 
 

@@ -20,7 +20,7 @@ def pytest_terminal_summary(terminalreporter):
 def local_ray():
     """The local Ray of ``scheduler.start_ray`` (2 CPUs), started once and reused until a test
     that needs another Ray shuts it down; ended (``ray.shutdown``) after the last test here."""
-    from carvelab.trials import scheduler
+    from carvelab.trials.sweep import scheduler
 
     scheduler.start_ray(num_cpus=2)
     yield
@@ -30,7 +30,7 @@ def local_ray():
 @pytest.fixture(scope="package", autouse=True)
 def _end_ray():
     yield
-    from carvelab.trials import scheduler
+    from carvelab.trials.sweep import scheduler
 
     scheduler.stop_ray()
 

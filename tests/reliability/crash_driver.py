@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     when = argv[4] if len(argv) > 4 else "before"
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from carvelab.search_space.sweep_loading import load_sweep
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
 
     arm(target, int(n), when)
     run_sweep(load_sweep(path), root)

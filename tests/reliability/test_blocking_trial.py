@@ -12,7 +12,7 @@ from typing import Iterator
 import optuna
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from carvelab.trials.tasks import Task, TaskConfig, register_task
 from tests.reliability.helpers import FAIL, alive, wait_for
 from tests.reliability.ledger import LEDGER

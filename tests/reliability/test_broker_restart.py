@@ -5,8 +5,8 @@ import os
 import signal
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials import driver as driver_module
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep import driver as driver_module
+from carvelab.trials.sweep.driver import run_sweep
 from tests.reliability.helpers import alive, wait_for
 from tests.reliability.ledger import LEDGER
 from tests.reliability.test_driver_kill import decisions, pruning_sweep, uninterrupted_decisions
@@ -31,7 +31,7 @@ def test_a_killed_broker_restarts_and_prunes_as_an_uninterrupted_one(tmp_path, l
             pids.append(pid)
 
     monkeypatch.setattr(driver_module.SweepDriver, "_record", record_then_kill_the_broker)
-    with caplog.at_level(logging.WARNING, logger="carvelab.trials.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="carvelab.trials.sweep.scheduler"):
         run_sweep(load_sweep(pruning_sweep("broker-killed", killed)), killed / "sweeps")
     LEDGER.faults_injected += 1
     assert pids, "the broker was not killed"

@@ -14,9 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.check import check_sweep
+from carvelab.trials.ops.check import check_sweep
 from carvelab.trials.cli import main
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from tests.reliability.helpers import RUNNING, account, audit, point_key, run_crash_driver, write_sweep
 from tests.reliability.ledger import LEDGER
 from tests.trials.sweep_helpers import tiny_sweep

@@ -25,7 +25,8 @@ from carvelab.search_space import sweep_spec as S
 from carvelab.search_space.points import MAX_TRIALS
 from carvelab.search_space.sweep_loading import MAX_SECONDS
 from carvelab.search_space.trial_config import TrainConfig
-from carvelab.trials import driver, pruners, tasks
+from carvelab.trials.sweep import driver
+from carvelab.trials import pruners, tasks
 from carvelab.trials.cli import main
 from tests.reliability.ledger import LEDGER
 from tests.trials.sweep_helpers import tiny_sweep

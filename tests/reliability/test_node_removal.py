@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from tests.reliability.helpers import (
     COMPLETE, account, audit, child_runs, cmdline, descendants, point_key, wait_for,
 )

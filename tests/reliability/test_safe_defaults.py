@@ -55,7 +55,7 @@ def test_redact(uri, shown):
 def credentialed_sweep(mlflow_server, tmp_path_factory):
     """A tiny sweep run through the command line with a password in its tracking URI; its
     printed output and log records are kept."""
-    from carvelab.trials import scheduler
+    from carvelab.trials.sweep import scheduler
 
     scheduler.start_ray(num_cpus=2)
     folder = tmp_path_factory.mktemp("credentials")

@@ -8,8 +8,8 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.check import check_sweep
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.ops.check import check_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from tests.reliability.helpers import account, alive, audit, point_key, wait_for
 from tests.reliability.ledger import LEDGER
 from tests.trials.sweep_helpers import tiny_sweep

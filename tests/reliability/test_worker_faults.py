@@ -9,7 +9,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from tests.reliability.helpers import (
     COMPLETE, FAIL, RUNNING, account, alive, audit, cmdline, child_runs, point_key, raylet_pid,
     running_trial_workers, wait_for,

@@ -5,7 +5,7 @@ overhead windows, and the commands and the HTML front it times work. No timing i
 import shutil
 from pathlib import Path
 
-from carvelab.trials import scheduler
+from carvelab.trials.sweep import scheduler
 from carvelab.trials.bench_scale import Clock, per_trial_windows, scale
 from tests.reliability.helpers import audit
 

@@ -3,7 +3,7 @@ decides as that one would have, and the calls Ray retries after a restart are no
 import json
 
 from carvelab.search_space.sweep_spec import ObjectiveSpec
-from carvelab.trials.broker import PruningBroker
+from carvelab.trials.sweep.broker import PruningBroker
 from carvelab.trials.pruners.optuna_shadow import MedianSpec
 from carvelab.trials.reporting import CONTINUE, STOP
 

@@ -1,6 +1,6 @@
 """Live front publishing: a refresh reads every run, so its cost grows with the sweep; the
 publisher spaces its refreshes so they never take more than their share of the driver's time."""
-from carvelab.trials.callbacks import FrontPublisher
+from carvelab.trials.sweep.callbacks import FrontPublisher
 
 
 def test_refreshes_wait_at_least_every_s_and_keep_to_their_share_of_the_time():

@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from carvelab.search_space.sweep_dir import driver_lock
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials import scheduler
+from carvelab.trials.sweep import scheduler
 from carvelab.trials.cli import main
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from tests.trials.sweep_helpers import tiny_sweep
 
 NAME = "checked"

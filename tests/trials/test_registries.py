@@ -12,8 +12,8 @@ import pytest
 from carvelab.search_space.loading import load_trial_config
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.search_space.yaml_io import ConfigError
-from carvelab.trials import scheduler
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep import scheduler
+from carvelab.trials.sweep.driver import run_sweep
 from carvelab.trials.pruners import PrunerSpec, build_pruner, register
 from carvelab.trials.pruners.pareto import ParetoPruner
 from carvelab.trials.reporting import CONTINUE, STOP

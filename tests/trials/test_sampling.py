@@ -7,7 +7,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
-from carvelab.trials.sampling import UntrainedSampler
+from carvelab.trials.sweep.sampling import UntrainedSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

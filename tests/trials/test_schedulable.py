@@ -8,7 +8,7 @@ import yaml
 
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.search_space.sweep_spec import ResourcesSpec
-from carvelab.trials.scheduler import unschedulable
+from carvelab.trials.sweep.scheduler import unschedulable
 from tests.trials.sweep_helpers import tiny_sweep
 
 NODES = [{"CPU": 2.0, "memory": 8 * 2**30}, {"CPU": 16.0, "GPU": 1.0, "memory": 64 * 2**30, "special": 2.0}]
@@ -60,7 +60,7 @@ def test_trials_waiting_for_a_lost_node_fail_as_unschedulable_and_the_sweep_ends
     import ray
     from ray.cluster_utils import Cluster
 
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
 
     if ray.is_initialized():
         ray.shutdown()

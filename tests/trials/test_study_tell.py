@@ -4,7 +4,7 @@ import math
 import optuna
 from optuna.trial import TrialState
 
-from carvelab.trials.study import tell_finished
+from carvelab.trials.sweep.study import tell_finished
 
 
 def new_trial():

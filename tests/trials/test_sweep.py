@@ -3,8 +3,8 @@ import optuna
 import pytest
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials import scheduler
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep import scheduler
+from carvelab.trials.sweep.driver import run_sweep
 from tests.trials.sweep_helpers import assert_exactly_once, child_runs, study_of, tiny_sweep
 
 COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -94,7 +94,7 @@ def test_a_sampled_point_is_trained_at_every_tune_value_and_seed_and_a_rerun_add
 
 
 def test_ablation_with_tune_trains_every_label_at_every_tune_value(tmp_path):
-    from carvelab.trials.study import planned
+    from carvelab.trials.sweep.study import planned
 
     data = tiny_sweep("tuned-ablation", tmp_path / "cache", mode="ablation", budget={}, space={}, seeds=[0, 1],
                       ablation={"changes": [{"erase_axis": "value"}]}, tune={"train.weight_decay": [0.0, 0.1]})
@@ -187,7 +187,7 @@ class Ledger:
 
 
 def test_callbacks_see_every_recorded_trial_once_between_start_and_end(tmp_path):
-    from carvelab.trials.callbacks import FrontPublisher
+    from carvelab.trials.sweep.callbacks import FrontPublisher
 
     data = tiny_sweep("callbacks", tmp_path / "cache", mode="grid", budget={})
     ledger = Ledger()
@@ -244,7 +244,7 @@ def test_a_new_folder_over_a_storage_that_holds_the_study_is_refused_and_creates
     """A declared storage outlives the sweep folder: a run with another --root must not adopt
     trials whose results and MLflow runs live in the first folder."""
     from carvelab.search_space.yaml_io import ConfigError
-    from carvelab.trials.study import trials_in_storage
+    from carvelab.trials.sweep.study import trials_in_storage
 
     missing = tmp_path / "not-yet.db"
     assert trials_in_storage("shared", f"sqlite:///{missing}") == 0 and not missing.exists()

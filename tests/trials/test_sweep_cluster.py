@@ -3,9 +3,9 @@ import pytest
 
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.search_space.sweep_spec import ObjectiveSpec, ResourcesSpec
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from carvelab.trials.pruners.optuna_shadow import MedianSpec
-from carvelab.trials.scheduler import RayExecutor
+from carvelab.trials.sweep.scheduler import RayExecutor
 from tests.trials.sweep_helpers import assert_exactly_once, child_runs, local_cluster, tiny_sweep
 
 

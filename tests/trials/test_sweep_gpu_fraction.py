@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials import scheduler
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep import scheduler
+from carvelab.trials.sweep.driver import run_sweep
 from tests.trials.sweep_helpers import assert_exactly_once, tiny_sweep
 
 

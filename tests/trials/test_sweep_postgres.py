@@ -27,8 +27,8 @@ import optuna
 import pytest
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials import scheduler
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep import scheduler
+from carvelab.trials.sweep.driver import run_sweep
 from tests.trials.sweep_helpers import assert_exactly_once, child_runs, tiny_sweep
 
 SKIP_ENV = "CARVELAB_SKIP_POSTGRES"

@@ -10,7 +10,7 @@ import sqlalchemy
 import yaml
 
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from tests.trials.sweep_helpers import assert_exactly_once, study_of, tiny_sweep
 
 

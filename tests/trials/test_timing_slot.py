@@ -65,7 +65,7 @@ def test_the_window_times_only_its_steps_and_reports_them(tmp_path):
 
 @pytest.fixture
 def ray_with_slots(tmp_path, monkeypatch):
-    from carvelab.trials import scheduler
+    from carvelab.trials.sweep import scheduler
 
     monkeypatch.setenv("CARVELAB_SLOT_DIR", str(tmp_path / "slots"))
     scheduler.start_ray(num_cpus=2)
@@ -79,7 +79,7 @@ def _overlap(a, b) -> bool:
 
 def test_trials_sharing_a_node_never_overlap_another_trials_window(tmp_path, ray_with_slots):
     from carvelab.search_space.sweep_dir import SweepDir
-    from carvelab.trials.driver import run_sweep
+    from carvelab.trials.sweep.driver import run_sweep
     from tests.trials.sweep_helpers import tiny_sweep
 
     data = tiny_sweep("slots", tmp_path / "cache", mode="grid", budget={}, seeds=[0, 1],

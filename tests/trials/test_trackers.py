@@ -10,8 +10,8 @@ from carvelab.dashboards.frame import front_table, open_sweep
 from carvelab.dashboards.report import publish
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.search_space.yaml_io import ConfigError
-from carvelab.trials.check import check_sweep
-from carvelab.trials.driver import run_sweep
+from carvelab.trials.ops.check import check_sweep
+from carvelab.trials.sweep.driver import run_sweep
 from carvelab.trials.tracking import RunRecord, TRACKERS, register_tracker
 from tests.trials.sweep_helpers import study_of, tiny_sweep
 

@@ -1,5 +1,5 @@
 """The driver's settings that Ray workers on every node must share travel in runtime_env."""
-from carvelab.trials import scheduler
+from carvelab.trials.sweep import scheduler
 
 
 def test_worker_runtime_env_passes_cache_dir_and_kernel_switches(monkeypatch, tmp_path):

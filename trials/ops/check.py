@@ -14,7 +14,7 @@ KILLED run or none, other failures that never trained have none). Disagreements,
 - ``status_mismatch``: a run's terminal status disagrees with its trial's state;
 - ``missing_metrics``: a completed trial's run lacks evaluation steps of its saved result.
 
-``--repair`` fixes them through the driver's own ``Recorder`` (trials/recorder.py: the
+``--repair`` fixes them through the driver's own ``Recorder`` (trials/sweep/recorder.py: the
 tracker first, then Optuna), from the saved results (``results/trial-N.json``) where they
 exist: extra runs are deleted (a soft delete), a deleted run of a trial is restored (or
 re-created from the saved result), missing metric steps are logged, terminal statuses are
@@ -39,7 +39,7 @@ import optuna
 from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_dir import LOCK_NAME, SweepDir, driver_lock, lock_owner
-from carvelab.trials.recorder import Recorder, expected_status, keeper, missing_metrics
+from carvelab.trials.sweep.recorder import Recorder, expected_status, keeper, missing_metrics
 from carvelab.trials.tracking import logged_history, open_store, open_tracker
 
 logger = logging.getLogger(__name__)

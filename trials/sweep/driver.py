@@ -1,6 +1,6 @@
 """The sweep driver: Optuna ask-and-tell, Ray fan-out, tracked runs, crash recovery.
 
-Every change of a trial's state goes through the ``Recorder`` (trials/recorder.py): the
+Every change of a trial's state goes through the ``Recorder`` (trials/sweep/recorder.py): the
 result file, then the tracker, then Optuna, so a driver killed at any point loses nothing.
 On start, the trials a dead driver left RUNNING are recovered by the same recorder (finished
 from their saved result, or failed as ``driver_died`` and re-queued: training resumes from
@@ -24,9 +24,9 @@ from carvelab.search_space.sweep_dir import SweepDir, driver_lock
 from carvelab.search_space.points import point_config
 from carvelab.search_space.sweep_spec import SUITE_PARAM, SweepSpec
 from carvelab.search_space.yaml_io import ConfigError
-from carvelab.trials import study as st
-from carvelab.trials.callbacks import FrontPublisher
-from carvelab.trials.recorder import Recorder
+from carvelab.trials.sweep import study as st
+from carvelab.trials.sweep.callbacks import FrontPublisher
+from carvelab.trials.sweep.recorder import Recorder
 from carvelab.trials.tracking import flatten, open_tracker, redact, redact_text, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class SweepDriver:
                                  [o.metric for o in self.spec.objectives], self.spec.seeds[0], self.spec.name)
 
     def run(self) -> SweepSummary:
-        from carvelab.trials import scheduler
+        from carvelab.trials.sweep import scheduler
 
         t0 = time.monotonic()
         self._refuse_a_study_without_its_folder()
@@ -203,7 +203,7 @@ class SweepDriver:
             seed, tune = int(trial.user_attrs["seed"]), st.tune_of(trial)
         if sampled and st.point_key(point, seed, tune) in self.study.sampler.trained(self.study, trial.number):
             # The sampler proposes a trained point only where it found no untrained one
-            # (trials/sampling.py): training it again would only repeat the first run.
+            # (trials/sweep/sampling.py): training it again would only repeat the first run.
             trial.set_user_attr("seed", seed)
             trial.set_user_attr("reason", "duplicate")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -241,7 +241,7 @@ class SweepDriver:
             self.recorder.report(trial_number, step, metrics)
 
     def _finish(self, item: _Inflight, result: Optional[dict], exc: Optional[BaseException]) -> None:
-        from carvelab.trials.scheduler import failure_reason
+        from carvelab.trials.sweep.scheduler import failure_reason
 
         if exc is not None:
             payload = {"status": "failed", "reason": failure_reason(exc), "steps": 0, "metrics": {},
@@ -284,7 +284,7 @@ class SweepDriver:
         """Trials waiting in Ray's queue for resources no live node has (the cluster shrank): a
         warning; past ``resources.pending_timeout_s`` they fail as ``unschedulable`` and no new
         trial starts (the running ones finish, then the sweep ends)."""
-        from carvelab.trials import scheduler
+        from carvelab.trials.sweep import scheduler
 
         waiting = [item for number, item in inflight.items() if number not in self.executor.started]
         self.counts["pending"] = len(waiting)

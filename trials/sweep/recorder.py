@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_dir import SweepDir
-from carvelab.trials import study as st
+from carvelab.trials.sweep import study as st
 from carvelab.trials.tracking import (
     RUN_STATUS, RunStore, Tracker, flatten, logged_history, result_tags, test_metrics,
 )

@@ -1,7 +1,7 @@
 """Ray execution of trials; the only module that imports Ray.
 
 - ``start_ray``: joins ``address`` or starts a local Ray bound to 127.0.0.1.
-- the pruning broker (``trials/broker.py``) runs as a Ray actor on the driver's node: it
+- the pruning broker (``trials/sweep/broker.py``) runs as a Ray actor on the driver's node: it
   receives workers' intermediate metrics and answers CONTINUE / STOP from the sweep's
   pruner; the driver drains the reports to log them. Restarted if it dies, from its journal.
 - ``RayExecutor``: submits trials as Ray tasks with the declared resources (fractional
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from carvelab.trials.broker import PruningBroker, import_extensions
+from carvelab.trials.sweep.broker import PruningBroker, import_extensions
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Handle:
 
 class RayExecutor:
     def __init__(self, resources, pruner_spec, objectives, seed: int = 0, journal: Optional[Path] = None):
-        """``journal``: where the pruning broker journals its state (``trials/broker.py``); a
+        """``journal``: where the pruning broker journals its state (``trials/sweep/broker.py``); a
         journal left by an earlier driver run is removed first. None: no journal (a broker
         that dies is restarted empty)."""
         import ray

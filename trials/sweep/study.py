@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from carvelab.search_space.points import ablation_points, grid_points, tune_points
 from carvelab.search_space.sweep_spec import SweepSpec
-from carvelab.trials.sampling import UntrainedSampler
+from carvelab.trials.sweep.sampling import UntrainedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
 
 
 def untrained_sampler(spec: SweepSpec, inner: optuna.samplers.BaseSampler) -> UntrainedSampler:
-    """``inner`` wrapped so that a search never proposes a trained point (trials/sampling.py)."""
+    """``inner`` wrapped so that a search never proposes a trained point (trials/sweep/sampling.py)."""
     dists = space_distributions(spec)
     seed, tune = runs_of_point(spec)[0]  # what a sampled trial runs itself
 
