@@ -5,12 +5,13 @@ x [B, T, d_model] -> y [B, T, d_model]:
     q, k = l2norm(silu(conv(W_q x))), l2norm(silu(conv(W_k x)))      [B, T, H, dk]
     v    = silu(conv(W_v x))                                           [B, T, H, dv]
     g, b, w, r  see ``carvelab.carve_models.gates``
-    o    = gated_delta(q, k, v, g, b, w, r, ...)                       [B, T, H, dv]
+    o    = gated_delta(q, k, v, g, b, w, r, cfg.recurrence)           [B, T, H, dv]
     y    = W_o (RMSNorm(o) ⊙ silu(W_z x))                              (per head)
 
-The recurrence runs only through ``carvelab.kernels.dispatch.gated_delta`` with
-``backend=cfg.backend`` and ``precision=cfg.precision``. With the content gate on, the target gate goes to the kernel
-as its pre-activation together with ``ContentGate(U, V, target, A_log)``.
+The recurrence runs only through ``carvelab.kernels.dispatch.gated_delta`` with the
+model's ``RecurrenceOptions`` (``cfg.recurrence``: erase axis, covariance, chunk size,
+backend, precision). With the content gate on, the target gate goes to the kernel as
+its pre-activation together with ``ContentGate(U, V, target, A_log)``.
 
 A note on exactness: with ``init: matched`` the ``gdn2`` and ``carve`` presets differ
 only by the (inert) content gate, so their outputs agree bit for bit when the kernel's
@@ -57,6 +58,7 @@ class GatedDeltaMixer(nn.Module):
         self.q_conv = ShortConv(H * dk, cfg.conv_size)
         self.k_conv = ShortConv(H * dk, cfg.conv_size)
         self.v_conv = ShortConv(H * dv, cfg.conv_size)
+        self.recurrence = cfg.recurrence
         self.decay = DecayGate(cfg) if cfg.decay != "none" else None
         self.gates = DeltaGates(cfg)
         self.content = (
@@ -70,11 +72,7 @@ class GatedDeltaMixer(nn.Module):
         """x [B, T, d_model] -> [B, T, d_model]."""
         q, k, v = self._qkv(x)
         g, b, w, r, content = self._gates(x)
-        out = gated_delta(
-            q, k, v, g, b, w, r, erase_axis=self.cfg.erase_axis, covariance=self.cfg.covariance,
-            content=content, chunk_size=self.cfg.chunk_size, backend=self.cfg.backend,
-            precision=self.cfg.precision,
-        )
+        out = gated_delta(q, k, v, g, b, w, r, self.recurrence, content=content)
         return self._output(out.o, x)
 
     def _qkv(self, x: torch.Tensor):
