@@ -1,7 +1,10 @@
 """``ModelConfig``: the typed description of one point of the architecture space.
 
 Every field is validated in ``__post_init__``; errors are ``ValueError`` naming the
-field, the bad value and what is allowed. Sweep files address these fields as
+field, the bad value and what is allowed. The recurrence's settings (erase axis,
+covariance, chunk size, backend, precision) are checked by building ``recurrence``, a
+``kernels.options.RecurrenceOptions``, so the kernels' declaration owns their allowed
+values; the gate forms are checked against ``kernels.options.gate_forms``. Sweep files address these fields as
 ``model.<field>`` (the six canonical axes map onto ``erase_axis``, ``content_gate``
 (+ ``content_rank``, ``content_target``), ``write_gate``, ``hybrid_ratio``,
 ``chunk_size`` and ``covariance``).
@@ -12,18 +15,13 @@ from dataclasses import dataclass, fields
 from typing import List, Optional
 
 from carvelab.carve_models.mixers import kinds as mixer_kinds
-from carvelab.kernels.dispatch import BACKENDS
 from carvelab.kernels.options import (
     CHUNK_SIZES,
     CONTENT_TARGETS,
-    COVARIANCES,
-    DECAYS,
     EIGEN_RANGES,
-    ERASE_AXES,
-    ERASE_GATES,
-    PRECISIONS,
-    WRITE_GATES,
-    check_triton_chunk,
+    GATE_KINDS,
+    RecurrenceOptions,
+    gate_forms,
 )
 
 INITS = ("default", "matched")
@@ -87,6 +85,7 @@ class ModelConfig:
     backend: str = "auto"            # kernel backend, see carvelab.kernels.dispatch
     precision: str = "auto"          # products of the Triton kernels (kernels.options): exact | fast;
     #                                  auto = fast on the Triton backend, exact on torch / reference
+    # (erase_axis, covariance, chunk_size, backend, precision: ``recurrence``, one RecurrenceOptions)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,29 +100,18 @@ class ModelConfig:
                 raise ValueError(f"model.{name}={value!r} must be a positive number")
         if self.mlp_hidden is not None:
             _positive_int("mlp_hidden", self.mlp_hidden)
-        for name, allowed in (
-            ("decay", DECAYS), ("erase_axis", ERASE_AXES), ("erase_gate", ERASE_GATES),
-            ("write_gate", WRITE_GATES), ("covariance", COVARIANCES),
-            ("content_target", CONTENT_TARGETS), ("init", INITS), ("backend", BACKENDS),
-            ("precision", ("auto",) + PRECISIONS), ("eigen_range", EIGEN_RANGES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"model.{name}={getattr(self, name)!r} is not allowed; choose one of {list(allowed)}")
+        for name in GATE_KINDS:
+            _one_of(name, getattr(self, name), gate_forms(name))
+        for name, allowed in (("content_target", CONTENT_TARGETS), ("init", INITS), ("eigen_range", EIGEN_RANGES)):
+            _one_of(name, getattr(self, name), allowed)
         for name in ("tie_gates", "content_gate", "tie_embeddings", "sequence_mixing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
-        if self.chunk_size not in CHUNK_SIZES:
-            raise ValueError(f"model.chunk_size={self.chunk_size!r} is not allowed; choose one of {list(CHUNK_SIZES)}")
-        if self.backend == "triton":
-            try:
-                check_triton_chunk(self.chunk_size)
-            except ValueError as exc:
-                raise ValueError(f"model.{exc} (model.backend='triton')") from None
-        if self.precision == "fast" and self.backend in ("torch", "reference"):
-            raise ValueError(
-                f"model.precision='fast' runs on the Triton kernels only; model.backend={self.backend!r} "
-                "computes in fp32: use precision 'exact' or 'auto', or backend 'triton' / 'auto'"
-            )
+        _one_of("chunk_size", self.chunk_size, CHUNK_SIZES)
+        try:
+            self.recurrence  # building the options checks the recurrence's settings
+        except ValueError as exc:
+            raise ValueError(f"model.{exc}") from None
         for name, expand in (("expand_k", self.expand_k), ("expand_v", self.expand_v)):
             total = self.d_model * expand
             if total != int(total) or int(total) % self.n_heads:
@@ -163,7 +151,13 @@ class ModelConfig:
         if self.content_gate and self.content_target == "decay" and self.decay == "none":
             raise ValueError("model.content_target='decay' needs a decay; model.decay='none' has none")
 
-    # ---------------------------------------------------------------- derived sizes
+    # ---------------------------------------------------------------- derived settings
+    @property
+    def recurrence(self) -> RecurrenceOptions:
+        """The settings the mixers run their recurrence with (``kernels.options``)."""
+        return RecurrenceOptions(erase_axis=self.erase_axis, covariance=self.covariance, chunk_size=self.chunk_size,
+                                 precision=self.precision, backend=self.backend)
+
     @property
     def head_dim_k(self) -> int:
         return int(self.d_model * self.expand_k) // self.n_heads
@@ -187,6 +181,11 @@ class ModelConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def _one_of(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{name}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
 def _positive_int(name: str, value) -> None:

@@ -16,14 +16,16 @@ Forward FLOPs per token (``flops_per_token``; a multiply-add counts 2)::
               + 4·C·(dk + dv)            chunked WY: rows of QKᵀ, KKᵀ (2·C·dk each) and of the
                                          two C×C by C×dv products (2·C·dv each)
               + s·C²/3                   the triangular solve (I+T)⁻¹ amortised over the chunk;
-                                         s = dv for a value-axis channel erase gate (one solve
-                                         per value column), else 1
+                                         s = dv for a value-axis erase gate of more than one
+                                         gate per head (one solve per value column), else 1
               + 6·dk²                    propagate only: P̄ = DPD, P̄k, rank-1 downdate
               + dv + 2·rank·(dv + n_t)/C ] content gate only: chunk mean, U(V m) per chunk
     + per attention layer: 4·d·W̄, W̄ = mean over positions t = 1..seq_len of min(t, W)
       (QKᵀ and the weighted sum of values over the attended keys)
 
-Norms, activations, RoPE and the softmax are left out (O(d) per token).
+Norms, activations, RoPE and the softmax are left out (O(d) per token). The gate widths
+(the erase gate's ``n_b``, the content target's ``n_t``) are read off the built mixer, so a
+gate form (``gates.GATE_FORMS``) is costed by what it builds.
 
 State bytes at inference (``state_bytes``; fp32, times ``batch``)::
 
@@ -40,7 +42,7 @@ import torch
 from torch import nn
 
 from carvelab.carve_models.config import ModelConfig
-from carvelab.carve_models.gates import content_target_width
+from carvelab.carve_models.mixer import GatedDeltaMixer
 
 FP32_BYTES = 4
 
@@ -72,15 +74,19 @@ def _linear_weights(cfg: ModelConfig, model: nn.Module) -> int:
     return n + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
 
 
-def _recurrence_flops(cfg: ModelConfig) -> float:
-    """Per token, one recurrent layer, all heads: state + chunked WY (+ P, + content)."""
+def _recurrence_flops(cfg: ModelConfig, model: nn.Module) -> float:
+    """Per token, one recurrent layer, all heads: state + chunked WY (+ P, + content);
+    gate widths from the built mixer (0 when ``model`` has none)."""
+    mixer = next((m for m in model.modules() if isinstance(m, GatedDeltaMixer)), None)
+    if mixer is None:
+        return 0.0
     H, dk, dv, C = cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v, cfg.chunk_size
-    solves = dv if (cfg.erase_axis == "value" and cfg.erase_gate == "channel") else 1
+    solves = dv if (cfg.erase_axis == "value" and mixer.gates.n_b > 1) else 1
     per_head = 8 * dk * dv + 4 * C * (dk + dv) + solves * C * C / 3
     if cfg.covariance == "propagate":
         per_head += 6 * dk * dk
-    if cfg.content_gate:
-        per_head += dv + 2 * cfg.content_rank * (dv + content_target_width(cfg)) / C
+    if mixer.content is not None:
+        per_head += dv + 2 * cfg.content_rank * (dv + mixer.content.U.shape[1]) / C
     return H * per_head
 
 
@@ -104,7 +110,7 @@ def flops_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
     return {
         "linear": 2.0 * _linear_weights(cfg, model),
         "conv": 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, ShortConv)),
-        "recurrence": n_rec * _recurrence_flops(cfg),
+        "recurrence": n_rec * _recurrence_flops(cfg, model),
         "attention": n_att * 4 * cfg.d_model * mean_attended(seq_len, cfg.window),
     }
 

@@ -13,6 +13,22 @@ All gates are computed in fp32. Per token and head (DESIGN §2):
 Where a content gate targets a gate, the mixer hands the kernel that gate's
 *pre-activation* (``b``: the logits; ``g``: ``f + dt_bias``) so the kernel can add the
 chunk's correction before the nonlinearity.
+
+Gate forms. Each gate kind (``decay``, ``erase_gate``, ``write_gate``: the ModelConfig
+fields) has named forms in ``GATE_FORMS``, kind -> name -> an ``nn.Module`` class that
+the mixer builds as ``cls(cfg)`` and that has
+
+    width(cfg)  classmethod: gates per head as the kernel gets them, 1 (one per head:
+                [B, T, H]) or the width of its axis (dk for a decay, dk / dv for an erase
+                gate by ``erase_axis``, dv for a write gate: [B, T, H, width])
+    forward(x)  x [B, T, d_model] -> the pre-activation (fp32) in that layout; a decay
+                form takes ``forward(x, pre=False)`` and returns the log-decay unless
+                ``pre``, and keeps ``A_log`` [H] when it can be a content-gate target
+
+The activations of the erase and write gates (sigmoid, the erase scale), tying and the
+noise stay in ``DeltaGates``. A new form is its class plus ``register_gate_form(kind,
+name, cls)`` (which also teaches ``kernels.options`` the name, so ``ModelConfig`` accepts
+it); costs come from the built layers (``costs``).
 """
 from __future__ import annotations
 
@@ -24,6 +40,7 @@ from torch.nn import functional as F
 
 from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.init import apply_special_inits
+from carvelab.kernels import options
 from carvelab.kernels.options import ERASE_SCALES
 
 # Write-gate bias at init: sigmoid(0) = 0.5, the mean of a tied beta = sigmoid(N(0, small)),
@@ -35,18 +52,10 @@ DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 A_INIT_RANGE = (1.0, 16.0)
 
 
-def erase_width(cfg: ModelConfig) -> int:
-    """Erase gates per head: 1 (one beta per head), dk (key axis) or dv (value axis)."""
-    if cfg.erase_gate == "head":
-        return 1
-    return cfg.head_dim_k if cfg.erase_axis == "key" else cfg.head_dim_v
-
-
 def content_target_width(cfg: ModelConfig) -> int:
     """Width n of the gate the content gate corrects (its U is [H, n, rank])."""
-    if cfg.content_target == "decay":
-        return cfg.head_dim_k if cfg.decay == "channel" else 1
-    return erase_width(cfg)
+    kind = "decay" if cfg.content_target == "decay" else "erase_gate"
+    return gate_form(kind, getattr(cfg, kind)).width(cfg)
 
 
 def _a_log_init(p: torch.Tensor, generator=None) -> None:
@@ -65,16 +74,20 @@ def _zeros(p: torch.Tensor, generator=None) -> None:
 
 
 class DecayGate(nn.Module):
-    """g = -exp(A_log) · softplus(f_proj(x) + dt_bias).
+    """g = -exp(A_log) · softplus(f_proj(x) + dt_bias), ``width(cfg)`` decays per head.
 
-    ``pre(x)`` -> [B, T, H, n] fp32 with n = dk (channel) or 1 (scalar);
-    ``activate(pre)`` -> the log-decay g (<= 0) of the same shape.
+    ``forward(x, pre=False)`` -> the log-decay g (<= 0) [B, T, H] (width 1) or [B, T, H, n],
+    or with ``pre`` its pre-activation ``f + dt_bias`` (what a content gate corrects).
     """
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        raise NotImplementedError
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         H = cfg.n_heads
-        self.n = cfg.head_dim_k if cfg.decay == "channel" else 1
+        self.n = self.width(cfg)
         self.f_proj = nn.Linear(cfg.d_model, H * self.n, bias=False)
         self.A_log = nn.Parameter(torch.empty(H))
         self.dt_bias = nn.Parameter(torch.empty(H * self.n))
@@ -83,12 +96,137 @@ class DecayGate(nn.Module):
     def special_inits(self) -> dict:
         return {"A_log": _a_log_init, "dt_bias": _dt_bias_init}
 
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pre: bool = False) -> torch.Tensor:
         B, T, _ = x.shape
-        return (self.f_proj(x).float() + self.dt_bias.float()).view(B, T, -1, self.n)
+        f = (self.f_proj(x).float() + self.dt_bias.float()).view(B, T, -1, self.n)
+        g = f if pre else -torch.exp(self.A_log.float()).view(-1, 1) * F.softplus(f)
+        return g.squeeze(-1) if self.n == 1 else g
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return -torch.exp(self.A_log.float()).view(-1, 1) * F.softplus(pre)
+
+class ChannelDecay(DecayGate):
+    """One decay per key channel (KDA, GDN-2)."""
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        return cfg.head_dim_k
+
+
+class ScalarDecay(DecayGate):
+    """One decay per head (Gated DeltaNet)."""
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        return 1
+
+
+class NoDecay(nn.Module):
+    """No decay (DeltaNet): g = 0 [B, T, H]; no parameters, nothing for a content gate."""
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        return 1
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+
+    def forward(self, x: torch.Tensor, pre: bool = False) -> torch.Tensor:
+        if pre:
+            raise ValueError("decay 'none' has no pre-activation for a content gate to correct")
+        return x.new_zeros(x.shape[0], x.shape[1], self.n_heads, dtype=torch.float32)
+
+
+class ProjectedGate(nn.Linear):
+    """An erase or write gate form read off one linear map d_model -> H · width(cfg):
+    ``forward(x)`` -> fp32 [B, T, H] (width 1) or [B, T, H, width]."""
+
+    has_bias = False
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        raise NotImplementedError
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg.d_model, cfg.n_heads * self.width(cfg), bias=self.has_bias)
+        self.n = self.width(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _heads(super().forward(x).float(), self.n)
+
+
+class ChannelErase(ProjectedGate):
+    """b per channel of the erase axis (dk on the key axis, dv on the value axis)."""
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        return cfg.head_dim_k if cfg.erase_axis == "key" else cfg.head_dim_v
+
+
+class HeadErase(ProjectedGate):
+    """One beta per head (b = beta · 1)."""
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        return 1
+
+
+class WriteGate(ProjectedGate):
+    """A write gate: zero weight and a constant bias at init, so w = sigmoid(WRITE_GATE_BIAS_INIT)."""
+
+    has_bias = True
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        apply_special_inits(self)
+
+    def special_inits(self) -> dict:
+        return {"weight": _zeros, "bias": lambda p, generator=None: p.fill_(WRITE_GATE_BIAS_INIT)}
+
+
+class ScalarWrite(WriteGate):
+    """One write gate per head."""
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        return 1
+
+
+class PerValueWrite(WriteGate):
+    """One write gate per value channel."""
+
+    @classmethod
+    def width(cls, cfg: ModelConfig) -> int:
+        return cfg.head_dim_v
+
+
+GATE_FORMS: dict[str, dict[str, type]] = {
+    "decay": {"channel": ChannelDecay, "scalar": ScalarDecay, "none": NoDecay},
+    "erase_gate": {"channel": ChannelErase, "head": HeadErase},
+    "write_gate": {"scalar": ScalarWrite, "per_value": PerValueWrite},
+}
+
+
+def register_gate_form(kind: str, name: str, cls: type) -> None:
+    """Add form ``name`` of gate ``kind`` (one of kernels.options.GATE_KINDS), built by
+    ``cls`` (see the module docstring); ModelConfig then accepts ``model.<kind>: <name>``.
+    Registering the same class again does nothing; another class under a taken name is
+    refused."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and callable(getattr(cls, "width", None))):
+        raise TypeError(f"gate form {name!r}: {cls!r} must be an nn.Module class with a width(cfg) classmethod")
+    known = GATE_FORMS.get(kind, {}).get(name)
+    if known is not None and known is not cls:
+        raise ValueError(f"{kind} form {name!r} is already registered ({known.__name__})")
+    options.register_gate_form(kind, name)
+    GATE_FORMS[kind][name] = cls
+
+
+def gate_form(kind: str, name: str) -> type:
+    """The class of form ``name`` of gate ``kind``; ValueError naming the registered forms."""
+    forms = GATE_FORMS.get(kind)
+    if forms is None or name not in forms:
+        raise ValueError(f"model.{kind}={name!r} has no registered gate form; registered: "
+                         f"{sorted(forms) if forms else sorted(GATE_FORMS)}")
+    return forms[name]
 
 
 class DeltaGates(nn.Module):
@@ -98,6 +236,7 @@ class DeltaGates(nn.Module):
         b  [B, T, H] (head) or [B, T, H, dk|dv] (channel); logits if ``erase_pre``
         w  [B, T, H] (scalar) or [B, T, H, dv] (per_value)
         r  [B, T, H] or None
+    ``b_proj`` / ``w_proj`` are the ``erase_gate`` / ``write_gate`` forms (``GATE_FORMS``).
     With ``tie_gates`` and ``propagate`` there is no erase projection: beta = 1/(1+r),
     whose logit is -log r (sigmoid(-log r) = 1/(1+r)). With ``tie_gates`` and a content
     gate on the erase gate, w is beta *before* the chunk's correction: the correction is
@@ -111,29 +250,22 @@ class DeltaGates(nn.Module):
         self.tie = cfg.tie_gates
         self.propagate = cfg.covariance == "propagate"
         self.erase_scale = ERASE_SCALES[cfg.eigen_range]
-        self.n_b = erase_width(cfg)
-        self.n_w = 1 if cfg.write_gate == "scalar" else cfg.head_dim_v
+        erase = gate_form("erase_gate", cfg.erase_gate)
+        self.n_b = erase.width(cfg)
         self.r_proj = nn.Linear(d, H, bias=False) if self.propagate else None
-        self.b_proj = None if (self.tie and self.propagate) else nn.Linear(d, H * self.n_b, bias=False)
-        self.w_proj = None if self.tie else nn.Linear(d, H * self.n_w, bias=True)
-        apply_special_inits(self)
-
-    def special_inits(self) -> dict:
-        if self.w_proj is None:
-            return {}
-        # Zero weight and a constant bias: w = sigmoid(WRITE_GATE_BIAS_INIT) for every token.
-        return {"w_proj.weight": _zeros, "w_proj.bias": lambda p, generator=None: p.fill_(WRITE_GATE_BIAS_INIT)}
+        self.b_proj = None if (self.tie and self.propagate) else erase(cfg)
+        self.w_proj = None if self.tie else gate_form("write_gate", cfg.write_gate)(cfg)
 
     def forward(self, x: torch.Tensor, erase_pre: bool = False):
         r = self._noise(x)
         if self.b_proj is None:
             beta = 1.0 / (1.0 + r)
             return (-torch.log(r) if erase_pre else beta), beta, r
-        logits = _heads(self.b_proj(x).float(), self.n_b)
+        logits = self.b_proj(x)
         gate = torch.sigmoid(logits)
         if self.erase_scale != 1.0:
             gate = self.erase_scale * gate
-        w = gate if self.tie else torch.sigmoid(_heads(self.w_proj(x).float(), self.n_w))
+        w = gate if self.tie else torch.sigmoid(self.w_proj(x))
         return (logits if erase_pre else gate), w, r
 
     def _noise(self, x: torch.Tensor):

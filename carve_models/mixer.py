@@ -5,12 +5,14 @@ x [B, T, d_model] -> y [B, T, d_model]:
     q, k = l2norm(silu(conv(W_q x))), l2norm(silu(conv(W_k x)))      [B, T, H, dk]
     v    = silu(conv(W_v x))                                           [B, T, H, dv]
     g, b, w, r  see ``carvelab.carve_models.gates``
-    o    = gated_delta(q, k, v, g, b, w, r, ...)                       [B, T, H, dv]
+    o    = gated_delta(q, k, v, g, b, w, r, cfg.recurrence)           [B, T, H, dv]
     y    = W_o (RMSNorm(o) ⊙ silu(W_z x))                              (per head)
 
-The recurrence runs only through ``carvelab.kernels.dispatch.gated_delta`` with
-``backend=cfg.backend`` and ``precision=cfg.precision``. With the content gate on, the target gate goes to the kernel
-as its pre-activation together with ``ContentGate(U, V, target, A_log)``.
+The recurrence runs only through ``carvelab.kernels.dispatch.gated_delta`` with the
+model's ``RecurrenceOptions`` (``cfg.recurrence``: erase axis, covariance, chunk size,
+backend, precision). The decay and the erase / write gates are the config's gate forms
+(``gates.GATE_FORMS``). With the content gate on, the target gate goes to the kernel as
+its pre-activation together with ``ContentGate(U, V, target, A_log)``.
 
 A note on exactness: with ``init: matched`` the ``gdn2`` and ``carve`` presets differ
 only by the (inert) content gate, so their outputs agree bit for bit when the kernel's
@@ -27,7 +29,7 @@ from torch import nn
 
 from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.conv import ShortConv
-from carvelab.carve_models.gates import ContentParams, DecayGate, DeltaGates, content_target_width
+from carvelab.carve_models.gates import ContentParams, DeltaGates, content_target_width, gate_form
 from carvelab.carve_models.norm import GatedRMSNorm
 from carvelab.kernels import ContentGate
 from carvelab.kernels.dispatch import gated_delta
@@ -57,7 +59,8 @@ class GatedDeltaMixer(nn.Module):
         self.q_conv = ShortConv(H * dk, cfg.conv_size)
         self.k_conv = ShortConv(H * dk, cfg.conv_size)
         self.v_conv = ShortConv(H * dv, cfg.conv_size)
-        self.decay = DecayGate(cfg) if cfg.decay != "none" else None
+        self.recurrence = cfg.recurrence
+        self.decay = gate_form("decay", cfg.decay)(cfg)
         self.gates = DeltaGates(cfg)
         self.content = (
             ContentParams(H, content_target_width(cfg), cfg.content_rank, dv) if cfg.content_gate else None
@@ -70,11 +73,7 @@ class GatedDeltaMixer(nn.Module):
         """x [B, T, d_model] -> [B, T, d_model]."""
         q, k, v = self._qkv(x)
         g, b, w, r, content = self._gates(x)
-        out = gated_delta(
-            q, k, v, g, b, w, r, erase_axis=self.cfg.erase_axis, covariance=self.cfg.covariance,
-            content=content, chunk_size=self.cfg.chunk_size, backend=self.cfg.backend,
-            precision=self.cfg.precision,
-        )
+        out = gated_delta(q, k, v, g, b, w, r, self.recurrence, content=content)
         return self._output(out.o, x)
 
     def _qkv(self, x: torch.Tensor):
@@ -89,21 +88,13 @@ class GatedDeltaMixer(nn.Module):
         """(g, b, w, r, content) for the kernel; the content gate's target stays pre-activation."""
         target = self.cfg.content_target if self.content is not None else None
         b, w, r = self.gates(x, erase_pre=target == "erase")
-        g = self._decay(x, pre=target == "decay")
+        g = self.decay(x, pre=target == "decay")
         content = None
         if self.content is not None:
             A_log = self.decay.A_log if target == "decay" else None
             scale = self.gates.erase_scale if target == "erase" else 1.0
             content = ContentGate(self.content.U, self.content.V, target, A_log, erase_scale=scale)
         return g, b, w, r, content
-
-    def _decay(self, x: torch.Tensor, pre: bool) -> torch.Tensor:
-        """Log-decay g [B, T, H] (scalar / none) or [B, T, H, dk]; its pre-activation if ``pre``."""
-        if self.decay is None:
-            return x.new_zeros(x.shape[0], x.shape[1], self.cfg.n_heads, dtype=torch.float32)
-        f = self.decay.pre(x)
-        g = f if pre else self.decay.activate(f)
-        return g.squeeze(-1) if g.shape[-1] == 1 else g
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         B, T, H, dv = o.shape

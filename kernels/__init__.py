@@ -2,11 +2,14 @@
 
 The public surface, what the model layers and tools use:
 
-- ``gated_delta(q, k, v, g, b, w, r, ..., backend=...)``: the one entry point (``dispatch``);
+- ``gated_delta(q, k, v, g, b, w, r, options, ...)``: the one entry point (``dispatch``);
   ``resolve_backend`` says which implementation a call will run.
+- ``RecurrenceOptions``: a call's settings (erase axis, covariance, chunk size, scale,
+  precision, backend), validated when built (``options``).
 - ``gated_delta_reference``: the token-by-token fp32 specification (``reference``).
 - ``ContentGate``, ``RecurrenceOutput``: the content gate's parameters and the result.
-- ``options``: the vocabulary (every axis's allowed values, the kernels' chunk sizes).
+- ``options``: the vocabulary (every axis's allowed values, the gate forms, the kernels'
+  chunk sizes).
 
 Everything else here (``_args``, ``chunk``, ``triton_*``, ``_triton_common``, ``tuning``,
 ``cuda_graph``) is internal; calls go one way: dispatch -> triton_ops (autograd
@@ -16,7 +19,8 @@ _triton_common.
 from carvelab.kernels import options
 from carvelab.kernels._args import ContentGate, RecurrenceOutput
 from carvelab.kernels.dispatch import BACKENDS, gated_delta, resolve_backend
+from carvelab.kernels.options import RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 
-__all__ = ["BACKENDS", "ContentGate", "RecurrenceOutput", "gated_delta", "gated_delta_reference", "options",
-           "resolve_backend"]
+__all__ = ["BACKENDS", "ContentGate", "RecurrenceOptions", "RecurrenceOutput", "gated_delta",
+           "gated_delta_reference", "options", "resolve_backend"]

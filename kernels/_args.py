@@ -1,7 +1,10 @@
 """Argument checking and broadcasting shared by every recurrence backend.
 
-Every backend (reference, torch chunked, Triton) takes the same arguments; this module
-turns them into one canonical fp32 layout so the backends only differ in algorithm:
+Every backend (reference, torch chunked, Triton) takes the same arguments,
+``fn(q, k, v, g, b, w, r=None, options=None, *, content=None, initial_state=None,
+initial_cov=None)`` with ``options`` a ``RecurrenceOptions`` (``kernels.options``; the
+settings, validated when built); this module turns them into one canonical fp32 layout so
+the backends only differ in algorithm:
 
     q, k   [B, T, H, dk]      v [B, T, H, dv]
     g      [B, T, H, dk]      log-decay (<= 0); a [B, T, H] scalar decay is expanded
@@ -17,13 +20,13 @@ kept with a trailing axis of size 1 (a per-head gate stays per head).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from carvelab.kernels.options import CONTENT_TARGETS, COVARIANCES, ERASE_AXES, ERASE_SCALES
-
+from carvelab.kernels.options import CONTENT_TARGETS, ERASE_SCALES, RecurrenceOptions, recurrence_options
 
 
 class ContentGate(NamedTuple):
@@ -81,9 +84,19 @@ class Canonical:
         return B, T, H, dk, self.v.shape[-1]
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+def keyword_settings(backend: Callable) -> Callable:
+    """``backend`` (tensors, options) as a public entry point that also takes the settings
+    as keywords: ``fn(q, k, v, g, b, w, r=None, options=None, *, content=None,
+    initial_state=None, initial_cov=None, **settings)`` with ``settings`` any fields of
+    ``RecurrenceOptions``, laid over ``options`` by ``options.recurrence_options``."""
+
+    @functools.wraps(backend)
+    def entry(q, k, v, g, b, w, r=None, options=None, *, content=None, initial_state=None, initial_cov=None,
+              **settings):
+        return backend(q, k, v, g, b, w, r, recurrence_options(options, **settings), content=content,
+                       initial_state=initial_state, initial_cov=initial_cov)
+
+    return entry
 
 
 def _expand_last(name: str, x: torch.Tensor, lead: tuple[int, ...], n: int, keep_one: bool) -> torch.Tensor:
@@ -99,27 +112,30 @@ def _expand_last(name: str, x: torch.Tensor, lead: tuple[int, ...], n: int, keep
 
 
 def canonicalize(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None, keep_dtypes=(),
+    q, k, v, g, b, w, r, options: RecurrenceOptions, *, content=None, initial_state=None, initial_cov=None,
+    keep_dtypes=(),
 ) -> Canonical:
-    """Check every argument (naming the bad one) and bring it into the canonical layout.
+    """Check every tensor against ``options`` (naming the bad one) and bring it into the
+    canonical layout; the settings themselves were checked when ``options`` was built.
 
     q, k, v become fp32 unless their dtype is in ``keep_dtypes`` (kernels that upcast on
     load take bf16 as is, which saves a copy of each); gates are always fp32."""
-    _choice("erase_axis", erase_axis, ERASE_AXES)
-    _choice("covariance", covariance, COVARIANCES)
+    if not isinstance(options, RecurrenceOptions):
+        raise TypeError(f"options must be a RecurrenceOptions; got {type(options).__name__}")
+    if isinstance(r, RecurrenceOptions):
+        raise TypeError("a RecurrenceOptions was passed as r: options come after r (pass r=None, or options=...)")
+    erase_axis, covariance = options.erase_axis, options.covariance
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"q and k must both be [B, T, H, dk]; got {tuple(q.shape)} and {tuple(k.shape)}")
     B, T, H, dk = q.shape
     if v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
         raise ValueError(f"v must be [B, T, H, dv] with B, T, H = {B, T, H}; got {tuple(v.shape)}")
     dv = v.shape[-1]
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
     lead = (B, T, H)
     target = None
     if content is not None:
-        _choice("content.target", content.target, CONTENT_TARGETS)
+        if content.target not in CONTENT_TARGETS:
+            raise ValueError(f"content.target={content.target!r} is not allowed; choose one of {list(CONTENT_TARGETS)}")
         target = content.target
         if target == "decay" and content.A_log is None:
             raise ValueError("content.A_log is required when content.target='decay'")
@@ -159,10 +175,10 @@ def canonicalize(
 
     return Canonical(
         q=upcast(q), k=upcast(k), v=upcast(v), g=g, b=b, w=w, r=r,
-        erase_axis=erase_axis, covariance=covariance, content=content, chunk_size=chunk_size,
+        erase_axis=erase_axis, covariance=covariance, content=content, chunk_size=options.chunk_size,
         initial_state=None if initial_state is None else initial_state.float(),
         initial_cov=None if initial_cov is None else initial_cov.float(),
-        scale=dk ** -0.5 if scale is None else float(scale),
+        scale=dk ** -0.5 if options.scale is None else float(options.scale),
     )
 
 

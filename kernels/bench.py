@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from carvelab.kernels._args import ContentGate
 from carvelab.kernels.chunk import chunk_gated_delta
+from carvelab.kernels.options import RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 
 OUT_TOL = 1e-5     # max|a - b| / max|b| on outputs and final state
@@ -69,7 +70,8 @@ def make_inputs(shape: Shape, content: bool, seed: int = 0) -> dict:
 def call(fn: Callable, x: dict, chunk_size: int):
     """Run ``fn`` on the inputs, return (outputs, loss) with a loss touching o and the state."""
     content = ContentGate(x["U"], x["V"]) if "U" in x else None
-    out = fn(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], content=content, chunk_size=chunk_size)
+    out = fn(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], None, RecurrenceOptions(chunk_size=chunk_size),
+             content=content)
     loss = (out.o * torch.linspace(-1, 1, out.o.shape[-1])).sum() + out.state.square().sum()
     return out, loss
 

@@ -115,6 +115,7 @@ def points(x):
     """name -> (our call, fla call or None), all on the same inputs."""
     from carvelab.kernels._args import ContentGate
     from carvelab.kernels.cuda_graph import replay
+    from carvelab.kernels.options import RecurrenceOptions
     from carvelab.kernels.triton_ops import triton_chunk_gated_delta as chunk
     from carvelab.kernels.triton_ops import triton_recurrent_gated_delta as recurrent
 
@@ -125,6 +126,7 @@ def points(x):
                           V=(torch.randn(H, 4, dv, generator=gen, device="cuda") / dv ** 0.5).requires_grad_(),
                           target="erase")
     logits = torch.logit(b.clamp(1e-4, 1 - 1e-4))
+    fast, value = RecurrenceOptions(precision="fast"), RecurrenceOptions(erase_axis="value")
 
     def eager(fn):  # the content-gate loop without CUDA-graph replay
         with replay(False):
@@ -140,16 +142,16 @@ def points(x):
                 None if fla is None else lambda: fla["gdn"](q, k, v, gh, beta.to(q.dtype))[0]),
         "gdn2+content_gate": (lambda: chunk(q, k, v, g, logits, w, content=content).o, None),
         "gdn2+content_gate_eager": (lambda: eager(lambda: chunk(q, k, v, g, logits, w, content=content).o), None),
-        "gdn2_value_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w, erase_axis="value").o, None),
+        "gdn2_value_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w, None, value).o, None),
         "gdn2_key_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w).o, None),
         # precision="fast": bf16 tensor-core products, TF32 solve (kernels/options.py)
-        "gdn2[fast]": (lambda: chunk(q, k, v, g, b, w, precision="fast").o,
+        "gdn2[fast]": (lambda: chunk(q, k, v, g, b, w, None, fast).o,
                        None if fla is None else lambda: fla["gdn2"](q, k, v, g, b.to(q.dtype), w.to(q.dtype))[0]),
-        "kda[fast]": (lambda: chunk(q, k, v, g, beta, beta, precision="fast").o,
+        "kda[fast]": (lambda: chunk(q, k, v, g, beta, beta, None, fast).o,
                       None if fla is None else lambda: fla["kda"](q, k, v, g, beta.to(q.dtype))[0]),
-        "gdn[fast]": (lambda: chunk(q, k, v, gh, beta, beta, precision="fast").o,
+        "gdn[fast]": (lambda: chunk(q, k, v, gh, beta, beta, None, fast).o,
                       None if fla is None else lambda: fla["gdn"](q, k, v, gh, beta.to(q.dtype))[0]),
-        "gdn2+content_gate[fast]": (lambda: chunk(q, k, v, g, logits, w, content=content, precision="fast").o, None),
+        "gdn2+content_gate[fast]": (lambda: chunk(q, k, v, g, logits, w, None, fast, content=content).o, None),
     }
 
 
@@ -171,6 +173,7 @@ def _fla():
 
 def check_against_reference() -> dict:
     """fp32, small shape: our Triton kernels vs the token-by-token reference (outputs and grads)."""
+    from carvelab.kernels.options import RecurrenceOptions
     from carvelab.kernels.reference import gated_delta_reference
     from carvelab.kernels.triton_ops import triton_chunk_gated_delta
 
@@ -178,7 +181,7 @@ def check_against_reference() -> dict:
     names = ("q", "k", "v", "g", "b", "w")
     ins = [x[n].detach().clone().requires_grad_() for n in names]
     ref = [x[n].detach().clone().requires_grad_() for n in names]
-    o = triton_chunk_gated_delta(*ins, chunk_size=32).o
+    o = triton_chunk_gated_delta(*ins, None, RecurrenceOptions(chunk_size=32)).o
     o_ref = gated_delta_reference(*ref).o
     do = torch.randn_like(o_ref)
     (o * do).sum().backward()

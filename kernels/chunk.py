@@ -1,12 +1,12 @@
 """The torch chunked path of the unified gated delta recurrence.
 
-    chunk_gated_delta(q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset",
-                      content=None, chunk_size=64, initial_state=None, initial_cov=None,
-                      scale=None) -> RecurrenceOutput
-    chunk_gated_delta_value(...same arguments, erase_axis="value"...) -> RecurrenceOutput
+    chunk_gated_delta(q, k, v, g, b, w, r=None, options=RecurrenceOptions(), *,
+                      content=None, initial_state=None, initial_cov=None) -> RecurrenceOutput
+    chunk_gated_delta_value(...same, options=RecurrenceOptions(erase_axis="value")...)
 
-Same arguments, shapes and result as ``gated_delta_reference`` (see
-``carvelab.kernels._args``); plain torch ops, so autograd gives every gradient.
+Same tensors, shapes and result as ``gated_delta_reference`` (see
+``carvelab.kernels._args``); plain torch ops, so autograd gives every gradient. Both
+compute in fp32 and refuse ``options.precision="fast"``.
 
 ``chunk_gated_delta`` is the key-axis family: per chunk of C tokens one WY / UT transform
 with a single triangular solve shared by all dv value columns (``_wy.key_chunk``).
@@ -50,6 +50,7 @@ from carvelab.kernels._wy import (
     value_step,
 )
 from carvelab.kernels.covariance import propagate_pass
+from carvelab.kernels.options import RecurrenceOptions, check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +66,19 @@ _KEY = _Axis(key_chunk, key_step)
 _VALUE = _Axis(value_chunk, value_step)
 
 
+_KEY_OPTIONS = RecurrenceOptions()
+_VALUE_OPTIONS = RecurrenceOptions(erase_axis="value")
+
+
 def chunk_gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+    q, k, v, g, b, w, r=None, options: RecurrenceOptions = _KEY_OPTIONS, *, content=None,
+    initial_state=None, initial_cov=None,
 ) -> RecurrenceOutput:
     """Key-axis chunked WY path; arguments and result as ``gated_delta_reference``.
 
     Refuses ``erase_axis="value"``: see ``chunk_gated_delta_value``.
     """
-    c = canonicalize(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov, scale=scale,
-    )
+    c = _canonical(q, k, v, g, b, w, r, options, content, initial_state, initial_cov)
     if c.erase_axis != "key":
         raise ValueError(
             f"erase_axis={c.erase_axis!r} is not supported by chunk_gated_delta, which needs "
@@ -89,23 +91,26 @@ def chunk_gated_delta(
 
 
 def chunk_gated_delta_value(
-    q, k, v, g, b, w, r=None, *, erase_axis="value", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+    q, k, v, g, b, w, r=None, options: RecurrenceOptions = _VALUE_OPTIONS, *, content=None,
+    initial_state=None, initial_cov=None,
 ) -> RecurrenceOutput:
     """Value-axis chunked path with dv per-column solves; arguments as the reference.
 
     Exact for any value-axis mask, at dv times the solve work of the key-axis path.
     """
-    c = canonicalize(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov, scale=scale,
-    )
+    c = _canonical(q, k, v, g, b, w, r, options, content, initial_state, initial_cov)
     if c.erase_axis != "value":
         raise ValueError(
             f"erase_axis={c.erase_axis!r} is not supported by chunk_gated_delta_value, which "
             "needs erase_axis='value'; use chunk_gated_delta for the key axis (one shared solve)"
         )
     return _run(c, _VALUE, v.dtype)
+
+
+def _canonical(q, k, v, g, b, w, r, options, content, initial_state, initial_cov) -> Canonical:
+    check_precision(options.precision, "torch_chunk")
+    return canonicalize(q, k, v, g, b, w, r, options, content=content, initial_state=initial_state,
+                        initial_cov=initial_cov)
 
 
 @dataclass(frozen=True)

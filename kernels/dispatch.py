@@ -1,4 +1,8 @@
-"""The one entry point the model layers call: ``gated_delta(..., backend=...)``.
+"""The one entry point the model layers call: ``gated_delta(..., options)``.
+
+``gated_delta(q, k, v, g, b, w, r=None, options=None, *, content=None, initial_state=None,
+initial_cov=None, **settings)``: ``options`` a ``RecurrenceOptions`` (``kernels.options``),
+and any of its fields may be given as keywords instead (``backend="torch"``), laid over it.
 
 Backends:
     reference  token-by-token specification (kernels/reference.py), any device
@@ -9,17 +13,20 @@ Backends:
     auto       triton on CUDA tensors, torch on CPU tensors
 
 ``resolve_backend`` tells which implementation a call will actually use, so a trial can
-record it; no backend ever falls back to another silently. ``resolve_precision`` does the
-same for ``precision="auto"`` (fast on the Triton kernels, exact elsewhere).
+record it; no backend ever falls back to another silently. ``resolve_precision``
+(``options``) does the same for ``precision="auto"`` (fast on the Triton kernels, exact
+elsewhere).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from carvelab.kernels._args import RecurrenceOutput
-from carvelab.kernels.options import check_precision, check_triton_chunk
+from carvelab.kernels._args import RecurrenceOutput, keyword_settings
+from carvelab.kernels.options import BACKENDS, RecurrenceOptions, check_triton_chunk, resolve_precision
 
-BACKENDS = ("auto", "triton", "torch", "reference")
+__all__ = ["BACKENDS", "IMPLEMENTATIONS", "gated_delta", "resolve_backend", "resolve_precision"]
 
 # Names of the implementations ``resolve_backend`` can answer.
 IMPLEMENTATIONS = (
@@ -50,30 +57,14 @@ def resolve_backend(backend: str, device: torch.device, erase_axis: str, chunk_s
     return "triton_chunk" if erase_axis == "key" else "triton_recurrent"
 
 
-def resolve_precision(precision: str, implementation: str) -> str:
-    """``auto`` -> ``fast`` on a Triton implementation, ``exact`` elsewhere; an explicit value
-    is returned as given once ``implementation`` can run it (options.check_precision)."""
-    if precision == "auto":
-        return "fast" if implementation.startswith("triton") else "exact"
-    check_precision(precision, implementation)
-    return precision
-
-
-def gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None, backend="auto", precision="exact",
-) -> RecurrenceOutput:
-    """Run the unified recurrence with the chosen backend; arguments as in the reference.
-    ``precision``: one of options.PRECISIONS (``fast`` runs on the Triton backend only) or
-    ``auto`` (``resolve_precision``)."""
-    impl = resolve_backend(backend, q.device, erase_axis, chunk_size)
-    precision = resolve_precision(precision, impl)
-    kwargs = dict(
-        erase_axis=erase_axis, covariance=covariance, content=content, chunk_size=chunk_size,
-        initial_state=initial_state, initial_cov=initial_cov, scale=scale,
-    )
-    if impl.startswith("triton"):
-        kwargs["precision"] = precision
+@keyword_settings
+def gated_delta(q, k, v, g, b, w, r, options: RecurrenceOptions, *, content, initial_state, initial_cov
+                ) -> RecurrenceOutput:
+    """Run the unified recurrence on ``options.backend``; tensors as in the reference.
+    ``options.precision="auto"`` is resolved for the implementation that runs
+    (``resolve_precision``)."""
+    impl = resolve_backend(options.backend, q.device, options.erase_axis, options.chunk_size)
+    options = replace(options, precision=resolve_precision(options.precision, impl))
     if impl == "reference":
         from carvelab.kernels.reference import gated_delta_reference as fn
     elif impl == "torch_chunk":
@@ -84,4 +75,4 @@ def gated_delta(
         from carvelab.kernels.triton_ops import triton_chunk_gated_delta as fn
     else:
         from carvelab.kernels.triton_ops import triton_recurrent_gated_delta as fn
-    return fn(q, k, v, g, b, w, r, **kwargs)
+    return fn(q, k, v, g, b, w, r, options, content=content, initial_state=initial_state, initial_cov=initial_cov)

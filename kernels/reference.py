@@ -19,7 +19,9 @@ Content gate (CARVE): for chunk c = t // chunk_size, ``m_c`` is the mean of ``o`
 chunk c-1 (``m_0 = 0``) and ``U_h (V_h m_c)`` is added to the target gate's
 pre-activation (see ``ContentGate``). Without a content gate ``chunk_size`` is unused.
 
-Shapes: see ``carvelab.kernels._args``. Returns ``RecurrenceOutput(o, state, cov)``
+Settings: a ``RecurrenceOptions`` (``kernels.options``), or its fields as keywords; the
+reference computes in fp32 and refuses ``precision="fast"``. Shapes: see
+``carvelab.kernels._args``. Returns ``RecurrenceOutput(o, state, cov)``
 with ``o`` [B, T, H, dv] in the dtype of ``v``, the final state [B, H, dk, dv] fp32 and,
 in propagate mode, the final covariance [B, H, dk, dk] fp32 (else None).
 """
@@ -34,7 +36,9 @@ from carvelab.kernels._args import (
     content_delta,
     initial_cov_or_eye,
     initial_state_or_zeros,
+    keyword_settings,
 )
+from carvelab.kernels.options import RecurrenceOptions, check_precision
 
 
 def _propagate_step(P, k, d, r):
@@ -47,14 +51,17 @@ def _propagate_step(P, k, d, r):
     return u, P_new
 
 
+@keyword_settings
 def gated_delta_reference(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None,
+    q, k, v, g, b, w, r, options: RecurrenceOptions, *, content, initial_state, initial_cov,
 ) -> RecurrenceOutput:
-    """Token-by-token unified recurrence; see the module docstring for the maths."""
+    """Token-by-token unified recurrence; see the module docstring for the maths.
+
+    ``gated_delta_reference(q, k, v, g, b, w, r=None, options=None, *, content=None,
+    initial_state=None, initial_cov=None, **settings)`` (``_args.keyword_settings``)."""
+    check_precision(options.precision, "reference")
     c = canonicalize(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov, scale=scale,
+        q, k, v, g, b, w, r, options, content=content, initial_state=initial_state, initial_cov=initial_cov,
     )
     B, T, H, dk, dv = c.dims
     S = initial_state_or_zeros(c)

@@ -54,7 +54,7 @@ from carvelab.kernels._args import (
     initial_cov_or_eye,
     initial_state_or_zeros,
 )
-from carvelab.kernels.options import TRITON_CHUNK_SIZES, check_precision, check_triton_chunk
+from carvelab.kernels.options import TRITON_CHUNK_SIZES, RecurrenceOptions, check_triton_chunk, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -227,48 +227,46 @@ def _content_chunks(c: Canonical, kernel, precision, q, k):
 
 
 def triton_gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None, kernel="chunk", precision="exact",
+    q, k, v, g, b, w, r=None, options: RecurrenceOptions = RecurrenceOptions(), *, content=None,
+    initial_state=None, initial_cov=None, kernel="chunk",
 ) -> RecurrenceOutput:
     """The unified recurrence on Triton kernels; arguments and result as in the reference.
 
     kernel: "chunk" (chunked WY, key axis only) or "recurrent" (fused recurrent, either
     axis; also usable on key-axis points to cross-check the chunked kernels).
-    precision: one of options.PRECISIONS; it sets the chunked kernels' products (the
-    recurrent kernels compute in fp32 under either).
+    ``options.precision`` sets the chunked kernels' products (the recurrent kernels compute
+    in fp32 under either; ``auto`` is ``fast`` here); ``options.chunk_size`` must be at
+    most max(TRITON_CHUNK_SIZES).
 
     With a content gate on CUDA tensors the whole call (the per-chunk loop, forward and
     backward) is captured once per shape and replayed as CUDA graphs (``cuda_graph``;
     ``CARVELAB_CUDA_GRAPHS=0`` runs it eagerly).
     """
-    options = dict(erase_axis=erase_axis, covariance=covariance, chunk_size=chunk_size, scale=scale, kernel=kernel,
-                   precision=precision)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is not allowed; choose one of {list(KERNELS)}")
+    check_triton_chunk(options.chunk_size)
+    precision = resolve_precision(options.precision, "triton_" + kernel)
     if content is None or not _graph.should_replay(q.device):
-        return _triton_gated_delta(q, k, v, g, b, w, r, content=content, initial_state=initial_state,
-                                   initial_cov=initial_cov, **options)
+        return _triton_gated_delta(q, k, v, g, b, w, r, options, content, initial_state, initial_cov, kernel,
+                                   precision)
     tensors = (q, k, v, g, b, w, r, initial_state, initial_cov, content.U, content.V, content.A_log)
 
     def run(q, k, v, g, b, w, r, s0, p0, U, V, A_log):
-        out = _triton_gated_delta(q, k, v, g, b, w, r, content=content._replace(U=U, V=V, A_log=A_log),
-                                  initial_state=s0, initial_cov=p0, **options)
+        out = _triton_gated_delta(q, k, v, g, b, w, r, options, content._replace(U=U, V=V, A_log=A_log), s0, p0,
+                                  kernel, precision)
         return tuple(t for t in out if t is not None)
 
-    outs = _graph.graphed_call(run, tensors, ("triton_gated_delta", content.target, content.erase_scale, *sorted(options.items())))
+    key = ("triton_gated_delta", content.target, content.erase_scale, options, kernel, precision)
+    outs = _graph.graphed_call(run, tensors, key)
     return RecurrenceOutput(outs[0], outs[1], outs[2] if len(outs) > 2 else None)
 
 
 def _triton_gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis, covariance, content, chunk_size, initial_state, initial_cov,
-    scale, kernel, precision,
+    q, k, v, g, b, w, r, options, content, initial_state, initial_cov, kernel, precision,
 ) -> RecurrenceOutput:
-    """``triton_gated_delta`` run eagerly."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r} is not allowed; choose one of {list(KERNELS)}")
-    check_triton_chunk(chunk_size)
-    check_precision(precision, "triton_" + kernel)
+    """``triton_gated_delta`` run eagerly, its kernel and precision checked."""
     c = canonicalize(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov, scale=scale,
+        q, k, v, g, b, w, r, options, content=content, initial_state=initial_state, initial_cov=initial_cov,
         keep_dtypes=(torch.float32, torch.bfloat16),  # the kernels upcast on load; products are fp32
     )
     if kernel == "chunk" and c.erase_axis == "value":
@@ -286,33 +284,27 @@ def _triton_gated_delta(
 
 
 def triton_chunk_gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None, precision="exact",
+    q, k, v, g, b, w, r=None, options: RecurrenceOptions = RecurrenceOptions(), *, content=None,
+    initial_state=None, initial_cov=None,
 ):
     """The unified recurrence on the chunked WY kernels (erase_axis="key" only).
 
     Same arguments, semantics and ``RecurrenceOutput`` as ``gated_delta_reference``.
-    The kernel's WY chunk is ``chunk_size`` (one of TRITON_CHUNK_SIZES); with a content
-    gate ``chunk_size`` is also the content chunk (see the module docstring).
+    The kernel's WY chunk is ``options.chunk_size`` (one of TRITON_CHUNK_SIZES); with a
+    content gate it is also the content chunk (see the module docstring).
     """
-    return triton_gated_delta(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
-        scale=scale, kernel="chunk", precision=precision,
-    )
+    return triton_gated_delta(q, k, v, g, b, w, r, options, content=content, initial_state=initial_state,
+                              initial_cov=initial_cov, kernel="chunk")
 
 
 def triton_recurrent_gated_delta(
-    q, k, v, g, b, w, r=None, *, erase_axis="key", covariance="reset", content=None,
-    chunk_size=64, initial_state=None, initial_cov=None, scale=None, precision="exact",
+    q, k, v, g, b, w, r=None, options: RecurrenceOptions = RecurrenceOptions(), *, content=None,
+    initial_state=None, initial_cov=None,
 ):
     """The unified recurrence on the fused recurrent kernels, for either erase axis.
 
     Same arguments, semantics and ``RecurrenceOutput`` as ``gated_delta_reference``;
-    ``chunk_size`` is the content-gate chunk and the checkpoint interval of the backward.
+    ``options.chunk_size`` is the content-gate chunk and the checkpoint interval of the backward.
     """
-    return triton_gated_delta(
-        q, k, v, g, b, w, r, erase_axis=erase_axis, covariance=covariance, content=content,
-        chunk_size=chunk_size, initial_state=initial_state, initial_cov=initial_cov,
-        scale=scale, kernel="recurrent", precision=precision,
-    )
+    return triton_gated_delta(q, k, v, g, b, w, r, options, content=content, initial_state=initial_state,
+                              initial_cov=initial_cov, kernel="recurrent")

@@ -40,3 +40,15 @@ def test_odd_head_dim_is_fine_without_attention():
 def test_layer_kinds_repeat_the_block():
     cfg = ModelConfig(n_layers=5, hybrid_ratio="3:1")
     assert cfg.layer_kinds() == ["recurrent"] * 3 + ["attention", "recurrent"]
+
+
+def test_recurrence_settings_are_one_options_object_checked_by_the_kernels():
+    from carvelab.kernels import RecurrenceOptions
+
+    cfg = ModelConfig(erase_axis="value", covariance="propagate", chunk_size=32, backend="torch", precision="exact")
+    assert cfg.recurrence == RecurrenceOptions(erase_axis="value", covariance="propagate", chunk_size=32,
+                                               backend="torch", precision="exact")
+    with pytest.raises(ValueError, match=r"model.erase_axis='row' is not allowed; choose one of \['key', 'value'\]"):
+        ModelConfig(erase_axis="row")
+    with pytest.raises(ValueError, match=r"model.precision='fast' runs on the Triton backend only; backend='torch'"):
+        ModelConfig(precision="fast", backend="torch")

@@ -61,8 +61,8 @@ def test_bayes_mixer_is_the_kalman_update(recorded):
     x = _x(cfg.d_model)
     with torch.no_grad():
         mixer(x)
-    (q, k, v, g, b, w, r), kwargs, out = recorded[0]
-    assert kwargs["covariance"] == "propagate" and kwargs["content"] is None
+    (q, k, v, g, b, w, r, options), kwargs, out = recorded[0]
+    assert options == cfg.recurrence and options.covariance == "propagate" and kwargs["content"] is None
     expected_r = F.softplus(mixer.gates.r_proj(x)) + NOISE_FLOOR
     torch.testing.assert_close(r, expected_r, rtol=0, atol=0)
     assert (r > 0).all()
@@ -78,13 +78,13 @@ def test_gdn2_gates_shapes_and_write_gate_init(recorded):
     x = _x(cfg.d_model)
     with torch.no_grad():
         mixer(x)
-    (q, k, v, g, b, w, r), kwargs, _ = recorded[0]
+    (q, k, v, g, b, w, r, options), kwargs, _ = recorded[0]
     H, dk, dv = cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v
     assert g.shape == (B, T, H, dk) and (g <= 0).all()
     assert b.shape == (B, T, H, dk) and ((b > 0) & (b < 1)).all()
     # zero weight, constant bias: the write gate is the same constant for every token
     assert torch.equal(w, torch.full((B, T, H, dv), torch.sigmoid(torch.tensor(WRITE_GATE_BIAS_INIT)).item()))
-    assert r is None and kwargs["erase_axis"] == "key" and kwargs["chunk_size"] == 16
+    assert r is None and options.erase_axis == "key" and options.chunk_size == 16
     raw = mixer.q_conv(mixer.q_proj(x)).view(B, T, H, dk)
     torch.testing.assert_close(q, raw / torch.sqrt(raw.pow(2).sum(-1, keepdim=True) + 1e-6))
     assert (q.norm(dim=-1) <= 1).all()
@@ -108,7 +108,7 @@ def test_deltanet_has_no_decay(recorded):
     with torch.no_grad():
         mixer(_x(TINY["d_model"]))
     g, b, w = recorded[0][0][3:6]
-    assert mixer.decay is None and torch.equal(g, torch.zeros(B, T, TINY["n_heads"]))
+    assert not list(mixer.decay.parameters()) and torch.equal(g, torch.zeros(B, T, TINY["n_heads"]))
     assert b.shape == (B, T, TINY["n_heads"]) and torch.equal(w, b)
 
 
@@ -130,7 +130,7 @@ def test_content_gate_passes_pre_activation(recorded, name, extra, target, n):
     mixer = GatedDeltaMixer(cfg)
     x = _x(cfg.d_model)
     y = mixer(x)
-    (q, k, v, g, b, w, r), kwargs, _out = recorded[0]
+    (q, k, v, g, b, w, r, _options), kwargs, _out = recorded[0]
     content = kwargs["content"]
     assert content.target == target and torch.equal(content.U, torch.zeros_like(content.U))
     if target == "decay":

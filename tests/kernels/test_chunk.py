@@ -14,7 +14,7 @@ from carvelab.kernels import chunk
 from carvelab.kernels._args import ContentGate
 from carvelab.kernels._wy import unit_lower_solve, value_chunk
 from carvelab.kernels.chunk import chunk_gated_delta, chunk_gated_delta_value
-from carvelab.kernels.options import ERASE_SCALES
+from carvelab.kernels.options import ERASE_SCALES, RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 
 OUT_TOL, GRAD_TOL = 1e-5, 1e-4
@@ -83,9 +83,9 @@ def run(fn, case: Case, x: dict):
     if case.content is not None:
         scale = ERASE_SCALES[case.eigen] if case.content == "erase" else 1.0
         content = ContentGate(x["U"], x["V"], case.content, x.get("A_log"), erase_scale=scale)
+    options = RecurrenceOptions(erase_axis=case.erase_axis, covariance=case.covariance, chunk_size=case.chunk_size)
     return fn(
-        x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], x.get("r"), erase_axis=case.erase_axis,
-        covariance=case.covariance, content=content, chunk_size=case.chunk_size,
+        x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], x.get("r"), options, content=content,
         initial_state=x["initial_state"], initial_cov=x.get("initial_cov"),
     )
 
@@ -219,8 +219,9 @@ def test_inert_content_gate_is_bit_identical(shape, fn, axis):
     g = -F.softplus(torch.randn(Bs, T, Hs, dk) - 2.0)
     logits = torch.randn(Bs, T, Hs, n_b) if gate == "channel" else torch.randn(Bs, T, Hs)
     content = ContentGate(torch.zeros(Hs, n_b if gate == "channel" else 1, 4), torch.randn(Hs, 4, dv))
-    plain = fn(q, k, v, g, torch.sigmoid(logits), w, erase_axis=axis, chunk_size=C)
-    carve = fn(q, k, v, g, logits, w, erase_axis=axis, content=content, chunk_size=C)
+    options = RecurrenceOptions(erase_axis=axis, chunk_size=C)
+    plain = fn(q, k, v, g, torch.sigmoid(logits), w, None, options)
+    carve = fn(q, k, v, g, logits, w, None, options, content=content)
     assert torch.equal(plain.o, carve.o)
     assert torch.equal(plain.state, carve.state)
 
@@ -232,7 +233,8 @@ def test_inert_content_gate_still_learns():
         x["U"].zero_()
     for T, nonzero in ((100, True), (32, False)):
         q, k, v, g, b, w = (x[n][:, :T] for n in ("q", "k", "v", "g", "b", "w"))
-        out = chunk_gated_delta(q, k, v, g, b, w, content=ContentGate(x["U"], x["V"]), chunk_size=32)
+        out = chunk_gated_delta(q, k, v, g, b, w, None, RecurrenceOptions(chunk_size=32),
+                                content=ContentGate(x["U"], x["V"]))
         (dU,) = torch.autograd.grad(out.o.square().sum(), [x["U"]])
         # m_0 = 0: a single chunk never reads the previous output, so U's gradient is exactly 0
         assert (dU.abs().max() > 0) == nonzero
@@ -241,13 +243,13 @@ def test_inert_content_gate_still_learns():
 def test_key_path_refuses_value_axis():
     x = make_inputs(Case(10, 16, erase_axis="value"))
     with pytest.raises(ValueError, match="erase_axis='value'.*chunk_gated_delta_value"):
-        chunk_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], erase_axis="value")
+        chunk_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], None, RecurrenceOptions(erase_axis="value"))
 
 
 def test_value_path_refuses_key_axis():
     x = make_inputs(Case(10, 16))
     with pytest.raises(ValueError, match="erase_axis='key'"):
-        chunk_gated_delta_value(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], erase_axis="key")
+        chunk_gated_delta_value(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], None, RecurrenceOptions())
 
 
 def _one_matrix_step(S, ch):
@@ -269,14 +271,15 @@ def test_value_axis_has_no_shared_solve(monkeypatch):
     x = {n: t.detach() for n, t in make_inputs(case).items()}
     x["b"] = torch.rand(B, case.T, H, DV)                              # strongly varying over dv
     args = (x["q"], x["k"], x["v"], x["g"])
-    kw = dict(erase_axis="value", chunk_size=case.chunk_size, initial_state=x["initial_state"])
+    options = RecurrenceOptions(erase_axis="value", chunk_size=case.chunk_size)
+    s0 = x["initial_state"]
 
     def errors(b):
-        want = gated_delta_reference(*args, b, x["w"], **kw).o
-        per_column = chunk_gated_delta_value(*args, b, x["w"], **kw).o
+        want = gated_delta_reference(*args, b, x["w"], None, options, initial_state=s0).o
+        per_column = chunk_gated_delta_value(*args, b, x["w"], None, options, initial_state=s0).o
         with monkeypatch.context() as m:
             m.setattr(chunk, "_VALUE", chunk._Axis(value_chunk, _one_matrix_step))
-            shared = chunk_gated_delta_value(*args, b, x["w"], **kw).o
+            shared = chunk_gated_delta_value(*args, b, x["w"], None, options, initial_state=s0).o
         return rel_err(per_column, want), rel_err(shared, want)
 
     per_column, shared = errors(x["b"])

@@ -118,9 +118,12 @@ def _inputs(B=2, T=96, H=2, dk=32, dv=32, target="erase", seed=0, covariance="re
 def _run(x, content, **kw):
     from carvelab.kernels.triton_ops import triton_gated_delta
 
-    cov = {"covariance": "propagate", "r": x["r"]} if "r" in x else {}
-    return triton_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], content=content, chunk_size=32,
-                              **cov, **kw)
+    from carvelab.kernels.options import RecurrenceOptions
+
+    options = RecurrenceOptions(covariance="propagate" if "r" in x else "reset", chunk_size=32,
+                                precision=kw.pop("precision", "exact"))
+    return triton_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], x.get("r"), options, content=content,
+                              **kw)
 
 
 def _fwd_bwd(x, content, seed=5, **kw):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from carvelab.kernels import chunk
 from carvelab.kernels.chunk import chunk_gated_delta
 from carvelab.kernels.dispatch import gated_delta, resolve_backend
+from carvelab.kernels.options import RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 
 B, T, H, DK, DV = 2, 45, 2, 12, 20
@@ -59,7 +60,7 @@ def test_torch_backend_routes_and_matches_reference(monkeypatch, axis, route):
     original = getattr(chunk, route)
 
     def spy(*args, **kwargs):
-        calls.append(kwargs["erase_axis"])
+        calls.append(args[7].erase_axis)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(chunk, route, spy)
@@ -74,4 +75,4 @@ def test_torch_backend_routes_and_matches_reference(monkeypatch, axis, route):
 
 def test_key_axis_wy_refuses_value_axis():
     with pytest.raises(ValueError, match="erase_axis='value'.*no single shared WY solve"):
-        chunk_gated_delta(*inputs("value"), erase_axis="value")
+        chunk_gated_delta(*inputs("value"), None, RecurrenceOptions(erase_axis="value"))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from carvelab.kernels import dispatch, triton_chunk, triton_ops, triton_recurrent, tuning
+from carvelab.kernels.options import RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 from carvelab.kernels.triton_ops import chunk_block, launch_counts, triton_gated_delta
 from tests.kernels.test_triton_recurrent import (
@@ -85,7 +86,8 @@ def test_chunk_several_value_tiles(monkeypatch):
 def test_chunk_refuses_value_axis():
     x = make_inputs(Case(erase_axis="value", T=4, H=1))
     with pytest.raises(ValueError, match="erase_axis='value'"):
-        triton_ops.triton_chunk_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], erase_axis="value")
+        triton_ops.triton_chunk_gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], None,
+                                            RecurrenceOptions(erase_axis="value"))
 
 
 @pytest.mark.parametrize("chunk_size, block", [(16, 16), (32, 32), (64, 64), (20, 64)])

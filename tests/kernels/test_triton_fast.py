@@ -145,7 +145,8 @@ def test_fast_is_refused_where_it_cannot_run(backend):
     x = make_inputs(Case(T=4, H=1))
     with pytest.raises(ValueError, match=r"precision='fast' runs on the Triton backend only"):
         dispatch.gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], backend=backend, precision="fast")
-    with pytest.raises(ValueError, match=r"precision='fastest' is not allowed; choose one of \['exact', 'fast'\]"):
+    allowed = r"\['auto', 'exact', 'fast'\]"
+    with pytest.raises(ValueError, match=rf"precision='fastest' is not allowed; choose one of {allowed}"):
         dispatch.gated_delta(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], backend=backend, precision="fastest")
 
 

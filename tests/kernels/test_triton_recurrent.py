@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from carvelab.kernels import _triton_common, triton_chunk, triton_ops, triton_recurrent, tuning
 from carvelab.kernels._args import ContentGate
-from carvelab.kernels.options import ERASE_SCALES
+from carvelab.kernels.options import ERASE_SCALES, RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 from carvelab.kernels.triton_ops import launch_counts, triton_gated_delta
 
@@ -114,17 +114,18 @@ def make_inputs(case: Case, dtype=torch.float32) -> dict:
     return x
 
 
-def run_case(fn, case: Case, x: dict, **kwargs):
+def run_case(fn, case: Case, x: dict, precision: str = "exact", **kwargs):
     """Forward with L2-normalised q, k, a fixed random loss on every output; returns
-    (RecurrenceOutput, {name: grad})."""
+    (RecurrenceOutput, {name: grad}). ``kwargs``: the backend's own (``kernel``)."""
     content = None
     if case.content is not None:
         scale = ERASE_SCALES[case.eigen] if case.content == "erase" else 1.0
         content = ContentGate(x["U"], x["V"], case.content, x.get("A_log"), erase_scale=scale)
+    options = RecurrenceOptions(erase_axis=case.erase_axis, covariance=case.covariance, chunk_size=case.chunk,
+                                precision=precision)
     out = fn(
         F.normalize(x["q"], dim=-1), F.normalize(x["k"], dim=-1), x["v"], x["g"], x["b"], x["w"],
-        x.get("r"), erase_axis=case.erase_axis, covariance=case.covariance, content=content,
-        chunk_size=case.chunk, initial_state=x["initial_state"], initial_cov=x.get("initial_cov"),
+        x.get("r"), options, content=content, initial_state=x["initial_state"], initial_cov=x.get("initial_cov"),
         **kwargs,
     )
     gen = torch.Generator().manual_seed(1)

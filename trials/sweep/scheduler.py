@@ -62,11 +62,13 @@ def triton_cache_dir() -> str:
 
 
 def extension_modules() -> list[str]:
-    """Modules outside carvelab that registered tasks or pruners here; every worker imports
-    them before it builds anything, so their registrations exist there too."""
+    """Modules outside carvelab that registered tasks, pruners or gate forms here; every worker
+    imports them before it builds anything, so their registrations exist there too."""
+    from carvelab.carve_models.gates import GATE_FORMS
     from carvelab.trials import pruners, tasks
 
     found = {cls.__module__ for cls in tasks.TASKS.values()} | pruners.modules()
+    found |= {cls.__module__ for forms in GATE_FORMS.values() for cls in forms.values()}
     return sorted(m for m in found if not m.startswith("carvelab.") and m != "__main__")
 
 
