@@ -89,6 +89,6 @@ def test_registration_errors_name_the_problem(paired):
 
 
 def test_ray_workers_import_the_module_that_registered_a_form(paired):
-    from carvelab.trials import scheduler
+    from carvelab.trials.sweep import scheduler
 
     assert __name__ in scheduler.extension_modules()
