@@ -65,6 +65,7 @@ def test_an_exhausted_space_lets_the_repeat_through():
     study = run(sampler, SPACE, 7)
     assert key(study.trials[6].params) in {key(p) for p in GRID}
     assert len({key(t.params) for t in study.trials}) == 6  # the seventh is a repeat: nothing was left
+    assert sampler.repeats == {6}
 
 
 def test_an_infinite_space_draws_untrained_points_with_optunas_random_sampler():

@@ -201,7 +201,7 @@ class SweepDriver:
         (seed, tune), *others = st.runs_of_point(self.spec)
         if not sampled:
             seed, tune = int(trial.user_attrs["seed"]), st.tune_of(trial)
-        if sampled and st.point_key(point, seed, tune) in self.study.sampler.trained(self.study, trial.number):
+        if sampled and trial.number in self.study.sampler.repeats:
             # The sampler proposes a trained point only where it found no untrained one
             # (trials/sweep/sampling.py): training it again would only repeat the first run.
             trial.set_user_attr("seed", seed)

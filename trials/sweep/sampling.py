@@ -46,6 +46,7 @@ class UntrainedSampler(BaseSampler):
         self.seed, self.candidates = seed, candidates
         self._keys: dict[int, Optional[str]] = {}  # finished trial number -> trained_key
         self.replaced = 0  # proposals replaced by an untrained point
+        self.repeats: set[int] = set()  # trials whose proposal is a trained point (none untrained was found)
 
     # ------------------------------------------------------------------ what the wrapper adds
     def trained(self, study: optuna.Study, exclude: int = -1, trials: Optional[list] = None) -> set[str]:
@@ -104,6 +105,8 @@ class UntrainedSampler(BaseSampler):
             if fresh is not None:
                 self.replaced += 1
                 point = fresh
+            else:
+                self.repeats.add(trial.number)
         return {name: value for name, value in point.items() if name not in fixed}
 
     def sample_independent(self, study, trial, param_name, param_distribution):
