@@ -24,7 +24,7 @@ from typing import Optional
 import optuna
 import polars as pl
 
-from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, reference_point
+from carvelab.dashboards.pareto import hypervolume_trace, non_dominated_ranks, reference_point
 from carvelab.dashboards.selection import select_tuned
 from carvelab.dashboards.uncertainty import tied_with_front, with_intervals
 from carvelab.search_space.sweep_dir import SweepDir
@@ -197,11 +197,15 @@ def hypervolume_history(df: pl.DataFrame, objectives: list[tuple[str, str]],
         if not done_points:
             return pl.DataFrame({"number": [], "trial_steps": [], "hypervolume": []})
         reference = reference_point(done_points, directions)
-    seen, steps, rows = [], 0, []
+    rows, counted, points = [], [], []
+    steps = 0
     for row in df.iter_rows(named=True):
         steps += row["steps"] or 0
         if row["state"] == "COMPLETE" and all(row[m] is not None and math.isfinite(row[m]) for m, _ in objectives):
-            seen.append([row[m] for m, _ in objectives])
-        rows.append({"number": row["number"], "trial_steps": steps,
-                     "hypervolume": hypervolume(seen, reference, directions)})
+            points.append([row[m] for m, _ in objectives])
+        counted.append(len(points))  # how many points the hypervolume after this trial covers
+        rows.append({"number": row["number"], "trial_steps": steps})
+    trace = hypervolume_trace(points, reference, directions)
+    for row, n in zip(rows, counted):
+        row["hypervolume"] = trace[n - 1] if n else 0.0
     return pl.DataFrame(rows)

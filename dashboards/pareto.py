@@ -80,6 +80,25 @@ def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float], d
     return _hv(sorted(_nondominated(pts)), ref)
 
 
+def hypervolume_trace(points: Sequence[Sequence[float]], reference: Sequence[float],
+                      directions: Sequence[str]) -> list[float]:
+    """``hypervolume(points[:i + 1], ...)`` for every i, equal to it value for value.
+
+    A point weakly dominated by the front so far (or equal to a front point) leaves the
+    hypervolume as it was, so it is computed again only when a point enters the front (the
+    front's dominated points never count, nor do points outside the reference, which can
+    dominate no point inside it)."""
+    trace, front, front_min, volume = [], [], [], 0.0
+    for p, q in zip(points, _to_min(points, directions)):
+        if not any(all(a <= b for a, b in zip(f, q)) for f in front_min):
+            keep = [i for i, f in enumerate(front_min) if not _dominates_min(q, f)]
+            front = [front[i] for i in keep] + [p]
+            front_min = [front_min[i] for i in keep] + [q]
+            volume = hypervolume(front, reference, directions)
+        trace.append(volume)
+    return trace
+
+
 def _hv(pts: list[list[float]], ref: list[float]) -> float:
     if not pts:
         return 0.0

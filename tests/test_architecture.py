@@ -122,5 +122,5 @@ def test_only_the_tracking_backend_imports_mlflow():
 def test_the_sweep_reaches_optuna_through_its_public_api():
     """No module reads Optuna's storage or study id behind the study's back."""
     private = {name for name, path in MODULES.items() if name.startswith("carvelab.trials")
-               and any(word in path.read_text() for word in ("._storage", "_study_id"))}
+               and any(word in path.read_text() for word in ("_storage", "_study_id"))}
     assert private == set()

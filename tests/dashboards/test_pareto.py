@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from carvelab.dashboards.pareto import hypervolume, non_dominated_ranks, point_front, reference_point
+from carvelab.dashboards.pareto import hypervolume, hypervolume_trace, non_dominated_ranks, point_front, reference_point
 
 
 def brute_ranks(points, directions):
@@ -88,3 +88,16 @@ def test_point_front_ranks_seed_means_not_single_seeds():
     vectors = {"a": [[1.0, 10.0], [0.0, 10.0]], "b": [[0.6, 10.0], [0.6, 10.0]], "c": [[0.2, 5.0]]}
     assert point_front(vectors, ["maximize", "minimize"]) == ["b", "c"]
     assert point_front({"a": [[1.0, 10.0]]}, ["maximize", "minimize"]) == ["a"]
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_the_hypervolume_trace_equals_every_prefix_recomputed(m):
+    rng = random.Random(7 + m)
+    directions = ["maximize", "minimize", "maximize"][:m]
+    grid = [round(rng.uniform(0, 1), 1) for _ in range(12)]  # a coarse grid: ties and duplicates
+    points = [[rng.choice(grid) for _ in range(m)] for _ in range(120)]
+    points += [list(points[5]), list(points[40])]  # exact repeats of earlier points
+    reference = [0.2, 0.9, 0.2][:m]  # some points lie beyond it in one objective
+    expected = [hypervolume(points[:i + 1], reference, directions) for i in range(len(points))]
+    assert hypervolume_trace(points, reference, directions) == expected  # equal, not merely close
+    assert len(set(expected)) >= 4  # the front moved several times

@@ -244,16 +244,16 @@ def test_a_new_folder_over_a_storage_that_holds_the_study_is_refused_and_creates
     """A declared storage outlives the sweep folder: a run with another --root must not adopt
     trials whose results and MLflow runs live in the first folder."""
     from carvelab.search_space.yaml_io import ConfigError
-    from carvelab.trials.sweep.study import trials_in_storage
+    from carvelab.trials.sweep.study import stored_trial_count
 
     missing = tmp_path / "not-yet.db"
-    assert trials_in_storage("shared", f"sqlite:///{missing}") == 0 and not missing.exists()
+    assert stored_trial_count("shared", f"sqlite:///{missing}") == 0 and not missing.exists()
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     data = tiny_sweep("shared", tmp_path / "cache", budget={"trials": 1}, storage=storage)
     first = run_sweep(load_sweep(data), tmp_path / "a")
-    assert first.counts["completed"] == 1 and trials_in_storage("shared", storage) == 1
+    assert first.counts["completed"] == 1 and stored_trial_count("shared", storage) == 1
     with pytest.raises(ConfigError, match=r"already holds a study named 'shared' with 1 trial\(s\).*nothing was created"):
         run_sweep(load_sweep(data), tmp_path / "b")
     assert not (tmp_path / "b").exists()
     again = run_sweep(load_sweep(data), tmp_path / "a")              # its own folder resumes
-    assert again.counts["completed"] == 1 and trials_in_storage("shared", storage) == 1
+    assert again.counts["completed"] == 1 and stored_trial_count("shared", storage) == 1

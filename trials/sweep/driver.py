@@ -109,7 +109,7 @@ class SweepDriver:
         MLflow runs that live in the folder of the run that made them."""
         if not self.spec.storage or self.dir.snapshot.exists():
             return
-        n = st.trials_in_storage(self.spec.name, self.spec.storage)
+        n = st.stored_trial_count(self.spec.name, self.spec.storage)
         if n:
             raise ConfigError(
                 f"{self.spec.source}: the Optuna storage {redact(self.spec.storage)} already holds a study named "

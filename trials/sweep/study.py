@@ -133,7 +133,7 @@ def space_size(dists: dict[str, BaseDistribution]) -> Optional[int]:
     return size
 
 
-def trials_in_storage(name: str, storage: str) -> int:
+def stored_trial_count(name: str, storage: str) -> int:
     """How many trials a study named ``name`` holds in ``storage`` (0: no such study, or a
     SQLite file that does not exist; the file is not created)."""
     if storage.startswith("sqlite:///"):
