@@ -109,7 +109,7 @@ def memory_backend():
     TRACKERS.pop("memory")
 
 
-def test_a_registered_tracker_carries_a_sweep_its_check_and_its_front(tmp_path):
+def test_a_registered_tracker_carries_a_sweep_its_check_its_front_and_a_repair(tmp_path):
     data = tiny_sweep("mem", tmp_path / "cache", mode="grid", budget={}, seeds=[0, 1],
                       space={"erase_axis": ["key", "value"]}, tracking={"backend": "memory"},
                       resources={"cpus_per_trial": 1, "concurrency": 2})
@@ -139,19 +139,13 @@ def test_a_registered_tracker_carries_a_sweep_its_check_and_its_front(tmp_path):
     on_front = {i for i, r in runs.items() if r["tags"].get("on_front") == "true"}
     assert on_front == {rid for ids in front.filter(front["pareto_rank"] == 0)["run_ids"] for rid in ids}
 
-
-def test_check_repairs_through_the_registered_tracker(tmp_path):
-    data = tiny_sweep("memfix", tmp_path / "cache", mode="grid", budget={},
-                      space={"erase_axis": ["key", "value"]}, tracking={"backend": "memory"},
-                      resources={"cpus_per_trial": 1, "concurrency": 1})
-    summary = run_sweep(load_sweep(data), tmp_path)
-    runs = RUNS[summary.tracking_uri]
-    victim = next(i for i, r in runs.items() if r["tags"].get("carvelab.role") == "trial")
+    # A repair goes through the registered tracker too.
+    victim = children["0"][0]
     runs[victim]["status"] = "FAILED"                     # out of step with its COMPLETE trial
     runs[victim]["metrics"]["val_loss"] = runs[victim]["metrics"]["val_loss"][:1]   # steps lost
-    before = check_sweep("memfix", tmp_path)
-    assert {i.kind for i in before.issues} == {"complete_without_run"}
-    after = check_sweep("memfix", tmp_path, repair=True)
+    before = check_sweep("mem", tmp_path)
+    assert {i.kind for i in before.issues} == {"complete_without_run"}, before.text()
+    after = check_sweep("mem", tmp_path, repair=True)
     assert after.consistent, after.text()
     assert runs[victim]["status"] == "FINISHED" and len(runs[victim]["metrics"]["val_loss"]) >= 2
 
