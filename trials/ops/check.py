@@ -175,11 +175,8 @@ class _Sweep:
     def recorder(self) -> Recorder:
         """The driver's recorder over this sweep (its tracker creates the store if it must)."""
         if self._recorder is None:
-            tracker = open_tracker(self.spec.tracking, self.dir.path)
-            parent = self.store.parent(self.name)
-            tracker.parent_run_id = parent.run_id if parent is not None else None
-            self._recorder = Recorder(self.dir, tracker, self.store, self.study, self.objectives,
-                                      self.spec.seeds[0], self.name)
+            self._recorder = Recorder(self.dir, open_tracker(self.spec.tracking, self.dir.path), self.store,
+                                      self.study, self.objectives, self.spec.seeds[0], self.name)
         return self._recorder
 
     def runs(self, deleted: bool = False) -> list:

@@ -66,11 +66,8 @@ class Recorder:
         status, reason = payload["status"], payload.get("reason")
         if run_id:
             if missing is None:
-                logged = self.logged.setdefault(number, set())
                 for step, metrics in payload.get("history", []):
-                    if step not in logged:
-                        self.tracker.log_metrics(run_id, step, metrics)
-                        logged.add(step)
+                    self.report(number, step, metrics)  # the steps not streamed while it ran
                 if test_metrics(payload):  # never streamed: logged here, at the last step
                     self.tracker.log_metrics(run_id, payload.get("steps", 0), test_metrics(payload))
             else:
@@ -98,7 +95,7 @@ class Recorder:
         if payload is not None:  # finished in Ray, saved, not fully recorded: record it
             run_id = run.run_id if run is not None else self.run_for(trial)[0]
             self.run_ids[trial.number] = run_id
-            missing = self.missing_metrics(run_id, logged_history(payload))
+            missing = missing_metrics(self.store, run_id, logged_history(payload))
             status, _ = self.finish(trial.number, payload, saved=True, missing=missing)
             return "finished", status
         if run is not None and run.status == "RUNNING":
@@ -119,9 +116,6 @@ class Recorder:
 
     def trial_runs(self, number: int, deleted: bool = False) -> list:
         return [r for r in self.store.runs(self.sweep, deleted) if r.role == "trial" and r.trial_number == number]
-
-    def missing_metrics(self, run_id: str, history: list) -> list[tuple[int, str, float]]:
-        return missing_metrics(self.store, run_id, history)
 
     def _log(self, run_id: str, missing: list) -> None:
         by_step: dict[int, dict] = {}
@@ -161,10 +155,10 @@ class Recorder:
         result), its state tags and terminal status. Returns how many values were logged."""
         payload = self.dir.load_result(trial.number)
         if payload and payload.get("history"):
-            missing = self.missing_metrics(run_id, logged_history(payload))
+            missing = missing_metrics(self.store, run_id, logged_history(payload))
         elif trial.state == TrialState.COMPLETE:  # no saved history: the objective values at the last step
             step = int(trial.user_attrs.get("steps", 0))
-            missing = self.missing_metrics(run_id, [(step, dict(zip(self.objectives, trial.values)))])
+            missing = missing_metrics(self.store, run_id, [(step, dict(zip(self.objectives, trial.values)))])
         else:
             missing = []
         self._log(run_id, missing)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import warnings
 from typing import Any, Optional
 
@@ -22,6 +21,7 @@ from optuna.trial import TrialState
 from carvelab.search_space.points import ablation_points, grid_points, tune_points
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.trials.sweep.sampling import UntrainedSampler
+from carvelab.trials.tracking.records import finite_number as finite  # a value that can be ranked
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,6 @@ def tell_finished(study: optuna.Study, trial, status: str, reason: Optional[str]
         study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
     return status, reason
 
-
-def finite(v) -> bool:
-    """A metric value that can be ranked: a number, not None, NaN or Inf."""
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def point_key(point: dict, seed: int, tune: Optional[dict] = None) -> str:

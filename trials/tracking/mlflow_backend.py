@@ -40,9 +40,9 @@ class MlflowRunStore:
     """Reads a sweep's runs from MLflow. A SQLite store whose file does not exist holds no runs
     (and is not created)."""
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, client=None, experiment_id: Optional[str] = None):
         self.uri, self.experiment = uri, experiment
-        self._client, self._experiment_id = None, None
+        self._client, self._experiment_id = client, experiment_id  # a tracker's store shares its client
 
     def exists(self) -> bool:
         if self.uri.startswith("sqlite:///"):
@@ -116,9 +116,7 @@ class MlflowTracker:
         self.parent_run_id: Optional[str] = None
 
     def store(self) -> MlflowRunStore:
-        reader = MlflowRunStore(self.uri, self.experiment)
-        reader._client, reader._experiment_id = self.client, self.experiment_id
-        return reader
+        return MlflowRunStore(self.uri, self.experiment, self.client, self.experiment_id)
 
     def _experiment(self, name: str, artifact_location: Optional[str]) -> str:
         exp = retry(self.client.get_experiment_by_name, name)

@@ -37,6 +37,7 @@ def logged_history(payload: dict) -> list:
 
 
 def finite_number(v) -> bool:
+    """A metric value that can be logged and ranked: a number, not None, NaN or Inf."""
     try:
         return math.isfinite(float(v))
     except (TypeError, ValueError):
