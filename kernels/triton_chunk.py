@@ -86,17 +86,12 @@ def _row(base, i_b, t, i_h, TP, H, D: tl.constexpr, c0, BD: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------- forward
-@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
 @triton.jit
-def _intra_fwd_kernel(
-    q, a, u, G, M, Qm, TP,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
-    BK: tl.constexpr, PREC: tl.constexpr,
+def _intra_block(
+    q, a, u, G, M, Qm, i_c, i_i, i_j, i_b, i_h, TP,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Block (i, j) of sub-chunks of M and Q for one chunk."""
-    i_c, i_ij, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_i, i_j = i_ij // NC, i_ij % NC
-    i_b, i_h = i_bh // H, i_bh % H
+    """Block (i, j) of sub-chunks of M and Q of chunk i_c (zero above the diagonal)."""
     t_i, t_j = i_c * BT + i_i * BC, i_c * BT + i_j * BC
     rr = tl.arange(0, BC)
     Mb = tl.zeros([BC, BC], dtype=tl.float32)
@@ -129,6 +124,18 @@ def _intra_fwd_kernel(
     _put(Qm, Qb, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC)
 
 
+@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
+@triton.jit
+def _intra_fwd_kernel(
+    q, a, u, G, M, Qm, TP,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
+    BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """Block (i, j) of sub-chunks of M and Q for one chunk."""
+    i_c, i_ij, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _intra_block(q, a, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_bh // H, i_bh % H, TP, H, K, BT, BC, BK, PREC)
+
+
 @triton.jit
 def _inverse_diag_blocks(M, A, i_b, t0, i_h, TP, H, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr):
     """(I + M_ii)^{-1} of every diagonal [BC, BC] block of the chunk, stored into A.
@@ -149,22 +156,17 @@ def _inverse_diag_blocks(M, A, i_b, t0, i_h, TP, H, BT: tl.constexpr, BC: tl.con
     tl.store(A + offs, Ai)
 
 
-# 4 warps only: the count its batched diagonal inverse (3-D tiles) was checked with compiled
-# on an H100, and the one the autotuner chose for it at every benchmarked shape before.
-@autotune(configs=autotune_configs(warps=(4,)), key=["BK", "BT", "BV"])
 @triton.jit
-def _solve_fwd_kernel(
-    a, x, G, M, A, W, XA, TP,
+def _solve_chunk(
+    a, x, G, M, A, W, XA, i_c, i_b, i_h, TP,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """A = (I + M)^{-1} by blocks; W = A (e^G ⊙ a), XA = A X.
+    """A = (I + M)^{-1} by blocks; W = A (e^G ⊙ a), XA = A X, for chunk i_c.
 
     Diagonal [BC, BC] blocks by forward substitution, then for block row i and column
     j < i: A_ij = −A_ii Σ_{j<=k<i} M_ik A_kj (blocks of A round-trip through the output,
     which stays in cache)."""
-    i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
     t0 = i_c * BT
     zero = tl.zeros([BC, BC], dtype=tl.float32)
     _inverse_diag_blocks(M, A, i_b, t0, i_h, TP, H, BT, BC, BT // BC)
@@ -189,9 +191,40 @@ def _solve_fwd_kernel(
         _put(XA, _mm(Ai, xt, PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
 
 
+# 4 warps only: the count its batched diagonal inverse (3-D tiles) was checked with compiled
+# on an H100, and the one the autotuner chose for it at every benchmarked shape before.
+@autotune(configs=autotune_configs(warps=(4,)), key=["BK", "BT", "BV"])
+@triton.jit
+def _solve_fwd_kernel(
+    a, x, G, M, A, W, XA, TP,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+):
+    """``_solve_chunk`` of one (chunk, batch·head)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    _solve_chunk(a, x, G, M, A, W, XA, i_c, i_bh // H, i_bh % H, TP, H, K, V, BT, BC, BK, BV, NV, PREC)
+
+
 # The sequential kernels run one program per (value tile, batch·head): the value tile is
 # tuned too, trading parallel programs against re-reading the key-side tiles per tile.
 STATE_VALUE_BLOCKS = (16, 32, 64)
+
+
+@triton.jit
+def _state_step(
+    u, G, W, XA, S, dlt, i_c, i_b, i_h, c0, TP,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """One chunk of the state scan on value tile c0: Δ = XA − W S_0 (stored), and
+    (S_C = e^{G_C} ⊙ S_0 + Ûᵀ Δ, Δ)."""
+    t0 = i_c * BT
+    wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    dl = _tile(XA, i_b, t0, i_h, TP, H, V, c0, BT, BV) - _mm(wt, S, PREC)
+    _put(dlt, dl, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
+    uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
+    return S * tl.exp(g_last)[:, None] + _mm(tl.trans(uh), dl, PREC), dl
 
 
 @autotune(configs=autotune_configs(value_blocks=STATE_VALUE_BLOCKS), key=["BK", "BT", "V"])
@@ -208,17 +241,26 @@ def _state_fwd_kernel(
     p_s, m_s = matrix_tile_ptr(s0, i_bh, K, V, c0, BK, BV)
     S = tl.load(p_s, mask=m_s, other=0.0)
     for i_c in range(NT):
-        t0 = i_c * BT
         p_h, m_h = matrix_tile_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
         tl.store(p_h, S, mask=m_h)
-        wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        dl = _tile(XA, i_b, t0, i_h, TP, H, V, c0, BT, BV) - _mm(wt, S, PREC)
-        _put(dlt, dl, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
-        uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
-        S = S * tl.exp(g_last)[:, None] + _mm(tl.trans(uh), dl, PREC)
+        S, dl = _state_step(u, G, W, XA, S, dlt, i_c, i_b, i_h, c0, TP, H, K, V, BT, BK, BV, PREC)
     p_o, m_o = matrix_tile_ptr(s_out, i_bh, K, V, c0, BK, BV)
     tl.store(p_o, S, mask=m_o)
+
+
+@triton.jit
+def _output_tile(
+    q, G, Qm, S0, dl, o, i_c, i_b, i_h, c0, TP, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """o = scale (Q̃ S_0 + Q Δ) of chunk i_c on value tile c0 (stored and returned)."""
+    t0 = i_c * BT
+    qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
+    Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+    out = scale * (_mm(qt, S0, PREC) + _mm(Qt, dl, PREC))
+    _put(o, out, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+    return out
 
 
 @autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
@@ -232,16 +274,35 @@ def _output_fwd_kernel(
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     t0, c0 = i_c * BT, i_v * BV
-    qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
     p_h, m_h = matrix_tile_ptr(h, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
     S0 = tl.load(p_h, mask=m_h, other=0.0)
-    Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     dl = _tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-    out = _mm(qt, S0, PREC) + _mm(Qt, dl, PREC)
-    _put(o, scale * out, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+    _output_tile(q, G, Qm, S0, dl, o, i_c, i_b, i_h, c0, TP, scale, H, K, V, BT, BK, BV, PREC)
 
 
 # ----------------------------------------------------------------------------- backward
+@triton.jit
+def _state_bwd_step(
+    q, u, G, Qm, W, do, dS, dx, i_c, i_b, i_h, c0, TP, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """One chunk of the reverse scan on value tile c0: dΔ (stored into dx) from dO and
+    dS_C; returns dS_0."""
+    t0 = i_c * BT
+    Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
+    uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - Gt)
+    dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+    Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
+    qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(Gt)
+    local = scale * _mm(tl.trans(qt), dot_, PREC)
+    dD = scale * _mm(tl.trans(Qt), dot_, PREC) + _mm(uh, dS, PREC)
+    _put(dx, dD, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+    wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
+    return dS * tl.exp(g_last)[:, None] + local - _mm(tl.trans(wt), dD, PREC)
+
+
 @autotune(configs=autotune_configs(value_blocks=STATE_VALUE_BLOCKS), key=["BK", "BT", "V"])
 @triton.jit
 def _state_bwd_kernel(
@@ -261,20 +322,9 @@ def _state_bwd_kernel(
     dS = tl.load(p_s, mask=m_s, other=0.0)
     for i_rev in range(NT):
         i_c = NT - 1 - i_rev
-        t0 = i_c * BT
         p_h, m_h = matrix_tile_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, c0, BK, BV)
         tl.store(p_h, dS, mask=m_h)
-        Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
-        uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - Gt)
-        dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-        qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(Gt)
-        local = scale * _mm(tl.trans(qt), dot_, PREC)
-        dD = scale * _mm(tl.trans(Qt), dot_, PREC) + _mm(uh, dS, PREC)
-        _put(dx, dD, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        dS = dS * tl.exp(g_last)[:, None] + local - _mm(tl.trans(wt), dD, PREC)
+        dS = _state_bwd_step(q, u, G, Qm, W, do, dS, dx, i_c, i_b, i_h, c0, TP, scale, H, K, V, BT, BK, BV, PREC)
     p_0, m_0 = matrix_tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
     tl.store(p_0, dS, mask=m_0)
 
@@ -290,7 +340,14 @@ def _pairs_bwd_kernel(
     each program reads and writes only its own tiles), dQ = scale·dO Δᵀ (lower part),
     dM = −dR Δᵀ (strictly lower)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    _pairs_bwd_chunk(dlt, do, A, dx, dQm, dM, i_c, i_bh // H, i_bh % H, TP, scale, H, V, BT, BV, NV, PREC)
+
+
+@triton.jit
+def _pairs_bwd_chunk(
+    dlt, do, A, dx, dQm, dM, i_c, i_b, i_h, TP, scale,
+    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+):
     t0 = i_c * BT
     At = tl.trans(_tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT))
     dQ = tl.zeros([BT, BT], dtype=tl.float32)
@@ -318,7 +375,16 @@ def _state_terms_bwd_kernel(
 
     dq0 = scale·dO S_0ᵀ ⊙ e^G,  da0 = −dR S_0ᵀ ⊙ e^G,  du0 = Δ dS_Cᵀ ⊙ e^{G_C−G}."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
+    _state_terms_chunk(G, h, dh, dlt, do, dx, dq0, da0, du0, i_k, i_c, i_bh // H, i_bh % H, TP, NT, scale,
+                       H, K, V, BT, BKS, BV, NV, PREC)
+
+
+@triton.jit
+def _state_terms_chunk(
+    G, h, dh, dlt, do, dx, dq0, da0, du0, i_k, i_c, i_b, i_h, TP, NT, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BKS: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+):
     t0, k0 = i_c * BT, i_k * BKS
     dqt = tl.zeros([BT, BKS], dtype=tl.float32)
     dat = tl.zeros([BT, BKS], dtype=tl.float32)
@@ -418,8 +484,16 @@ def _intra_bwd_kernel(
 ):
     """dq, da (rows t) and du (columns s) of sub-chunk i: the in-chunk pair sums."""
     i_ci, i_bh = tl.program_id(0), tl.program_id(1)
-    i_c, i_i = i_ci // NC, i_ci % NC
-    i_b, i_h = i_bh // H, i_bh % H
+    _intra_bwd_sub(q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, i_ci // NC, i_ci % NC, i_bh // H, i_bh % H,
+                   TP, H, K, BT, BC, NC, BK, PREC)
+
+
+@triton.jit
+def _intra_bwd_sub(
+    q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, i_c, i_i, i_b, i_h, TP,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
+    BK: tl.constexpr, PREC: tl.constexpr,
+):
     c_t0 = i_c * BT
     t_i = c_t0 + i_i * BC
     dqt = _tile(dq0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
@@ -446,13 +520,20 @@ def _decay_grad_kernel(
     and dS_end (dh): no sum runs across chunks, and the rounding of the products (bf16
     with precision="fast") accumulates over one chunk only, not over the whole sequence."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    ck = i_k * BKS + tl.arange(0, BKS)
+    _decay_grad_chunk(q, dq, a, da, u, du, h, dh, s_out, dg, i_k, i_c, i_bh // H, i_bh % H, TP, NT,
+                      H, K, V, BT, BKS, BV)
+
+
+@triton.jit
+def _decay_grad_chunk(
+    q, dq, a, da, u, du, h, dh, s_out, dg, i_k, i_c, i_b, i_h, TP, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr,
+):
     i_next = tl.minimum(i_c + 1, NT - 1)  # the last chunk ends in S_T, not in an h
     carry = tl.zeros([BKS], dtype=tl.float32)
     for c0 in range(0, V, BV):
         p_n, m = matrix_slice_ptr(h, (i_b * NT + i_next) * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
-        p_t, _ = matrix_slice_ptr(s_out, i_bh, K, V, i_k * BKS, c0, BKS, BV)
+        p_t, _ = matrix_slice_ptr(s_out, i_b * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
         p_d, _ = matrix_slice_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
         s_end = tl.where(i_c < NT - 1, tl.load(p_n, mask=m, other=0.0), tl.load(p_t, mask=m, other=0.0))
         carry += tl.sum(s_end * tl.load(p_d, mask=m, other=0.0), 1)

@@ -1,11 +1,14 @@
 """Autograd Functions around the Triton kernels, and the unified entry point.
 
-Three Functions, each a pure recurrence with hand-written backward kernels:
+Four Functions, each a pure recurrence with hand-written backward kernels:
 
 - ``RecurrentFn``  (q, a, u, x, g, β, S_0) -> (o, S_T): the fused recurrent kernels of
   ``triton_recurrent`` (key axis with β = None, value axis with β = b).
 - ``KeyChunkFn``   (q, a, u, x, g, S_0) -> (o, S_T): the chunked WY kernels of
   ``triton_chunk`` (key axis only).
+- ``ContentChunkFn`` (q, k, u, x, g, pre, b0, U, V, S_0) -> (o, S_T): the content gate on
+  the erase gate, key axis, as one sequential-over-chunks kernel each way
+  (``triton_content``).
 - ``CovarianceFn`` (k, g, r, P_0) -> (u, P_T): the propagate-mode P-pass of
   ``triton_covariance``.
 
@@ -13,37 +16,45 @@ Three Functions, each a pure recurrence with hand-written backward kernels:
 ``a = b⊙k`` (key axis) and ``x = w⊙v`` in torch, so autograd carries the gradients of
 the gates, k and v through those products.
 
-Content gate. The gate of chunk c depends on the outputs of chunk c−1, so the sequence
-is run as a torch loop over content chunks: per chunk, ``m_c`` (mean output of the
-previous chunk) gives ``U(V m_c)``, the target gate is activated, and one recurrence
-Function call carries the state S (and, with ``target="decay"`` in propagate mode, one
-P-pass call carries P). Autograd then handles the cross-chunk terms through ``m_c`` and
-through S and P.
+Content gate. The gate of chunk c depends on the outputs of chunk c−1, so chunk c cannot
+be set up before chunk c−1 has run. Two paths compute the same recurrence:
+
+- the fused kernels (``fuses_content``: chunked kernel, ``target="erase"``, key axis, a
+  content chunk of TRITON_CHUNK_SIZES; ``CARVELAB_FUSED_CONTENT=1``, the default): one
+  program per (batch, head) walks the chunks and forms each chunk's gate in-kernel, two
+  launches per call, no CUDA graph and no memory pool;
+- the per-chunk loop (everything else: ``target="decay"``, the value axis, the recurrent
+  kernel, or ``CARVELAB_FUSED_CONTENT=0``): a torch loop over content chunks. Per chunk,
+  ``m_c`` (mean output of the previous chunk) gives ``U(V m_c)``, the target gate is
+  activated, and one recurrence Function call carries the state S (and, with
+  ``target="decay"`` in propagate mode, one P-pass call carries P). Autograd handles the
+  cross-chunk terms through ``m_c`` and through S and P.
 
 Cost of the loop, per content chunk (``LAUNCHES_PER_CALL``): 5 kernel launches forward
 and 5 backward with the chunked kernels (1 and 3 with the recurrent ones), plus 1 and 1
 for the P-pass with a decay target, plus about six small torch ops (content map, gate
 activation, mean) each way, all serialised behind the previous chunk. The inputs are cut
 into chunks once, by one transposing copy whose backward is one stack (slicing per chunk
-would cost a full-size zero fill and add per chunk in the backward). Without a content
-gate the whole sequence is one call of each Function, so the gate multiplies the launch
-count by about T / chunk_size, and the loop is bound by the host's cost per launch and
-op, not by the kernels: on an H100 (B=4, T=4096, H=16, d=128, bf16, chunk 64) the forward
-took as long to issue as to run, and fwd+bwd was about 10x the plain kernel's time while
-its kernels summed to 2x. So on CUDA tensors ``triton_gated_delta`` captures the whole
-content-gate call, forward and backward, into CUDA graphs once per shape and replays them
-(``cuda_graph``): the host issues one replay instead of the loop, and fwd+bwd came to
-2.3x the plain kernel (BENCHMARKS.md). What remains is the loop's kernels themselves:
-each handles one chunk per (batch, head), which a fused in-kernel scan would avoid.
+would cost a full-size zero fill and add per chunk in the backward). So the loop
+multiplies the launch count by about T / chunk_size and is bound by the host's cost per
+launch and op, not by the kernels: on an H100 (B=4, T=4096, H=16, d=128, bf16, chunk 64)
+the forward took as long to issue as to run, and fwd+bwd was about 10x the plain kernel's
+time while its kernels summed to 2x. So on CUDA tensors ``triton_gated_delta`` captures
+the loop, forward and backward, into CUDA graphs once per shape and replays them
+(``cuda_graph``): fwd+bwd came to 2.3x the plain kernel (BENCHMARKS.md), at the price of
+one graph memory pool per layer.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import torch
 
 from carvelab.kernels import cuda_graph as _graph
 from carvelab.kernels import triton_chunk as _chunk
+from carvelab.kernels import triton_content as _content
 from carvelab.kernels import triton_covariance as _cov
 from carvelab.kernels import triton_recurrent as _rec
 from carvelab.kernels._args import (
@@ -60,13 +71,15 @@ logger = logging.getLogger(__name__)
 
 KERNELS = ("chunk", "recurrent")
 
+FUSED_CONTENT_ENV = "CARVELAB_FUSED_CONTENT"
+
 # Kernel launches per Function call, forward + backward (for the cost model above).
 LAUNCHES_PER_CALL = {"chunk": (5, 5), "recurrent": (1, 3), "covariance": (1, 1)}
 
 
 def launch_counts() -> dict[str, int]:
     """Kernel launches so far, by kernel family and direction (e.g. ``chunk_fwd``)."""
-    return dict(_rec.LAUNCHES + _chunk.LAUNCHES + _cov.LAUNCHES)
+    return dict(_rec.LAUNCHES + _chunk.LAUNCHES + _cov.LAUNCHES + _content.LAUNCHES)
 
 
 def _c(t):
@@ -121,6 +134,32 @@ class KeyChunkFn(torch.autograd.Function):
         return dq, da, du, dx, dg, ds0, None, None, None
 
 
+class ContentChunkFn(torch.autograd.Function):
+    """(q, k, u, x, g, pre, b0, U, V, s0) -> (o fp32, S_T fp32): the fused content-gate
+    kernels of ``triton_content`` (erase target, key axis). ``b0`` is the caller's
+    whole-tensor activation of ``pre`` and gets no gradient (``pre`` gets all of it)."""
+
+    @staticmethod
+    def forward(ctx, q, k, u, x, g, pre, b0, U, V, s0, scale, erase_scale, block_t, precision):
+        q, k, u, x, g, pre, b0, U, V = map(_c, (q, k, u, x, g, pre, b0, U, V))
+        o, s_out, saved = _content.content_forward(q, k, u, x, g, pre, b0, U, V, s0.float().contiguous(), scale,
+                                                   erase_scale, block_t, precision)
+        ctx.save_for_backward(q, k, u, U, V, s_out, *saved)
+        ctx.settings = (scale, erase_scale, block_t, precision)
+        ctx.dv = x.shape[-1]
+        return o, s_out
+
+    @staticmethod
+    def backward(ctx, do, ds_out):
+        q, k, u, U, V, s_out, *saved = ctx.saved_tensors
+        B, T, H, _ = q.shape
+        do = _zeros_if_none(do, q.new_empty(B, T, H, ctx.dv))
+        ds_out = _zeros_if_none(ds_out, s_out)
+        dq, dk, du, dx, dg, dpre, dU, dV, ds0 = _content.content_backward(q, k, u, U, V, saved, s_out, do, ds_out,
+                                                                          *ctx.settings)
+        return dq, dk, du, dx, dg, dpre, None, dU, dV, ds0, None, None, None, None
+
+
 class CovarianceFn(torch.autograd.Function):
     """(k, g, r, p0) -> (u fp32 [B,T,H,dk], P_T fp32); see ``triton_covariance``."""
 
@@ -169,6 +208,63 @@ def _write_dirs(c: Canonical, k, g, r, p0):
 def _whole_sequence(c: Canonical, kernel, precision, q, k):
     u, p_out = _write_dirs(c, k, c.g, c.r, initial_cov_or_eye(c) if c.covariance == "propagate" else None)
     o, s_out = _recurrence(c, kernel, precision, q, k, u, c.w * c.v, c.g, c.b, initial_state_or_zeros(c))
+    return o, s_out, p_out
+
+
+_FUSED_OVERRIDE: list = []  # innermost ``fused_content(...)`` setting wins over the environment
+
+
+@contextlib.contextmanager
+def fused_content(enabled: bool):
+    """Within this block, run fusable content gates on the fused kernels (True) or on the
+    per-chunk loop (False), whatever ``CARVELAB_FUSED_CONTENT`` says."""
+    _FUSED_OVERRIDE.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _FUSED_OVERRIDE.pop()
+
+
+def fused_content_enabled() -> bool:
+    """``CARVELAB_FUSED_CONTENT``: 1 (default) runs a fusable content gate on the fused
+    kernels, 0 on the per-chunk loop (replayed from CUDA graphs on a GPU); a
+    ``fused_content(...)`` block overrides it."""
+    if _FUSED_OVERRIDE:
+        return _FUSED_OVERRIDE[-1]
+    value = os.environ.get(FUSED_CONTENT_ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{FUSED_CONTENT_ENV}={value!r} is not allowed; use 1 (fused content-gate kernels) "
+                         "or 0 (the per-chunk loop)")
+    return value == "1"
+
+
+def content_fuses(target: str, kernel: str, erase_axis: str, chunk_size: int) -> bool:
+    """Whether a content gate with these settings runs on the fused kernels
+    (``triton_content``): the chunked kernel, the erase target, the key axis, a content
+    chunk that is one WY chunk (TRITON_CHUNK_SIZES), and ``fused_content_enabled()``.
+    Anything else runs the per-chunk loop, which computes the same recurrence."""
+    return (kernel == "chunk" and target == "erase" and erase_axis == "key" and chunk_size in TRITON_CHUNK_SIZES
+            and fused_content_enabled())
+
+
+def fuses_content(content, kernel: str, options: RecurrenceOptions) -> bool:
+    """``content_fuses`` for one call (False without a content gate)."""
+    return content is not None and content_fuses(content.target, kernel, options.erase_axis, options.chunk_size)
+
+
+def _content_fused(c: Canonical, kernel, precision, q, k):
+    """The whole content-gate call on ``ContentChunkFn``; see ``triton_content``."""
+    B, T, H, dk, _ = c.dims
+    content = c.content
+    u, p_out = _write_dirs(c, k, c.g, c.r, initial_cov_or_eye(c) if c.covariance == "propagate" else None)
+    with torch.no_grad():  # the ungated model's own activation of the same logits (bit-identity at U = 0)
+        b0 = torch.sigmoid(c.b)
+        b0 = b0 if content.erase_scale == 1.0 else content.erase_scale * b0
+    U = content.U.float().expand(H, dk, content.U.shape[-1])  # one gate per head: the same row for every channel
+    o, s_out = ContentChunkFn.apply(
+        q, k, u, c.w * c.v, c.g, c.b.expand(B, T, H, dk), b0.expand(B, T, H, dk), U, content.V.float(),
+        initial_state_or_zeros(c), c.scale, content.erase_scale, c.chunk_size, precision,
+    )
     return o, s_out, p_out
 
 
@@ -238,15 +334,15 @@ def triton_gated_delta(
     in fp32 under either; ``auto`` is ``fast`` here); ``options.chunk_size`` must be at
     most max(TRITON_CHUNK_SIZES).
 
-    With a content gate on CUDA tensors the whole call (the per-chunk loop, forward and
-    backward) is captured once per shape and replayed as CUDA graphs (``cuda_graph``;
-    ``CARVELAB_CUDA_GRAPHS=0`` runs it eagerly).
+    A content gate runs on the fused kernels where ``fuses_content``; otherwise, on CUDA
+    tensors, the whole per-chunk loop (forward and backward) is captured once per shape and
+    replayed as CUDA graphs (``cuda_graph``; ``CARVELAB_CUDA_GRAPHS=0`` runs it eagerly).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not allowed; choose one of {list(KERNELS)}")
     check_triton_chunk(options.chunk_size)
     precision = resolve_precision(options.precision, "triton_" + kernel)
-    if content is None or not _graph.should_replay(q.device):
+    if content is None or fuses_content(content, kernel, options) or not _graph.should_replay(q.device):
         return _triton_gated_delta(q, k, v, g, b, w, r, options, content, initial_state, initial_cov, kernel,
                                    precision)
     tensors = (q, k, v, g, b, w, r, initial_state, initial_cov, content.U, content.V, content.A_log)
@@ -278,7 +374,10 @@ def _triton_gated_delta(
     if T == 0:
         p = initial_cov_or_eye(c).clone() if c.covariance == "propagate" else None
         return RecurrenceOutput(v.new_zeros(B, 0, H, dv), initial_state_or_zeros(c).clone(), p)
-    run = _whole_sequence if c.content is None else _content_chunks
+    if c.content is None:
+        run = _whole_sequence
+    else:
+        run = _content_fused if fuses_content(c.content, kernel, options) else _content_chunks
     o, s_out, p_out = run(c, kernel, precision, c.q, c.k)
     return RecurrenceOutput(o.to(v.dtype), s_out, p_out)
 

@@ -137,6 +137,13 @@ def _fwd_bwd(x, content, seed=5, **kw):
 gpu = pytest.mark.skipif(not GPU, reason="CUDA graphs need a CUDA GPU")
 
 
+@pytest.fixture(autouse=True)
+def per_chunk_loop(monkeypatch):
+    """These tests replay the per-chunk loop; an erase-target call on the chunked kernel
+    would otherwise run the fused kernels, which need no graphs (test_triton_content)."""
+    monkeypatch.setenv("CARVELAB_FUSED_CONTENT", "0")
+
+
 @gpu
 @pytest.mark.parametrize("target, kernel, covariance", [
     ("erase", "chunk", "reset"), ("decay", "chunk", "reset"), ("erase", "recurrent", "reset"),
