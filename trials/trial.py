@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from carvelab.kernels.cuda_graph import replays_on
+from carvelab.kernels.triton_ops import content_fuses
 from carvelab.kernels.dispatch import resolve_backend, resolve_precision
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
@@ -95,14 +96,20 @@ def static_costs(model_cfg, seq_len: int) -> dict[str, float]:
 
 
 def kernel_backend(model_cfg, device: torch.device) -> str:
-    """The recurrence implementation the trial's layers run (``dispatch.resolve_backend``),
-    with ``+cuda_graphs`` when its content-gate loop is replayed from CUDA graphs
-    (``kernels/cuda_graph.py``), which changes both its speed and its memory."""
+    """The recurrence implementation the trial's layers run (``dispatch.resolve_backend``).
+    A content gate on the Triton kernels adds how it runs, which changes both its speed
+    and its memory: ``+fused_content`` on the fused kernels (``kernels/triton_content.py``),
+    ``+cuda_graphs`` where its per-chunk loop is replayed from CUDA graphs
+    (``kernels/cuda_graph.py``), nothing where the loop runs eagerly."""
     if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
         return "none"
     impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size)
-    if impl.startswith("triton") and model_cfg.content_gate and replays_on(device):
-        impl += "+cuda_graphs"
+    if impl.startswith("triton") and model_cfg.content_gate:
+        kernel = impl.removeprefix("triton_")
+        if content_fuses(model_cfg.content_target, kernel, model_cfg.erase_axis, model_cfg.chunk_size):
+            impl += "+fused_content"
+        elif replays_on(device):
+            impl += "+cuda_graphs"
     return impl
 
 

@@ -166,21 +166,24 @@ def test_time_budget_excludes_the_first_step(tmp_path, monkeypatch):
     assert result.metrics["wall_s"] >= 1.5  # 1 s compiling + 0.5 s of training
 
 
-@pytest.mark.parametrize("preset, device, graphs, expected", [
-    ("carve", "cuda", "1", "triton_chunk+cuda_graphs"),
-    ("carve", "cuda", "0", "triton_chunk"),
-    ("gdn2", "cuda", "1", "triton_chunk"),  # no content gate: nothing is replayed
-    ("carve", "cpu", "1", "torch_chunk"),
+@pytest.mark.parametrize("preset, device, fused, graphs, axis, expected", [
+    ("carve", "cuda", "1", "1", "key", "triton_chunk+fused_content"),
+    ("carve", "cuda", "1", "1", "value", "triton_recurrent+cuda_graphs"),  # no fused kernel on the value axis
+    ("carve", "cuda", "0", "1", "key", "triton_chunk+cuda_graphs"),
+    ("carve", "cuda", "0", "0", "key", "triton_chunk"),
+    ("gdn2", "cuda", "1", "1", "key", "triton_chunk"),  # no content gate: nothing is replayed
+    ("carve", "cpu", "1", "1", "key", "torch_chunk"),
 ])
-def test_trials_record_whether_the_content_gate_is_replayed_from_cuda_graphs(monkeypatch, preset, device, graphs, expected):
+def test_trials_record_how_the_content_gate_runs(monkeypatch, preset, device, fused, graphs, axis, expected):
     import torch
 
     from carvelab.carve_models.presets import preset_config
     from carvelab.trials.trial import kernel_backend
 
+    monkeypatch.setenv("CARVELAB_FUSED_CONTENT", fused)
     monkeypatch.setenv("CARVELAB_CUDA_GRAPHS", graphs)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    cfg = preset_config(preset, d_model=32, n_layers=2, n_heads=2, vocab_size=32)
+    cfg = preset_config(preset, d_model=32, n_layers=2, n_heads=2, vocab_size=32, erase_axis=axis)
     assert kernel_backend(cfg, torch.device(device)) == expected
 
 

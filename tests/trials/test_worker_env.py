@@ -10,6 +10,8 @@ def test_worker_runtime_env_passes_cache_dir_and_kernel_switches(monkeypatch, tm
     assert scheduler.worker_runtime_env() == {"env_vars": {"CARVELAB_AUTOTUNE": "0"}}
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CARVELAB_CUDA_GRAPHS", "0")
+    monkeypatch.setenv("CARVELAB_FUSED_CONTENT", "0")
     monkeypatch.setenv("SOME_OTHER_SETTING", "1")
     assert scheduler.worker_runtime_env() == {
-        "env_vars": {"CARVELAB_AUTOTUNE": "0", "TRITON_CACHE_DIR": str(tmp_path), "CARVELAB_CUDA_GRAPHS": "0"}}
+        "env_vars": {"CARVELAB_AUTOTUNE": "0", "TRITON_CACHE_DIR": str(tmp_path), "CARVELAB_CUDA_GRAPHS": "0",
+                     "CARVELAB_FUSED_CONTENT": "0"}}

@@ -43,9 +43,11 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 # Settings of the driver's environment that every worker, on any node, must see: the
 # Triton cache (when unset, each worker picks its node's own, see triton_cache_dir) and
 # CARVELAB_AUTOTUNE=0 (one configuration per kernel: compiles in seconds, runs untuned) and
-# CARVELAB_CUDA_GRAPHS=0 (the content-gate loop runs eagerly, not from CUDA graphs) and
+# CARVELAB_FUSED_CONTENT=0 (the content gate runs as a per-chunk loop, not on its fused
+# kernels) and CARVELAB_CUDA_GRAPHS=0 (that loop runs eagerly, not from CUDA graphs) and
 # CARVELAB_SLOT_DIR (where the timing slots live, trials/timing_slot.py).
-WORKER_ENV_VARS = ("TRITON_CACHE_DIR", "CARVELAB_AUTOTUNE", "CARVELAB_CUDA_GRAPHS", "CARVELAB_SLOT_DIR")
+WORKER_ENV_VARS = ("TRITON_CACHE_DIR", "CARVELAB_AUTOTUNE", "CARVELAB_FUSED_CONTENT", "CARVELAB_CUDA_GRAPHS",
+                   "CARVELAB_SLOT_DIR")
 
 
 def worker_runtime_env() -> dict:
