@@ -149,7 +149,8 @@ def bench_gpu(args: argparse.Namespace) -> int:
     if args.warm_only:
         warm_only(args.shapes.split(","), args.warm_jobs or 1, fla=not args.no_fla)
         return 0
-    result = gpu_main(args.shapes.split(","), args.out, fla=not args.no_fla, warm_jobs=args.warm_jobs)
+    result = gpu_main(args.shapes.split(","), args.out, fla=not args.no_fla, warm_jobs=args.warm_jobs,
+                      only=tuple(p for p in args.points.split(",") if p))
     return 0 if result["reference_check"]["passed"] else 1
 
 
@@ -179,6 +180,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--shapes", default="large,small", help="gpu: comma-separated shapes (large, small)")
     p.add_argument("--out", default=None, help="gpu: write the figures as JSON here")
     p.add_argument("--no-fla", action="store_true", help="gpu: time our kernels only")
+    p.add_argument("--points", default="", help="gpu: comma-separated points to time (default: all)")
     p.add_argument("--warm-jobs", type=int, default=0,
                    help="gpu: compile every point first in this many parallel processes (0: no warm-up)")
     p.add_argument("--warm-only", action="store_true", help="gpu: fill the Triton cache, time nothing")

@@ -103,18 +103,20 @@ def qkv_grads(o: torch.Tensor, x: dict, do: torch.Tensor):
 
 
 # The points timed for each shape (keys of ``points``), and those fla has a kernel for.
-POINTS = ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2+content_gate_eager", "gdn2_value_axis_recurrent",
-          "gdn2_key_axis_recurrent", "gdn2[fast]", "kda[fast]", "gdn[fast]", "gdn2+content_gate[fast]")
+# gdn2+content_gate: the fused content-gate kernels (triton_content); _loop: the per-chunk
+# loop they replace, replayed from CUDA graphs (CARVELAB_FUSED_CONTENT=0).
+POINTS = ("gdn2", "kda", "gdn", "gdn2+content_gate", "gdn2+content_gate_loop", "gdn2_value_axis_recurrent",
+          "gdn2_key_axis_recurrent", "gdn2[fast]", "kda[fast]", "gdn[fast]", "gdn2+content_gate[fast]",
+          "gdn2+content_gate_loop[fast]")
 # Ours-only points reported as a multiple of our GDN-2 chunked kernel (exact, or [fast] for [fast]).
-RELATIVE_POINTS = ("gdn2+content_gate", "gdn2+content_gate_eager", "gdn2_value_axis_recurrent",
-                   "gdn2_key_axis_recurrent", "gdn2+content_gate[fast]")
+RELATIVE_POINTS = ("gdn2+content_gate", "gdn2+content_gate_loop", "gdn2_value_axis_recurrent",
+                   "gdn2_key_axis_recurrent", "gdn2+content_gate[fast]", "gdn2+content_gate_loop[fast]")
 FLA_POINTS = ("gdn2", "kda", "gdn", "gdn2[fast]", "kda[fast]", "gdn[fast]")
 
 
 def points(x):
     """name -> (our call, fla call or None), all on the same inputs."""
     from carvelab.kernels._args import ContentGate
-    from carvelab.kernels.cuda_graph import replay
     from carvelab.kernels.options import RecurrenceOptions
     from carvelab.kernels.triton_ops import triton_chunk_gated_delta as chunk
     from carvelab.kernels.triton_ops import triton_recurrent_gated_delta as recurrent
@@ -128,8 +130,10 @@ def points(x):
     logits = torch.logit(b.clamp(1e-4, 1 - 1e-4))
     fast, value = RecurrenceOptions(precision="fast"), RecurrenceOptions(erase_axis="value")
 
-    def eager(fn):  # the content-gate loop without CUDA-graph replay
-        with replay(False):
+    def loop(fn):  # the per-chunk content-gate loop (graph-replayed) instead of the fused kernels
+        from carvelab.kernels.triton_ops import fused_content
+
+        with fused_content(False):
             return fn()
 
     fla = _fla()
@@ -141,7 +145,7 @@ def points(x):
         "gdn": (lambda: chunk(q, k, v, gh, beta, beta).o,
                 None if fla is None else lambda: fla["gdn"](q, k, v, gh, beta.to(q.dtype))[0]),
         "gdn2+content_gate": (lambda: chunk(q, k, v, g, logits, w, content=content).o, None),
-        "gdn2+content_gate_eager": (lambda: eager(lambda: chunk(q, k, v, g, logits, w, content=content).o), None),
+        "gdn2+content_gate_loop": (lambda: loop(lambda: chunk(q, k, v, g, logits, w, content=content).o), None),
         "gdn2_value_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w, None, value).o, None),
         "gdn2_key_axis_recurrent": (lambda: recurrent(q, k, v, g, b, w).o, None),
         # precision="fast": bf16 tensor-core products, TF32 solve (kernels/options.py)
@@ -152,10 +156,17 @@ def points(x):
         "gdn[fast]": (lambda: chunk(q, k, v, gh, beta, beta, None, fast).o,
                       None if fla is None else lambda: fla["gdn"](q, k, v, gh, beta.to(q.dtype))[0]),
         "gdn2+content_gate[fast]": (lambda: chunk(q, k, v, g, logits, w, None, fast, content=content).o, None),
+        "gdn2+content_gate_loop[fast]": (
+            lambda: loop(lambda: chunk(q, k, v, g, logits, w, None, fast, content=content).o), None),
     }
 
 
 USE_FLA = True
+SELECTED: tuple = ()  # the points to run (empty: all of POINTS)
+
+
+def selected(names) -> list:
+    return [n for n in names if not SELECTED or n in SELECTED]
 
 
 def _fla():
@@ -202,7 +213,9 @@ def hbm_floor_bytes(x: dict, name: str, backward: bool) -> int:
 def bench_shape(shape: str, bandwidth: float) -> dict:
     x = leaf_inputs(shape)
     out = {"shape": SHAPES[shape], "dtype": "bfloat16", "points": {}}
-    for name, (ours, theirs) in points(x).items():
+    pts = points(x)
+    for name in selected(pts):
+        ours, theirs = pts[name]
         row = {}
         for who, fn in (("ours", ours), ("fla", theirs)):
             if fn is None:
@@ -276,7 +289,7 @@ def warm_cache(shapes: list[str], jobs: int, timeout_s: float = 480.0) -> dict:
 
     The autotune timings of those concurrent processes are unreliable, so their cached
     choices (``*.autotune.json``) are deleted afterwards; compiled binaries stay."""
-    units = [(s, n, who) for who in (("fla", "ours") if USE_FLA else ("ours",)) for s in shapes for n in POINTS
+    units = [(s, n, who) for who in (("fla", "ours") if USE_FLA else ("ours",)) for s in shapes for n in selected(POINTS)
              if who == "ours" or n in FLA_POINTS]
     start, pending, running, report = time.monotonic(), list(units), {}, {}
     while pending or running:
@@ -366,28 +379,30 @@ def host_profile(fn: Callable[[], object], top: int = 20) -> list[str]:
 
 
 def content_gate_diagnostics(shape: str) -> dict:
-    """Where the content-gate time goes: the GPU memory reserved by its first call (eager
-    warm-up and capture, afresh here: an upper bound on what the graphs keep), host issue
-    time vs device time of the forward with and without replay, the host functions behind
-    the eager forward, and the kernels of one fwd+bwd."""
+    """Where the content-gate time goes: the GPU memory the first fwd+bwd leaves reserved
+    (for the loop: its CUDA-graph pools, captured afresh here; the fused kernels keep
+    none), host issue time vs device time of the forward, and the kernels of one fwd+bwd."""
     from carvelab.kernels import cuda_graph
 
     x = leaf_inputs(shape)
     pts = points(x)
     out = {}
-    cuda_graph.POOL.clear()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    reserved = torch.cuda.memory_reserved()
-    o = pts["gdn2+content_gate"][0]()
-    qkv_grads(o, x, torch.ones_like(o))
-    del o
-    torch.cuda.synchronize()
-    out["graphs_reserved_mb"] = (torch.cuda.memory_reserved() - reserved) / 2**20
-    with torch.no_grad():
-        for name in ("gdn2+content_gate", "gdn2+content_gate_eager"):
+    for name in ("gdn2+content_gate", "gdn2+content_gate_loop"):
+        cuda_graph.POOL.clear()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        reserved = torch.cuda.memory_reserved()
+        o = pts[name][0]()
+        qkv_grads(o, x, torch.ones_like(o))
+        del o
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        out[f"kept_reserved_mb_{name}"] = (torch.cuda.memory_reserved() - reserved) / 2**20
+        with torch.no_grad():
             out[f"forward_{name}"] = host_vs_device(pts[name][0])
-        out["forward_gdn2+content_gate_eager"]["host_profile"] = host_profile(pts["gdn2+content_gate_eager"][0])
+    with torch.no_grad():
+        out["forward_gdn2+content_gate"]["host_profile"] = host_profile(pts["gdn2+content_gate"][0])
+    cuda_graph.POOL.clear()
     out["fwd_bwd_profile"] = kernel_profile(shape, "gdn2+content_gate")
     return out
 
@@ -397,11 +412,11 @@ def autotune_choices() -> dict:
     see which configurations win (and which of the autotune space never does)."""
     from triton.runtime.autotuner import Autotuner
 
-    from carvelab.kernels import triton_chunk, triton_covariance, triton_recurrent
+    from carvelab.kernels import triton_chunk, triton_content, triton_covariance, triton_recurrent
     from carvelab.kernels.tuning import TunedKernel
 
     out = {}
-    for module in (triton_chunk, triton_recurrent, triton_covariance):
+    for module in (triton_chunk, triton_content, triton_recurrent, triton_covariance):
         for name, obj in vars(module).items():
             obj = obj.autotuner if isinstance(obj, TunedKernel) else obj
             if isinstance(obj, Autotuner):
@@ -409,7 +424,9 @@ def autotune_choices() -> dict:
     return out
 
 
-def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
+def run_gpu(shapes: list[str], warm_jobs: int = 0, save: Callable[[dict], None] = lambda result: None) -> dict:
+    """Every figure of the GPU benchmark; ``save(result)`` after each shape and diagnostic,
+    so a run stopped part-way keeps what it measured."""
     import triton
 
     if not torch.cuda.is_available():
@@ -429,10 +446,15 @@ def run_gpu(shapes: list[str], warm_jobs: int = 0) -> dict:
     if warm_jobs > 0:
         result["warm_up"] = warm_cache(shapes, warm_jobs)
     result["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
-    result["shapes"] = {s: bench_shape(s, result["copy_bandwidth_gbs"]) for s in shapes}
-    _diagnostic(result, "profile_gdn2_" + shapes[0], "profile", lambda: kernel_profile(shapes[0]))
-    _diagnostic(result, "content_gate_" + shapes[0], "content_gate", lambda: content_gate_diagnostics(shapes[0]))
-    _diagnostic(result, "autotune_choices", "autotune", autotune_choices)
+    result["shapes"] = {}
+    for shape in shapes:
+        result["shapes"][shape] = bench_shape(shape, result["copy_bandwidth_gbs"])
+        save(result)
+    for key, label, fn in (("profile_gdn2_" + shapes[0], "profile", lambda: kernel_profile(shapes[0])),
+                           ("content_gate_" + shapes[0], "content_gate", lambda: content_gate_diagnostics(shapes[0])),
+                           ("autotune_choices", "autotune", autotune_choices)):
+        _diagnostic(result, key, label, fn)
+        save(result)
     return result
 
 
@@ -468,14 +490,20 @@ def warm_only(shapes: list[str], jobs: int, fla: bool = True) -> dict:
     return warm_cache(shapes, jobs)
 
 
-def main(shapes: list[str], out: str | None, fla: bool = True, warm_jobs: int = 0) -> dict:
-    global USE_FLA
-    USE_FLA = fla
-    result = run_gpu(shapes, warm_jobs)
+def main(shapes: list[str], out: str | None, fla: bool = True, warm_jobs: int = 0, only: tuple = ()) -> dict:
+    global USE_FLA, SELECTED
+    USE_FLA, SELECTED = fla, tuple(only)
+    unknown = sorted(set(SELECTED) - set(POINTS))
+    if unknown:
+        raise SystemExit(f"--points: {unknown} are not points; choose from {list(POINTS)}")
+    def save(result: dict) -> None:
+        if out:
+            with open(out, "w") as fh:
+                json.dump(result, fh, indent=2, default=str)
+
+    result = run_gpu(shapes, warm_jobs, save)
     print_table(result)
-    if out:
-        with open(out, "w") as fh:
-            json.dump(result, fh, indent=2, default=str)
+    save(result)
     return result
 
 

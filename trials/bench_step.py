@@ -19,6 +19,11 @@ against the one before it in one run:
     after    fast, fused AdamW, no per-step synchronisation
     graph    after, with the whole step replayed from one CUDA graph (trials/step_graph.py):
              the trial loop as it is now on a GPU
+    graph_loop  graph, with the content gate on its per-chunk loop instead of its fused
+             kernels (CARVELAB_FUSED_CONTENT=0); the same as graph without a content gate
+
+``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
+the step time over gdn2's in the same variant (the content gate's throughput cost).
 
 Each row: the median ms/step over ``--steps`` steps after ``--warmup`` (CUDA events),
 tokens/s, MFU, GPU busy % and kernels per step (torch.profiler over ``--profile-steps``
@@ -61,8 +66,9 @@ SIZES = {
     "medium": Size(512, 4, 512, 64, 64),
     "large": Size(1024, 8, 2048, 8, 128),
 }
-MODELS = ("kda", "gdn", "gdn2")
-VARIANTS = ("before", "fast", "after", "graph")
+MODELS = ("kda", "gdn", "gdn2", "carve")
+FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
+VARIANTS = ("before", "fast", "after", "graph", "graph_loop")
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
 
 
@@ -185,15 +191,18 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         net = fla_model(model, size, args.vocab, cfg.mlp_width)
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
-    elif who == "ours:graph":
+    elif who in ("ours:graph", "ours:graph_loop"):
+        from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
         net, cfg = our_model(model, size, args.vocab, "fast")
         optimizer = make_optimizer(net, train, capturable=True)
         graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False))
+        fused = who == "ours:graph"
 
         def step():
-            graphed(x, y)
+            with fused_content(fused):  # read when the step is captured (the first call)
+                graphed(x, y)
     else:
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
         fused = who == "ours:after"
@@ -230,9 +239,12 @@ def run(args) -> dict:
               "vocab": args.vocab, "rows": []}
     sides = [f"ours:{v}" for v in args.variants] + (["fla"] if result["fla"] and args.fla else [])
     for size_name in args.sizes:
+        by_model = {}
         for model in args.models:
             rows = {}
             for who in sides:
+                if who == "fla" and model not in FLA_MODELS:
+                    continue
                 try:
                     rows[who] = bench_row(size_name, model, who, args)
                 except Exception as exc:  # one failing row must not hide the others
@@ -242,8 +254,18 @@ def run(args) -> dict:
                     torch.cuda.empty_cache()
                 print(json.dumps(rows[who]), flush=True)
             _ratios(rows)
+            by_model[model] = rows
             result["rows"].extend(rows.values())
+        _content_cost(by_model)
     return result
+
+
+def _content_cost(by_model: dict) -> None:
+    """carve's step time as a multiple of gdn2's in the same variant (``x_gdn2``)."""
+    for who, row in by_model.get("carve", {}).items():
+        base = by_model.get("gdn2", {}).get(who, {}).get("ms_per_step")
+        if base and "ms_per_step" in row:
+            row["x_gdn2"] = row["ms_per_step"] / base
 
 
 def _ratios(rows: dict) -> None:
@@ -268,16 +290,17 @@ def _fla_version() -> Optional[str]:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['device']}  torch {result['torch']}  triton {result['triton']}  fla {result['fla']}")
-    print(f"{'size':7s} {'model':5s} {'who':12s} {'ms/step':>8s} {'x fla':>6s} {'x before':>8s} {'tok/s':>10s} "
-          f"{'MFU%':>6s} {'busy%':>6s} {'kern/step':>9s} {'mem MB':>8s}")
+    print(f"{'size':7s} {'model':5s} {'who':16s} {'ms/step':>8s} {'x fla':>6s} {'x before':>8s} {'x gdn2':>6s} "
+          f"{'tok/s':>10s} {'MFU%':>6s} {'busy%':>6s} {'kern/step':>9s} {'mem MB':>8s}")
     nan = float("nan")
     for r in result["rows"]:
         if "error" in r:
-            print(f"{r['size']:7s} {r['model']:5s} {r['who']:12s} ERROR {r['error']}")
+            print(f"{r['size']:7s} {r['model']:5s} {r['who']:16s} ERROR {r['error']}")
             continue
-        print(f"{r['size']:7s} {r['model']:5s} {r['who']:12s} {r['ms_per_step']:8.2f} {r.get('x_fla', nan):6.2f} "
-              f"{r.get('x_before', nan):8.2f} {r['tokens_per_s']:10.0f} {100 * (r['mfu'] or nan):6.2f} "
-              f"{r['gpu_busy_pct']:6.1f} {r['kernels_per_step']:9.0f} {r['peak_mem_mb']:8.0f}")
+        print(f"{r['size']:7s} {r['model']:5s} {r['who']:16s} {r['ms_per_step']:8.2f} {r.get('x_fla', nan):6.2f} "
+              f"{r.get('x_before', nan):8.2f} {r.get('x_gdn2', nan):6.2f} {r['tokens_per_s']:10.0f} "
+              f"{100 * (r['mfu'] or nan):6.2f} {r['gpu_busy_pct']:6.1f} {r['kernels_per_step']:9.0f} "
+              f"{r['peak_mem_mb']:8.0f}")
 
 
 def parse_args(argv=None):

@@ -33,3 +33,15 @@ def test_ratios_against_fla_and_our_before():
     assert rows["ours:after"]["x_fla"] == 0.5 and rows["ours:after"]["x_before"] == 0.4
     assert rows["ours:before"]["x_before"] == 1.0 and "x_fla" not in rows["fla"]
     assert "x_fla" not in rows["ours:fast"]
+
+
+def test_the_content_gate_cost_is_carve_over_gdn2_in_the_same_variant():
+    by_model = {"gdn2": {"ours:graph": {"ms_per_step": 4.0}, "ours:graph_loop": {"ms_per_step": 4.0}},
+                "carve": {"ours:graph": {"ms_per_step": 5.0}, "ours:graph_loop": {"ms_per_step": 10.0},
+                          "ours:fast": {"ms_per_step": 3.0}}}
+    bench_step._content_cost(by_model)
+    carve = by_model["carve"]
+    assert carve["ours:graph"]["x_gdn2"] == 1.25 and carve["ours:graph_loop"]["x_gdn2"] == 2.5
+    assert "x_gdn2" not in carve["ours:fast"]  # no gdn2 row of that variant
+    assert "x_gdn2" not in by_model["gdn2"]["ours:graph"]
+    assert bench_step.our_config("carve", bench_step.SIZES["small"], 8192).content_gate
