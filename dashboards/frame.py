@@ -118,9 +118,15 @@ def trials_frame(data: SweepData) -> pl.DataFrame:
     schema_hint = {m: pl.Float64 for m, _ in data.told_objectives}
     schema_hint.update({f"m.{m}": pl.Float64 for m in metric_names})
     df = pl.DataFrame(rows, schema_overrides=schema_hint, infer_schema_length=None) if rows else pl.DataFrame()
-    data.reported = reported_objectives(data.told_objectives, df)
-    tests = [m for m, _ in data.reported if m.startswith("test_")]
-    return df.with_columns([pl.col(f"m.{m}").alias(m) for m in tests]) if tests else df
+    df, data.reported = with_reported(df, data.told_objectives)
+    return df
+
+
+def with_reported(df: pl.DataFrame, told: list[tuple[str, str]]) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
+    """(the frame with a column per reported ``test_X`` objective, the objectives as reported)."""
+    reported = reported_objectives(told, df)
+    tests = [m for m, _ in reported if m.startswith("test_")]
+    return (df.with_columns([pl.col(f"m.{m}").alias(m) for m in tests]) if tests else df), reported
 
 
 def reported_objectives(told: list[tuple[str, str]], df: pl.DataFrame) -> list[tuple[str, str]]:

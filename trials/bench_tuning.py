@@ -41,8 +41,21 @@ from carvelab.search_space.sweep_loading import load_sweep
 MIN_DIFF = 0.01  # accuracy: one point of a hundred
 
 
-def _key(label: str, seed: int, tune: dict) -> str:
-    return json.dumps({"label": label, "seed": seed, "tune": tune}, sort_keys=True)
+def _key(label: str, point: dict, seed: int, tune: dict) -> str:
+    """One planned run: its point (a grid sweep's runs all have the label ''), seed and tune values."""
+    return json.dumps({"label": label, "point": point, "seed": seed, "tune": tune}, sort_keys=True)
+
+
+def pending_runs(spec, out: Path) -> dict:
+    """{key: (point, seed, label, tune)} of the sweep's planned runs not yet in ``out``."""
+    from carvelab.trials.sweep.study import planned
+
+    done = set()
+    if out.exists():
+        done = {_key(r["label"], r["point"], r["seed"], r["tune"])
+                for r in map(json.loads, out.read_text().splitlines()) if r}
+    runs = {_key(label, point, seed, tune): (point, seed, label, tune) for point, seed, label, tune in planned(spec)}
+    return {key: run for key, run in runs.items() if key not in done}
 
 
 def train_config(config_dict: dict, threads: int = 2) -> dict:
@@ -68,18 +81,9 @@ def run(sweep: str, out: Path, workers: int, steps: int | None, size: str | None
 
 def run_planned(spec, out: Path, workers: int) -> None:
     """Train every planned run of the sweep ``spec`` not yet in ``out``, appending each to it."""
-    from carvelab.trials.sweep.study import planned
-
-    done = set()
-    if out.exists():
-        done = {_key(r["label"], r["seed"], r["tune"]) for r in map(json.loads, out.read_text().splitlines())}
-    jobs = {}
-    for point, seed, label, tune in planned(spec):
-        if _key(label, seed, tune) in done:
-            continue
-        config = dataclasses.asdict(point_config(spec, point, seed, tune))
-        jobs[_key(label, seed, tune)] = (point, seed, label, tune, config)
-    print(f"{len(jobs)} runs to train ({len(done)} already in {out}), {workers} at a time", flush=True)
+    jobs = {key: (point, seed, label, tune, dataclasses.asdict(point_config(spec, point, seed, tune)))
+            for key, (point, seed, label, tune) in pending_runs(spec, out).items()}
+    print(f"{len(jobs)} runs to train (the rest already in {out}), {workers} at a time", flush=True)
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
@@ -95,7 +99,8 @@ def run_planned(spec, out: Path, workers: int) -> None:
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             m = result.get("metrics", {})
-            print(f"{label[:40]:40s} seed {seed} {tune} -> {result['status']} val {m.get('val_accuracy', math.nan):.3f} "
+            name = label or ",".join(f"{k}={v}" for k, v in point.items())
+            print(f"{name[:60]:60s} seed {seed} {tune} -> {result['status']} val {m.get('val_accuracy', math.nan):.3f} "
                   f"test {m.get('test_accuracy', math.nan):.3f} ({result.get('seconds', 0):.0f} s)", flush=True)
 
 

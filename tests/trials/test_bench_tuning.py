@@ -43,3 +43,37 @@ def test_run_then_analyse_a_tiny_tuned_ablation(tmp_path, capsys):
         assert point["tune"] == {"train.lr": best} and point["n"] == 2
     text = bench_tuning.markdown(report)
     assert "rank flips" in text and "tuned" in text
+
+
+def test_a_grid_sweeps_runs_are_planned_once_each_and_a_rerun_skips_only_those_done(tmp_path):
+    # a grid sweep's runs all carry the label '': each is told apart by its point
+    from carvelab.search_space.sweep_loading import load_sweep
+    from carvelab.trials import bench_claims
+
+    data = {"name": "g", "mode": "grid", "seeds": [0, 1], "suite": "state_tracking",
+            "base": {"preset": "gdn2", "model": {"d_model": 16, "n_heads": 2}},
+            "space": {"erase_axis": ["key", "value"]}, "tune": {"train.lr": [1e-3, 3e-3]}}
+    spec = load_sweep(data)
+    out = tmp_path / "runs.jsonl"
+    pending = bench_tuning.pending_runs(spec, out)
+    assert len(pending) == 4 * 2 * 2 * 2  # suite settings x axis values x seeds x learning rates
+    done = []
+    for i, (point, seed, label, tune) in enumerate(list(pending.values())[:5]):
+        done.append({"label": label, "point": point, "seed": seed, "tune": tune, "status": "completed",
+                     "metrics": {"val_accuracy": 0.5, "test_accuracy": 0.1 * i}})
+    out.write_text("".join(json.dumps(r) + "\n" for r in done))
+    left = bench_tuning.pending_runs(spec, out)
+    assert len(left) == len(pending) - 5 and not set(left) & {k for k in list(pending)[:5]}
+    # every run done: scored as `carvelab suite` scores a sweep (tuned on validation, reported on test)
+    rows = []
+    for point, seed, label, tune in pending.values():
+        acc = 0.9 if point["erase_axis"] == "key" else 0.3
+        best = tune["train.lr"] == 1e-3  # the better validation mean: its test figure is reported
+        rows.append({"label": label, "point": point, "seed": seed, "tune": tune, "status": "completed",
+                     "metrics": {"val_accuracy": acc + (0.01 if best else 0.0), "test_accuracy": acc if best else 0.0}})
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metric, scores = bench_claims.suite_scores(out, data, None)
+    overall = {json.loads(r["architecture"])["erase_axis"]: r for r in scores if r["task"] == "(mean of tasks)"}
+    assert metric == "test_accuracy"
+    assert overall["key"]["mean"] == pytest.approx(0.9) and overall["value"]["mean"] == pytest.approx(0.3)
+    assert overall["key"]["n"] == 2
