@@ -36,6 +36,9 @@ Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (s
 over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
 over chunks: dS and dΔ per chunk, dS_0), ``_pairs_bwd`` (dR, dQ, dM), ``_state_terms_bwd`` (the
 S_0/dS_C terms of dq, da, du, per key slice), ``_intra_bwd`` (dq, da, du). T is padded with zeros to a multiple of C (identity steps).
+Each kernel is one program per chunk (or per chunk and tile) around a per-chunk device
+function of ``_chunk_steps``, which the fused content-gate kernels (``triton_content``)
+call chunk after chunk.
 """
 from __future__ import annotations
 
@@ -47,81 +50,32 @@ import torch
 import triton
 import triton.language as tl
 
-from carvelab.kernels._triton_common import block_size, dot_precisions, key_block, matrix_slice_ptr, matrix_tile_ptr
-from carvelab.kernels._triton_common import mm as _mm
+from carvelab.kernels._chunk_steps import (
+    BC,
+    _decay_grad_chunk,
+    _intra_block,
+    _intra_bwd_sub,
+    _output_tile,
+    _pairs_bwd_chunk,
+    _put,
+    _solve_chunk,
+    _state_bwd_step,
+    _state_step,
+    _state_terms_chunk,
+    _tile,
+)
+from carvelab.kernels._triton_common import block_size, dot_precisions, key_block, matrix_tile_ptr
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 logger = logging.getLogger(__name__)
 
 LAUNCHES: Counter = Counter()
 
-# Sub-chunk length: the span over which pairs are formed elementwise.
-BC = 16
 # Widest value tile of the chunk kernels.
 MAX_BLOCK_V = 64
 
 
-@triton.jit
-def _tile(base, i_b, t0, i_h, TP, H, D: tl.constexpr, c0, R: tl.constexpr, BD: tl.constexpr):
-    """Rows t0..t0+R, columns c0..c0+BD of a [B, TP, H, D] tensor as fp32 (zero past D)."""
-    rows = t0 + tl.arange(0, R)
-    cols = c0 + tl.arange(0, BD)
-    ptr = base + ((i_b * TP + rows[:, None]) * H + i_h) * D + cols[None, :]
-    return tl.load(ptr, mask=cols[None, :] < D, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _put(base, val, i_b, t0, i_h, TP, H, D: tl.constexpr, c0, R: tl.constexpr, BD: tl.constexpr):
-    rows = t0 + tl.arange(0, R)
-    cols = c0 + tl.arange(0, BD)
-    ptr = base + ((i_b * TP + rows[:, None]) * H + i_h) * D + cols[None, :]
-    tl.store(ptr, val, mask=cols[None, :] < D)
-
-
-@triton.jit
-def _row(base, i_b, t, i_h, TP, H, D: tl.constexpr, c0, BD: tl.constexpr):
-    cols = c0 + tl.arange(0, BD)
-    ptr = base + ((i_b * TP + t) * H + i_h) * D + cols
-    return tl.load(ptr, mask=cols < D, other=0.0).to(tl.float32)
-
-
 # ----------------------------------------------------------------------------- forward
-@triton.jit
-def _intra_block(
-    q, a, u, G, M, Qm, i_c, i_i, i_j, i_b, i_h, TP,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-):
-    """Block (i, j) of sub-chunks of M and Q of chunk i_c (zero above the diagonal)."""
-    t_i, t_j = i_c * BT + i_i * BC, i_c * BT + i_j * BC
-    rr = tl.arange(0, BC)
-    Mb = tl.zeros([BC, BC], dtype=tl.float32)
-    Qb = tl.zeros([BC, BC], dtype=tl.float32)
-    if i_i > i_j:
-        ref = _row(G, i_b, t_i, i_h, TP, H, K, 0, BK)
-        up = tl.exp(_tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
-        down = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
-        down = tl.trans(down)
-        Mb = _mm(_tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, PREC)
-        Qb = _mm(_tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, PREC)
-    elif i_i == i_j:
-        a_i = _tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-        q_i = _tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-        G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-        ok = tl.arange(0, BK)
-        row = ((i_b * TP + t_i) * H + i_h) * K + ok
-        p_u, p_g = u + row, G + row
-        for s in range(BC):  # column s of the block: pairs (t, s), t >= s
-            keep = rr[:, None] >= s
-            gs = tl.load(p_g, mask=ok < K, other=0.0)
-            f = tl.where(keep, tl.exp(tl.where(keep, G_i - gs[None, :], 0.0)), 0.0)
-            f = f * tl.load(p_u, mask=ok < K, other=0.0).to(tl.float32)[None, :]
-            cm = tl.where(rr > s, tl.sum(a_i * f, 1), 0.0)
-            cq = tl.sum(q_i * f, 1)
-            Mb = tl.where(rr[None, :] == s, cm[:, None], Mb)
-            Qb = tl.where(rr[None, :] == s, cq[:, None], Qb)
-            p_u, p_g = p_u + H * K, p_g + H * K
-    _put(M, Mb, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC)
-    _put(Qm, Qb, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC)
 
 
 @autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
@@ -134,61 +88,6 @@ def _intra_fwd_kernel(
     """Block (i, j) of sub-chunks of M and Q for one chunk."""
     i_c, i_ij, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _intra_block(q, a, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_bh // H, i_bh % H, TP, H, K, BT, BC, BK, PREC)
-
-
-@triton.jit
-def _inverse_diag_blocks(M, A, i_b, t0, i_h, TP, H, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr):
-    """(I + M_ii)^{-1} of every diagonal [BC, BC] block of the chunk, stored into A.
-
-    Forward substitution, one row per step, that row of all NC blocks at once: BC − 1
-    dependent steps per chunk instead of NC·(BC − 1)."""
-    nb = tl.arange(0, NC)[:, None, None]
-    rr = tl.arange(0, BC)[None, :, None]
-    cc = tl.arange(0, BC)[None, None, :]
-    offs = ((i_b * TP + t0 + nb * BC + rr) * H + i_h) * BT + nb * BC + cc
-    Mt = tl.where(rr > cc, tl.load(M + offs), 0.0)
-    Ai = tl.where(rr == cc, 1.0, 0.0) + tl.zeros([NC, BC, BC], dtype=tl.float32)
-    cols = tl.arange(0, BC)[None, :]
-    for i in range(1, BC):
-        m_i = tl.sum(tl.where(rr == i, Mt, 0.0), 1)  # [NC, BC]: row i of each block, by column j
-        row = tl.where(cols == i, 1.0, 0.0) - tl.sum(m_i[:, :, None] * Ai, 1)  # e_i − Σ_j M[i,j] A[j,:]
-        Ai = tl.where(rr == i, row[:, None, :], Ai)
-    tl.store(A + offs, Ai)
-
-
-@triton.jit
-def _solve_chunk(
-    a, x, G, M, A, W, XA, i_c, i_b, i_h, TP,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
-):
-    """A = (I + M)^{-1} by blocks; W = A (e^G ⊙ a), XA = A X, for chunk i_c.
-
-    Diagonal [BC, BC] blocks by forward substitution, then for block row i and column
-    j < i: A_ij = −A_ii Σ_{j<=k<i} M_ik A_kj (blocks of A round-trip through the output,
-    which stays in cache)."""
-    t0 = i_c * BT
-    zero = tl.zeros([BC, BC], dtype=tl.float32)
-    _inverse_diag_blocks(M, A, i_b, t0, i_h, TP, H, BT, BC, BT // BC)
-    tl.debug_barrier()  # the diagonal blocks written above are read by every thread below
-    for i in tl.static_range(BT // BC):
-        Aii = _tile(A, i_b, t0 + i * BC, i_h, TP, H, BT, i * BC, BC, BC)
-        for j in tl.static_range(i + 1, BT // BC):
-            _put(A, zero, i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
-        for j in tl.static_range(i):
-            tl.debug_barrier()  # blocks A_kj written above are visible to every thread
-            acc = tl.zeros([BC, BC], dtype=tl.float32)
-            for k in tl.static_range(j, i):
-                acc += _mm(_tile(M, i_b, t0 + i * BC, i_h, TP, H, BT, k * BC, BC, BC),
-                           _tile(A, i_b, t0 + k * BC, i_h, TP, H, BT, j * BC, BC, BC), PREC)
-            _put(A, -_mm(Aii, acc, PREC), i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
-    tl.debug_barrier()
-    Ai = _tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-    at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
-    _put(W, _mm(Ai, at, PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
-    for i_v in range(NV):
-        xt = _tile(x, i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
-        _put(XA, _mm(Ai, xt, PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
 
 
 # 4 warps only: the count its batched diagonal inverse (3-D tiles) was checked with compiled
@@ -208,23 +107,6 @@ def _solve_fwd_kernel(
 # The sequential kernels run one program per (value tile, batch·head): the value tile is
 # tuned too, trading parallel programs against re-reading the key-side tiles per tile.
 STATE_VALUE_BLOCKS = (16, 32, 64)
-
-
-@triton.jit
-def _state_step(
-    u, G, W, XA, S, dlt, i_c, i_b, i_h, c0, TP,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-):
-    """One chunk of the state scan on value tile c0: Δ = XA − W S_0 (stored), and
-    (S_C = e^{G_C} ⊙ S_0 + Ûᵀ Δ, Δ)."""
-    t0 = i_c * BT
-    wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-    dl = _tile(XA, i_b, t0, i_h, TP, H, V, c0, BT, BV) - _mm(wt, S, PREC)
-    _put(dlt, dl, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
-    uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
-    return S * tl.exp(g_last)[:, None] + _mm(tl.trans(uh), dl, PREC), dl
 
 
 @autotune(configs=autotune_configs(value_blocks=STATE_VALUE_BLOCKS), key=["BK", "BT", "V"])
@@ -248,21 +130,6 @@ def _state_fwd_kernel(
     tl.store(p_o, S, mask=m_o)
 
 
-@triton.jit
-def _output_tile(
-    q, G, Qm, S0, dl, o, i_c, i_b, i_h, c0, TP, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-):
-    """o = scale (Q̃ S_0 + Q Δ) of chunk i_c on value tile c0 (stored and returned)."""
-    t0 = i_c * BT
-    qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
-    Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-    out = scale * (_mm(qt, S0, PREC) + _mm(Qt, dl, PREC))
-    _put(o, out, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-    return out
-
-
 @autotune(configs=autotune_configs(), key=["BK", "BT", "BV"])
 @triton.jit
 def _output_fwd_kernel(
@@ -281,26 +148,6 @@ def _output_fwd_kernel(
 
 
 # ----------------------------------------------------------------------------- backward
-@triton.jit
-def _state_bwd_step(
-    q, u, G, Qm, W, do, dS, dx, i_c, i_b, i_h, c0, TP, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-):
-    """One chunk of the reverse scan on value tile c0: dΔ (stored into dx) from dO and
-    dS_C; returns dS_0."""
-    t0 = i_c * BT
-    Gt = _tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, 0, BK)
-    uh = _tile(u, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(g_last[None, :] - Gt)
-    dot_ = _tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-    Qt = _tile(Qm, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-    qt = _tile(q, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(Gt)
-    local = scale * _mm(tl.trans(qt), dot_, PREC)
-    dD = scale * _mm(tl.trans(Qt), dot_, PREC) + _mm(uh, dS, PREC)
-    _put(dx, dD, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-    wt = _tile(W, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-    return dS * tl.exp(g_last)[:, None] + local - _mm(tl.trans(wt), dD, PREC)
 
 
 @autotune(configs=autotune_configs(value_blocks=STATE_VALUE_BLOCKS), key=["BK", "BT", "V"])
@@ -343,27 +190,6 @@ def _pairs_bwd_kernel(
     _pairs_bwd_chunk(dlt, do, A, dx, dQm, dM, i_c, i_bh // H, i_bh % H, TP, scale, H, V, BT, BV, NV, PREC)
 
 
-@triton.jit
-def _pairs_bwd_chunk(
-    dlt, do, A, dx, dQm, dM, i_c, i_b, i_h, TP, scale,
-    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
-):
-    t0 = i_c * BT
-    At = tl.trans(_tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT))
-    dQ = tl.zeros([BT, BT], dtype=tl.float32)
-    dMt = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(NV):
-        c0 = i_v * BV
-        dR = _mm(At, _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), PREC)
-        _put(dx, dR, i_b, t0, i_h, TP, H, V, c0, BT, BV)
-        dlT = tl.trans(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV))
-        dQ += _mm(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, PREC)
-        dMt -= _mm(dR, dlT, PREC)
-    rr = tl.arange(0, BT)
-    _put(dQm, tl.where(rr[:, None] >= rr[None, :], scale * dQ, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-    _put(dM, tl.where(rr[:, None] > rr[None, :], dMt, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-
-
 @autotune(configs=autotune_configs(), key=["BKS", "BT", "BV"])
 @triton.jit
 def _state_terms_bwd_kernel(
@@ -379,102 +205,6 @@ def _state_terms_bwd_kernel(
                        H, K, V, BT, BKS, BV, NV, PREC)
 
 
-@triton.jit
-def _state_terms_chunk(
-    G, h, dh, dlt, do, dx, dq0, da0, du0, i_k, i_c, i_b, i_h, TP, NT, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BKS: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
-):
-    t0, k0 = i_c * BT, i_k * BKS
-    dqt = tl.zeros([BT, BKS], dtype=tl.float32)
-    dat = tl.zeros([BT, BKS], dtype=tl.float32)
-    dut = tl.zeros([BT, BKS], dtype=tl.float32)
-    i_mat = (i_b * NT + i_c) * H + i_h
-    for i_v in range(NV):
-        c0 = i_v * BV
-        p_h, m = matrix_slice_ptr(h, i_mat, K, V, k0, c0, BKS, BV)
-        p_d, _ = matrix_slice_ptr(dh, i_mat, K, V, k0, c0, BKS, BV)
-        S0t = tl.trans(tl.load(p_h, mask=m, other=0.0))
-        dSt = tl.trans(tl.load(p_d, mask=m, other=0.0))
-        dqt += _mm(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, PREC)
-        dat -= _mm(_tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), S0t, PREC)
-        dut += _mm(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV), dSt, PREC)
-    Gt = _tile(G, i_b, t0, i_h, TP, H, K, k0, BT, BKS)
-    g_last = _row(G, i_b, t0 + BT - 1, i_h, TP, H, K, k0, BKS)
-    _put(dq0, scale * dqt * tl.exp(Gt), i_b, t0, i_h, TP, H, K, k0, BT, BKS)
-    _put(da0, dat * tl.exp(Gt), i_b, t0, i_h, TP, H, K, k0, BT, BKS)
-    _put(du0, dut * tl.exp(g_last[None, :] - Gt), i_b, t0, i_h, TP, H, K, k0, BT, BKS)
-
-
-@triton.jit
-def _pairs_as_rows(
-    dQm, dM, u, G, dq, da, i_b, t_i, i_h, TP, H, K: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, i_i, c_t0, PREC: tl.constexpr,
-):
-    """Σ_{s<=t} dQ[t,s] e^{G_t−G_s} u_s and the dM analogue for the rows t of sub-chunk i."""
-    G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    ref = _row(G, i_b, t_i, i_h, TP, H, K, 0, BK)
-    acc_q = tl.zeros([BC, BK], dtype=tl.float32)
-    acc_a = tl.zeros([BC, BK], dtype=tl.float32)
-    for i_j in range(0, i_i):
-        t_j = c_t0 + i_j * BC
-        uj = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
-        acc_q += _mm(_tile(dQm, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, PREC)
-        acc_a += _mm(_tile(dM, i_b, t_i, i_h, TP, H, BT, i_j * BC, BC, BC), uj, PREC)
-    up = tl.exp(G_i - ref[None, :])
-    dq += up * acc_q
-    da += up * acc_a
-    rr = tl.arange(0, BC)
-    ok = tl.arange(0, BK)
-    row = ((i_b * TP + t_i) * H + i_h) * K + ok
-    p_u, p_g = u + row, G + row
-    col = ((i_b * TP + t_i + rr) * H + i_h) * BT + i_i * BC
-    p_cq, p_cm = dQm + col, dM + col
-    for s in range(BC):  # pairs (t, s) inside the sub-chunk, one column s at a time
-        keep = rr[:, None] >= s
-        gs = tl.load(p_g, mask=ok < K, other=0.0)
-        f = tl.where(keep, tl.exp(tl.where(keep, G_i - gs[None, :], 0.0)), 0.0)
-        f = f * tl.load(p_u, mask=ok < K, other=0.0).to(tl.float32)[None, :]
-        dq += tl.load(p_cq)[:, None] * f
-        da += tl.load(p_cm)[:, None] * f
-        p_u, p_g, p_cq, p_cm = p_u + H * K, p_g + H * K, p_cq + 1, p_cm + 1
-    return dq, da
-
-
-@triton.jit
-def _pairs_as_cols(
-    dQm, dM, q, a, G, du, i_b, t_i, i_h, TP, H, K: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, i_i, NC: tl.constexpr, c_t0, PREC: tl.constexpr,
-):
-    """Σ_{t>=s} e^{G_t−G_s}(dQ[t,s] q_t + dM[t,s] a_t) for the columns s of sub-chunk i."""
-    G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    ref = _row(G, i_b, t_i + BC - 1, i_h, TP, H, K, 0, BK)
-    acc = tl.zeros([BC, BK], dtype=tl.float32)
-    for i_j in range(i_i + 1, NC):
-        t_j = c_t0 + i_j * BC
-        f = tl.exp(_tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
-        dQb = tl.trans(_tile(dQm, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
-        dMb = tl.trans(_tile(dM, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
-        acc += _mm(dQb, _tile(q, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, PREC)
-        acc += _mm(dMb, _tile(a, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, PREC)
-    du += tl.exp(ref[None, :] - G_i) * acc
-    rr = tl.arange(0, BC)
-    ok = tl.arange(0, BK)
-    row = ((i_b * TP + t_i) * H + i_h) * K + ok
-    p_q, p_a, p_g = q + row, a + row, G + row
-    mrow = ((i_b * TP + t_i) * H + i_h) * BT + i_i * BC + rr
-    p_rq, p_rm = dQm + mrow, dM + mrow
-    for tt in range(BC):  # pairs (t, s) inside the sub-chunk, one row t at a time
-        keep = rr[:, None] <= tt
-        G_t = tl.load(p_g, mask=ok < K, other=0.0)
-        f = tl.where(keep, tl.exp(tl.where(keep, G_t[None, :] - G_i, 0.0)), 0.0)
-        qa = tl.load(p_rq)[:, None] * tl.load(p_q, mask=ok < K, other=0.0).to(tl.float32)[None, :]
-        qa += tl.load(p_rm)[:, None] * tl.load(p_a, mask=ok < K, other=0.0).to(tl.float32)[None, :]
-        du += qa * f
-        p_q, p_a, p_g, p_rq, p_rm = p_q + H * K, p_a + H * K, p_g + H * K, p_rq + H * BT, p_rm + H * BT
-    return du
-
-
 @autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
 @triton.jit
 def _intra_bwd_kernel(
@@ -486,24 +216,6 @@ def _intra_bwd_kernel(
     i_ci, i_bh = tl.program_id(0), tl.program_id(1)
     _intra_bwd_sub(q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, i_ci // NC, i_ci % NC, i_bh // H, i_bh % H,
                    TP, H, K, BT, BC, NC, BK, PREC)
-
-
-@triton.jit
-def _intra_bwd_sub(
-    q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, i_c, i_i, i_b, i_h, TP,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
-    BK: tl.constexpr, PREC: tl.constexpr,
-):
-    c_t0 = i_c * BT
-    t_i = c_t0 + i_i * BC
-    dqt = _tile(dq0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    dat = _tile(da0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    dqt, dat = _pairs_as_rows(dQm, dM, u, G, dqt, dat, i_b, t_i, i_h, TP, H, K, BT, BC, BK, i_i, c_t0, PREC)
-    dut = _tile(du0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    dut = _pairs_as_cols(dQm, dM, q, a, G, dut, i_b, t_i, i_h, TP, H, K, BT, BC, BK, i_i, NC, c_t0, PREC)
-    _put(dq, dqt, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    _put(da, dat, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    _put(du, dut, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -522,26 +234,6 @@ def _decay_grad_kernel(
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _decay_grad_chunk(q, dq, a, da, u, du, h, dh, s_out, dg, i_k, i_c, i_bh // H, i_bh % H, TP, NT,
                       H, K, V, BT, BKS, BV)
-
-
-@triton.jit
-def _decay_grad_chunk(
-    q, dq, a, da, u, du, h, dh, s_out, dg, i_k, i_c, i_b, i_h, TP, NT,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr,
-):
-    i_next = tl.minimum(i_c + 1, NT - 1)  # the last chunk ends in S_T, not in an h
-    carry = tl.zeros([BKS], dtype=tl.float32)
-    for c0 in range(0, V, BV):
-        p_n, m = matrix_slice_ptr(h, (i_b * NT + i_next) * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
-        p_t, _ = matrix_slice_ptr(s_out, i_b * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
-        p_d, _ = matrix_slice_ptr(dh, (i_b * NT + i_c) * H + i_h, K, V, i_k * BKS, c0, BKS, BV)
-        s_end = tl.where(i_c < NT - 1, tl.load(p_n, mask=m, other=0.0), tl.load(p_t, mask=m, other=0.0))
-        carry += tl.sum(s_end * tl.load(p_d, mask=m, other=0.0), 1)
-    t0 = i_c * BT
-    acc = _tile(q, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(dq, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
-    acc += _tile(a, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(da, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
-    acc -= _tile(u, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(du, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
-    _put(dg, tl.cumsum(acc, 0, reverse=True) + carry[None, :], i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
 
 
 def _pad_time(x: torch.Tensor, TP: int) -> torch.Tensor:

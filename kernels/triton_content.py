@@ -5,8 +5,8 @@ erase scale), ``m_c`` the mean output of chunk c−1: chunk c cannot be set up b
 c−1 has produced its outputs, so the "every chunk in parallel, then a light scan" split of
 ``triton_chunk`` does not apply. Here one program per (batch, head) walks the chunks in
 order and does all of a chunk's work, with the same per-chunk device functions as the
-parallel kernels (``triton_chunk._intra_block``, ``_solve_chunk``, ``_state_step``,
-``_output_tile``; backward ``_state_bwd_step``, ``_pairs_bwd_chunk``,
+parallel kernels of ``triton_chunk`` (``_chunk_steps``: ``_intra_block``, ``_solve_chunk``,
+``_state_step``, ``_output_tile``; backward ``_state_bwd_step``, ``_pairs_bwd_chunk``,
 ``_state_terms_chunk``, ``_intra_bwd_sub``, ``_decay_grad_chunk``), so a chunk's
 arithmetic is the parallel path's, bit for bit, whenever its gate is:
 
@@ -49,14 +49,12 @@ import triton.language as tl
 
 from carvelab.kernels import triton_chunk as _chunk
 from carvelab.kernels._triton_common import block_size, dot_precisions, key_block, matrix_tile_ptr
-from carvelab.kernels.triton_chunk import (
+from carvelab.kernels._chunk_steps import (
     BC,
     _decay_grad_chunk,
-    _empty_f32,
     _intra_block,
     _intra_bwd_sub,
     _output_tile,
-    _pad_time,
     _pairs_bwd_chunk,
     _put,
     _solve_chunk,
@@ -65,6 +63,7 @@ from carvelab.kernels.triton_chunk import (
     _state_terms_chunk,
     _tile,
 )
+from carvelab.kernels.triton_chunk import _empty_f32, _pad_time
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 LAUNCHES: Counter = Counter()

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from carvelab.kernels import triton_chunk, triton_covariance, triton_recurrent
+from carvelab.kernels import triton_chunk, triton_content, triton_covariance, triton_recurrent
 from carvelab.kernels.tuning import TunedKernel
 
 LOADS = {"_tile", "_row", "tl.load"}
@@ -32,11 +32,14 @@ def _base_arg(expr: ast.AST, alias: dict, args: set):
     return None
 
 
-def read_and_written(fn) -> set:
-    """Arguments of a Triton kernel's source that are both loaded from and stored to."""
+def _loads_and_stores(fn) -> tuple[set, set]:
+    """(arguments loaded from, arguments stored to) in a Triton function's source, following
+    calls into the ``@triton.jit`` device functions it calls (an argument passed on to a
+    helper that loads or stores it counts as loaded or stored here)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     func = tree.body[0]
-    args = {a.arg for a in func.args.args}
+    params = [a.arg for a in func.args.args]
+    args = set(params)
     alias = {}
     for node in ast.walk(func):  # p = x + off; p, m = matrix_tile_ptr(x, ...); p_a, p_b = a + r, b + r
         if not isinstance(node, ast.Assign):
@@ -56,33 +59,61 @@ def read_and_written(fn) -> set:
                 alias[t.id] = base
     loaded, stored = set(), set()
     for node in ast.walk(func):
-        if isinstance(node, ast.Call) and node.args:
-            name = ast.unparse(node.func)
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        if node.args and name in LOADS | STORES:
             base = _base_arg(node.args[0], alias, args)
             if base and name in LOADS:
                 loaded.add(base)
             if base and name in STORES:
                 stored.add(base)
+            continue
+        callee = fn.__globals__.get(name)
+        if name in POINTER_HELPERS or not inspect.isfunction(getattr(callee, "fn", None)):
+            continue  # not a @triton.jit device function (compiled: a JITFunction; interpreted: its stand-in)
+        c_loaded, c_stored = _loads_and_stores(callee.fn)
+        c_params = [a.arg for a in ast.parse(textwrap.dedent(inspect.getsource(callee.fn))).body[0].args.args]
+        passed = list(zip(c_params, node.args)) + [(k.arg, k.value) for k in node.keywords]
+        for param, value in passed:
+            base = _base_arg(value, alias, args)
+            if base and param in c_loaded:
+                loaded.add(base)
+            if base and param in c_stored:
+                stored.add(base)
+    return loaded, stored
+
+
+def read_and_written(fn) -> set:
+    """Arguments of a Triton kernel that are both loaded from and stored to."""
+    loaded, stored = _loads_and_stores(fn)
     return loaded & stored
 
 
 def tuned_kernels():
     return [(mod.__name__.rsplit(".", 1)[-1], name, obj)
-            for mod in (triton_chunk, triton_recurrent, triton_covariance)
+            for mod in (triton_chunk, triton_content, triton_recurrent, triton_covariance)
             for name, obj in vars(mod).items() if isinstance(obj, TunedKernel)]
 
 
 def test_the_check_sees_every_tuned_kernel_and_the_known_in_place_one():
     found = {name: read_and_written(k.fn.fn) for _, name, k in tuned_kernels()}
     assert len(found) >= 10
-    assert found["_pairs_bwd_kernel"] == {"dx"}
+    assert found["_pairs_bwd_kernel"] == {"dx"}  # through the device function _pairs_bwd_chunk
     assert found["_solve_fwd_kernel"] == {"A"}
+    assert "dV" in found["_content_bwd_kernel"]  # accumulated over chunks: restored between timed runs
 
 
 # Loaded and stored, but every run writes them before it reads them: repeated runs agree.
 WRITTEN_BEFORE_READ = {
     ("triton_chunk", "_solve_fwd_kernel"): {"A"},  # blocks of the inverse, rebuilt from M
     ("triton_covariance", "_cov_bwd_kernel"): {"scratch"},  # P̄_t of a segment, re-run forward
+    # the fused content gate's per-chunk stages hand tiles over through these buffers: each
+    # chunk's stage writes them before the next stage (or chunk) reads them; h[0] = S_0 and
+    # dh[NT−1] = dS_T are written first, m_0 and the last chunk's dm are never read
+    ("triton_content", "_content_fwd_kernel"): {"A", "G", "M", "Qm", "W", "XA", "a", "h", "mbuf"},
+    ("triton_content", "_content_bwd_kernel"): {"dM", "dQm", "da", "da0", "dh", "dmb", "dob", "dq", "dq0", "du",
+                                                "du0", "dx"},  # dx: dΔ, then dR in place, within the chunk
 }
 
 
