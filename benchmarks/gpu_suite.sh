@@ -20,3 +20,8 @@ CARVELAB_AUTOTUNE=0 python benchmarks/precision_ab.py large --out "$OUT/precisio
 python -m carvelab.trials.bench_sweep startup gdn2 --out "$OUT/startup.json"
 # 4. the GPU quickstart with 0.25 GPU per trial: concurrency and utilisation
 python -m carvelab.trials.bench_sweep gpu --out "$OUT/gpu_sweep.json"
+# 5. a training step against fla's own models, and the content gate's step cost (carve over gdn2:
+#    fused kernels in `graph`, the per-chunk loop in `graph_loop`)
+python -m carvelab.trials.bench_step --sizes small,medium,large --models kda,gdn2 --out "$OUT/step.json" 2>&1 | tee "$OUT/step.log"
+python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2,carve --variants graph,graph_loop \
+    --no-fla --out "$OUT/step_content.json" 2>&1 | tee "$OUT/step_content.log"

@@ -231,7 +231,9 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
     return row
 
 
-def run(args) -> dict:
+def run(args, save: Callable[[dict], None] = lambda result: None) -> dict:
+    """Every (size, model, side) row; ``save(result)`` after each model of a size, so a run
+    stopped part-way keeps the rows it measured."""
     import triton
 
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
@@ -256,7 +258,8 @@ def run(args) -> dict:
             _ratios(rows)
             by_model[model] = rows
             result["rows"].extend(rows.values())
-        _content_cost(by_model)
+            _content_cost(by_model)
+            save(result)
     return result
 
 
@@ -330,11 +333,15 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("bench_step times GPU training steps; no CUDA device is available")
     logging.basicConfig(level=logging.WARNING)
-    result = run(args)
+
+    def save(result: dict) -> None:
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(result, fh, indent=2)
+
+    result = run(args, save)
     print_table(result)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    save(result)
     return 0
 
 
