@@ -253,6 +253,9 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
         out["points"][name] = row
         print(f"[{shape}] {name}: {json.dumps(row, default=str)}", flush=True)
     p = out["points"]
+    for name in ("gdn2+content_gate", "gdn2+content_gate[fast]"):
+        if "fwd_bwd_ms" in p.get(name, {}).get("ours", {}):
+            p[name]["grid"] = content_grid(SHAPES[shape], p[name]["ours"]["fwd_bwd_ms"])
     for name in RELATIVE_POINTS:
         base = p.get("gdn2[fast]" if name.endswith("[fast]") else "gdn2", {}).get("ours", {})
         t = p.get(name, {}).get("ours", {})
@@ -260,6 +263,18 @@ def bench_shape(shape: str, bandwidth: float) -> dict:
             p[name]["fwd_bwd_ratio_vs_gdn2_chunk"] = t["fwd_bwd_ms"] / base["fwd_bwd_ms"]
             p[name]["peak_extra_mb_ratio_vs_gdn2_chunk"] = t["peak_extra_mb"] / base["peak_extra_mb"]
     return out
+
+
+def content_grid(shape: dict, fwd_bwd_ms: float, chunk: int = 64) -> dict:
+    """Where the fused content gate's time goes, by its grid: B·H programs (one per sequence
+    and head) against the GPU's multiprocessors, each walking T / chunk chunks forward and
+    then backward, so ``us_per_chunk`` is the serial time one program spends on one chunk
+    (forward + backward)."""
+    programs = shape["B"] * shape["H"]
+    chunks = -(-shape["T"] // chunk)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return {"programs": programs, "multiprocessors": sms, "busy_multiprocessors_pct": 100.0 * min(1.0, programs / sms),
+            "chunks_per_program": chunks, "us_per_chunk": 1e3 * fwd_bwd_ms / chunks}
 
 
 # ----------------------------------------------------------------------------- cache warm-up

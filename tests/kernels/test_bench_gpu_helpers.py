@@ -37,3 +37,15 @@ def test_the_warm_up_cleans_the_cache_folder_triton_uses(monkeypatch, tmp_path):
         monkeypatch.delenv("TRITON_CACHE_DIR")
         monkeypatch.setenv("TRITON_HOME", str(tmp_path / "home"))
         assert bench_gpu._cache_dir() == tmp_path / "home" / ".triton" / "cache"
+
+
+def test_the_content_gates_grid_counts_programs_chunks_and_time_per_chunk(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
+    large = bench_gpu.content_grid(bench_gpu.SHAPES["large"], fwd_bwd_ms=32.0)
+    assert large == {"programs": 64, "multiprocessors": 132, "busy_multiprocessors_pct": 100.0 * 64 / 132,
+                     "chunks_per_program": 64, "us_per_chunk": 500.0}
+    small = bench_gpu.content_grid(bench_gpu.SHAPES["small"], fwd_bwd_ms=2.0)
+    assert small["programs"] == 64 and small["chunks_per_program"] == 8 and small["us_per_chunk"] == 250.0
+    assert bench_gpu.content_grid({"B": 64, "T": 100, "H": 4}, 1.0)["busy_multiprocessors_pct"] == 100.0
