@@ -129,6 +129,7 @@ def test_a_registered_tracker_carries_a_sweep_its_check_its_front_and_a_repair(t
 
     report = check_sweep("mem", tmp_path)
     assert report.consistent and report.runs == 4, report.text()
+    assert "memory trial runs: 4" in report.text()  # the runs are counted where they live
 
     sweep = open_sweep("mem", tmp_path)
     info = publish(sweep)

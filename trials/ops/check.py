@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from carvelab.search_space.sweep_dir import LOCK_NAME, SweepDir, driver_lock, lock_owner
 from carvelab.trials.sweep.recorder import Recorder, expected_status, keeper, missing_metrics
-from carvelab.trials.tracking import logged_history, open_store, open_tracker
+from carvelab.trials.tracking import DEFAULT_BACKEND, logged_history, open_store, open_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class CheckReport:
     repaired: list = field(default_factory=list)     # disagreements found before the repair, with the fix
     in_progress: list = field(default_factory=list)  # RUNNING work of a live driver
     notes: list = field(default_factory=list)
+    backend: str = "mlflow"                          # the sweep's tracking.backend, which holds the runs
 
     @property
     def consistent(self) -> bool:
@@ -81,7 +82,7 @@ class CheckReport:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.trials.items())) or "none"
         lines = [f"sweep {self.name} ({self.path})",
                  f"driver: {self.driver or 'none running'}",
-                 f"optuna trials: {counts}; mlflow trial runs: {self.runs}"]
+                 f"optuna trials: {counts}; {self.backend} trial runs: {self.runs}"]
         if self.repaired:
             lines.append(f"repaired ({len(self.repaired)}):")
             lines += [f"  {i.line()}" for i in self.repaired]
@@ -192,7 +193,8 @@ def inspect_sweep(sweep: _Sweep) -> CheckReport:
     driver = live_driver(sweep.dir.path, sweep.storage)
     trials = sweep.trials()  # trials before runs: a live driver creates a trial before its run
     runs = sweep.runs()
-    report = CheckReport(sweep.name, str(sweep.dir.path), driver)
+    report = CheckReport(sweep.name, str(sweep.dir.path), driver,
+                         backend=getattr(sweep.spec.tracking, "backend", None) or DEFAULT_BACKEND)
     for t in trials:
         report.trials[t.state.name] = report.trials.get(t.state.name, 0) + 1
     by_number = {t.number: t for t in trials}
