@@ -118,6 +118,7 @@ def points(x):
     """name -> (our call, fla call or None), all on the same inputs."""
     from carvelab.kernels._args import ContentGate
     from carvelab.kernels.options import RecurrenceOptions
+    from carvelab.kernels.triton_ops import fused_content
     from carvelab.kernels.triton_ops import triton_chunk_gated_delta as chunk
     from carvelab.kernels.triton_ops import triton_recurrent_gated_delta as recurrent
 
@@ -131,8 +132,6 @@ def points(x):
     fast, value = RecurrenceOptions(precision="fast"), RecurrenceOptions(erase_axis="value")
 
     def loop(fn):  # the per-chunk content-gate loop (graph-replayed) instead of the fused kernels
-        from carvelab.kernels.triton_ops import fused_content
-
         with fused_content(False):
             return fn()
 

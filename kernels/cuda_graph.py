@@ -34,37 +34,25 @@ does so for a block of code.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import weakref
 from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 
+from carvelab.kernels._switch import Switch
 from carvelab.kernels._triton_common import triton_interpreted
 
 ENV = "CARVELAB_CUDA_GRAPHS"
+_SWITCH = Switch(ENV, on="replay the content-gate loop", off="eager")
 
-_OVERRIDE: list = []  # innermost ``replay(...)`` setting wins over the environment
 
-
-@contextlib.contextmanager
 def replay(enabled: bool):
     """Within this block, replay (True) or run eagerly (False) whatever ``CARVELAB_CUDA_GRAPHS`` says."""
-    _OVERRIDE.append(bool(enabled))
-    try:
-        yield
-    finally:
-        _OVERRIDE.pop()
+    return _SWITCH.override(enabled)
 
 
 def graphs_enabled() -> bool:
-    if _OVERRIDE:
-        return _OVERRIDE[-1]
-    value = os.environ.get(ENV, "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"{ENV}={value!r} is not allowed; use 1 (replay the content-gate loop) or 0 (eager)")
-    return value == "1"
+    return _SWITCH.enabled()
 
 
 def replays_on(device) -> bool:

@@ -46,9 +46,7 @@ one graph memory pool per layer.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 
 import torch
 
@@ -65,6 +63,7 @@ from carvelab.kernels._args import (
     initial_cov_or_eye,
     initial_state_or_zeros,
 )
+from carvelab.kernels._switch import Switch
 from carvelab.kernels.options import TRITON_CHUNK_SIZES, RecurrenceOptions, check_triton_chunk, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -211,31 +210,20 @@ def _whole_sequence(c: Canonical, kernel, precision, q, k):
     return o, s_out, p_out
 
 
-_FUSED_OVERRIDE: list = []  # innermost ``fused_content(...)`` setting wins over the environment
+_FUSED = Switch(FUSED_CONTENT_ENV, on="fused content-gate kernels", off="the per-chunk loop")
 
 
-@contextlib.contextmanager
 def fused_content(enabled: bool):
     """Within this block, run fusable content gates on the fused kernels (True) or on the
     per-chunk loop (False), whatever ``CARVELAB_FUSED_CONTENT`` says."""
-    _FUSED_OVERRIDE.append(bool(enabled))
-    try:
-        yield
-    finally:
-        _FUSED_OVERRIDE.pop()
+    return _FUSED.override(enabled)
 
 
 def fused_content_enabled() -> bool:
     """``CARVELAB_FUSED_CONTENT``: 1 (default) runs a fusable content gate on the fused
     kernels, 0 on the per-chunk loop (replayed from CUDA graphs on a GPU); a
     ``fused_content(...)`` block overrides it."""
-    if _FUSED_OVERRIDE:
-        return _FUSED_OVERRIDE[-1]
-    value = os.environ.get(FUSED_CONTENT_ENV, "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"{FUSED_CONTENT_ENV}={value!r} is not allowed; use 1 (fused content-gate kernels) "
-                         "or 0 (the per-chunk loop)")
-    return value == "1"
+    return _FUSED.enabled()
 
 
 def content_fuses(target: str, kernel: str, erase_axis: str, chunk_size: int) -> bool:

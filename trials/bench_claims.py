@@ -29,12 +29,17 @@ from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.trials.bench_tuning import run_planned, runs_frame
 
 
+def _sweep_and_runs(path: Path, name: str, size: str | None, overrides):
+    """(the sweep as the runs were made, the runs in ``path`` as a trials frame)."""
+    spec = load_sweep(name, overrides, size=size)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return spec, runs_frame(rows, [o.metric for o in spec.objectives])
+
+
 def verdicts(path: Path, name: str, size: str | None, overrides=()) -> list[dict]:
     from carvelab.dashboards.claims import claim_rows
 
-    spec = load_sweep(name, overrides, size=size)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return claim_rows(spec, runs_frame(rows, [o.metric for o in spec.objectives]))
+    return claim_rows(*_sweep_and_runs(path, name, size, overrides))
 
 
 def suite_scores(path: Path, name: str, size: str | None, overrides=()) -> tuple[str, list[dict]]:
@@ -42,10 +47,8 @@ def suite_scores(path: Path, name: str, size: str | None, overrides=()) -> tuple
     from carvelab.dashboards.frame import with_reported
     from carvelab.dashboards.suite import suite_rows
 
-    spec = load_sweep(name, overrides, size=size)
-    told = [(o.metric, o.direction) for o in spec.objectives]
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    df, reported = with_reported(runs_frame(rows, [m for m, _ in told]), told)
+    spec, df = _sweep_and_runs(path, name, size, overrides)
+    df, reported = with_reported(df, [(o.metric, o.direction) for o in spec.objectives])
     return reported[0][0], suite_rows(spec, df, reported[0][0])
 
 

@@ -27,8 +27,8 @@ from typing import Callable, Optional
 import torch
 
 from carvelab.kernels.cuda_graph import replays_on
-from carvelab.kernels.triton_ops import content_fuses
 from carvelab.kernels.dispatch import resolve_backend, resolve_precision
+from carvelab.kernels.triton_ops import content_fuses
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
 from carvelab.trials.measure import Meter, release_device_memory

@@ -11,7 +11,7 @@ import torch
 from carvelab.kernels import dispatch, triton_chunk, triton_ops, triton_recurrent, tuning
 from carvelab.kernels.options import RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
-from carvelab.kernels.triton_ops import chunk_block, launch_counts, triton_gated_delta
+from carvelab.kernels.triton_ops import chunk_block, content_fuses, launch_counts, triton_gated_delta
 from tests.kernels.test_triton_recurrent import (
     Case,
     assert_match,
@@ -51,7 +51,7 @@ def test_chunk_matches_reference_and_recurrent(case):
     before = launch_counts()
     chunk = run_case(triton_gated_delta, case, x, kernel="chunk")
     after = launch_counts()
-    family = "content" if case.content == "erase" and case.chunk in (16, 32, 64) else "chunk"  # fused or loop
+    family = "content" if content_fuses(case.content, "chunk", "key", case.chunk) else "chunk"  # fused or loop
     assert after[f"{family}_fwd"] > before.get(f"{family}_fwd", 0), f"the {family} kernel did not run"
     assert after[f"{family}_bwd"] > before.get(f"{family}_bwd", 0), f"the {family} backward did not run"
     assert after.get("recurrent_fwd", 0) == before.get("recurrent_fwd", 0), "fell back to recurrent"

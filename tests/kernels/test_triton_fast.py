@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from carvelab.kernels import dispatch
 from carvelab.kernels.reference import gated_delta_reference
-from carvelab.kernels.triton_ops import triton_gated_delta
+from carvelab.kernels.triton_ops import content_fuses, triton_gated_delta
 from tests.kernels.test_triton_recurrent import DEVICE, Case, _leaf, launched, make_inputs, run_case
 
 OUT_BUDGET, INPUT_GRAD_BUDGET, GATE_GRAD_BUDGET = 5e-3, 1e-2, 2e-2
@@ -58,7 +58,7 @@ def fla_style_inputs(case: Case) -> dict:
 def check_fast(case: Case, x: dict) -> dict:
     """Run ``fast`` on the chunked kernel and the fp32 reference; assert every budget.
     Returns the errors."""
-    family = "content" if case.content == "erase" and case.chunk in (16, 32, 64) else "chunk"  # fused or loop
+    family = "content" if content_fuses(case.content, "chunk", "key", case.chunk) else "chunk"  # fused or loop
     (got, grads), n = launched(f"{family}_fwd", lambda: run_case(triton_gated_delta, case, x, kernel="chunk",
                                                                   precision="fast"))
     assert n >= 1, f"the {family} kernel did not run"

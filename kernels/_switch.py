@@ -1,0 +1,30 @@
+"""An on/off setting of the kernels: an environment variable (1, the default, or 0) that a
+``with switch.override(enabled):`` block overrides for the code inside it (the innermost
+block wins). ``CARVELAB_CUDA_GRAPHS`` (``cuda_graph``) and ``CARVELAB_FUSED_CONTENT``
+(``triton_ops``) are two."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+class Switch:
+    def __init__(self, env: str, on: str, off: str):
+        self.env, self.on, self.off = env, on, off  # on / off: what 1 and 0 do, for the error
+        self._overrides: list[bool] = []
+
+    @contextlib.contextmanager
+    def override(self, enabled: bool):
+        self._overrides.append(bool(enabled))
+        try:
+            yield
+        finally:
+            self._overrides.pop()
+
+    def enabled(self) -> bool:
+        if self._overrides:
+            return self._overrides[-1]
+        value = os.environ.get(self.env, "1")
+        if value not in ("0", "1"):
+            raise ValueError(f"{self.env}={value!r} is not allowed; use 1 ({self.on}) or 0 ({self.off})")
+        return value == "1"
