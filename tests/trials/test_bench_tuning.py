@@ -77,3 +77,41 @@ def test_a_grid_sweeps_runs_are_planned_once_each_and_a_rerun_skips_only_those_d
     assert metric == "test_accuracy"
     assert overall["key"]["mean"] == pytest.approx(0.9) and overall["value"]["mean"] == pytest.approx(0.3)
     assert overall["key"]["n"] == 2
+
+
+def test_points_mode_reports_each_grid_cell_at_its_selected_rate_with_failures_named(tmp_path):
+    from carvelab.search_space.sweep_loading import load_sweep
+    from carvelab.trials import bench_claims
+
+    data = {"name": "g", "mode": "grid", "seeds": [0, 1, 2],
+            "base": {"preset": "gdn2", "model": {"d_model": 16, "n_heads": 2}, "task": {"name": "mqar"}},
+            "space": {"task.num_kv_pairs": [8, 4], "erase_axis": ["key", "value"]},
+            "tune": {"train.lr": [1e-3, 3e-3]}}
+    spec = load_sweep(data)
+    out = tmp_path / "runs.jsonl"
+    rows = []
+    for point, seed, label, tune in bench_tuning.pending_runs(spec, out).values():
+        if point["task.num_kv_pairs"] == 4 and point["erase_axis"] == "value":
+            rows.append({"label": label, "point": point, "seed": seed, "tune": tune, "status": "failed",
+                         "reason": "ValueError", "error": "too short", "metrics": {}})
+            continue
+        fast = tune["train.lr"] == 3e-3  # the better rate on validation: its test figures are reported
+        acc = 0.5 + 0.1 * seed + (0.2 if point["erase_axis"] == "key" else 0.0)
+        rows.append({"label": label, "point": point, "seed": seed, "tune": tune, "status": "completed",
+                     "metrics": {"val_accuracy": acc + (0.05 if fast else 0.0), "test_accuracy": acc if fast else 0.0,
+                                 "params": 1000.0}})
+    out.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))  # finishing order is not the grid's
+    metrics, table = bench_claims.point_rows(out, data, None)
+    assert metrics == ["val_accuracy", "test_accuracy"]
+    assert [(r["point"]["task.num_kv_pairs"], r["point"]["erase_axis"]) for r in table] == \
+        [(8, "key"), (8, "value"), (4, "key"), (4, "value")]
+    key8 = table[0]
+    assert json.loads(key8["tune"]) == {"train.lr": 3e-3}
+    assert key8["test_accuracy"]["n"] == 3 and key8["test_accuracy"]["mean"] == pytest.approx(0.8)
+    assert key8["test_accuracy"]["lo"] < 0.8 < key8["test_accuracy"]["hi"]
+    assert table[1]["test_accuracy"]["mean"] == pytest.approx(0.6)
+    assert table[3]["val_accuracy"]["n"] == 0 and table[3]["failed"] == {"too short": 6}
+    md = bench_claims.points_markdown(*bench_claims.point_rows(out, data, None, metrics=["params"]))
+    assert "| 8 | key | 1000 (n 3) |" in md and "6: too short" in md
+    with pytest.raises(SystemExit, match="no_such"):
+        bench_claims.point_rows(out, data, None, metrics=["no_such"])
