@@ -25,3 +25,6 @@ python -m carvelab.trials.bench_sweep gpu --out "$OUT/gpu_sweep.json"
 python -m carvelab.trials.bench_step --sizes small,medium,large --models kda,gdn2 --out "$OUT/step.json" 2>&1 | tee "$OUT/step.log"
 python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2,carve --variants graph,graph_loop \
     --no-fla --out "$OUT/step_content.json" 2>&1 | tee "$OUT/step_content.log"
+# 6. the chunked cross-entropy (train.ce_chunk) against the whole batch's logits, graphed step
+python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2 --variants graph,graph_ce \
+    --no-fla --out "$OUT/step_ce.json" 2>&1 | tee "$OUT/step_ce.log"

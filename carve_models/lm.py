@@ -59,14 +59,22 @@ class HybridLM(nn.Module):
         init_weights(self, cfg)
         logger.debug("built HybridLM: %s layers %s, %d parameters", cfg.n_layers, cfg.layer_kinds(), self.num_parameters())
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T] (int) -> logits [B, T, vocab_size]."""
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] (int) -> the final norm's output [B, T, d_model], what the head reads."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T]; got shape {tuple(input_ids.shape)}")
         h = self.embed(input_ids)
         for layer in self.layers:
             h = layer(h)
-        h = self.norm(h)
+        return self.norm(h)
+
+    def head_weight(self) -> torch.Tensor:
+        """The LM head's weight [vocab_size, d_model]: the embedding's when tied."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] (int) -> logits [B, T, vocab_size]."""
+        h = self.hidden(input_ids)
         if self.lm_head is None:
             return h @ self.embed.weight.t().to(h.dtype)
         return self.lm_head(h)

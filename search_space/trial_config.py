@@ -38,13 +38,14 @@ class TrainConfig:
     cuda_graph: bool = True        # on a GPU, replay the whole step from a CUDA graph (trials/step_graph.py)
     timing_steps: int = 20         # steps timed with the device to itself (tokens_per_s, step_ms); 0 = none
     eval_at_init: bool = False     # also evaluate the untrained model on validation (init_val_loss, init_val_accuracy)
+    ce_chunk: int = 0              # tokens per piece of the chunked cross-entropy (trials/lm_loss.py); 0 = whole logits
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"train.{name}={value!r} must be a positive integer")
-        for name in ("warmup_steps", "eval_batches", "checkpoint_every", "compile_steps", "timing_steps"):
+        for name in ("warmup_steps", "eval_batches", "checkpoint_every", "compile_steps", "timing_steps", "ce_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train.{name}={value!r} must be a non-negative integer")

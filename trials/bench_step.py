@@ -21,6 +21,8 @@ against the one before it in one run:
              the trial loop as it is now on a GPU
     graph_loop  graph, with the content gate on its per-chunk loop instead of its fused
              kernels (CARVELAB_FUSED_CONTENT=0); the same as graph without a content gate
+    graph_ce graph, with the loss chunked through the LM head (``train.ce_chunk`` =
+             CE_CHUNK tokens, trials/lm_loss.py) instead of the whole batch's fp32 logits
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -68,7 +70,8 @@ SIZES = {
 }
 MODELS = ("kda", "gdn", "gdn2", "carve")
 FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
-VARIANTS = ("before", "fast", "after", "graph", "graph_loop")
+VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce")
+CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
 
 
@@ -127,7 +130,7 @@ def make_step(model, optimizer, loss_fn: Callable, x, y, sync_every_step: bool) 
 
 
 def _ours_loss(model, x, y):
-    from carvelab.trials.training import compute_loss
+    from carvelab.trials.lm_loss import compute_loss
 
     return compute_loss(model, x, y)
 
@@ -191,14 +194,15 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         net = fla_model(model, size, args.vocab, cfg.mlp_width)
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
-    elif who in ("ours:graph", "ours:graph_loop"):
+    elif who in ("ours:graph", "ours:graph_loop", "ours:graph_ce"):
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
         net, cfg = our_model(model, size, args.vocab, "fast")
         optimizer = make_optimizer(net, train, capturable=True)
-        graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False))
-        fused = who == "ours:graph"
+        graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False),
+                              CE_CHUNK if who == "ours:graph_ce" else 0)
+        fused = who != "ours:graph_loop"
 
         def step():
             with fused_content(fused):  # read when the step is captured (the first call)
@@ -272,15 +276,21 @@ def _content_cost(by_model: dict) -> None:
 
 
 def _ratios(rows: dict) -> None:
-    """Each of our variants' step time as a multiple of fla's and of our ``before``."""
+    """Each of our variants' step time as a multiple of fla's and of our ``before``, and
+    ``graph_ce``'s of ``graph``'s (``x_graph``: the chunked cross-entropy's own effect)."""
     fla = rows.get("fla", {}).get("ms_per_step")
     before = rows.get("ours:before", {}).get("ms_per_step")
+    graph = rows.get("ours:graph", {}).get("ms_per_step")
     for who, row in rows.items():
         if who.startswith("ours") and "ms_per_step" in row:
             if fla:
                 row["x_fla"] = row["ms_per_step"] / fla
             if before:
                 row["x_before"] = row["ms_per_step"] / before
+            if graph and who == "ours:graph_ce":
+                row["x_graph"] = row["ms_per_step"] / graph
+                if "peak_mem_mb" in row and "peak_mem_mb" in rows["ours:graph"]:
+                    row["peak_mem_x_graph"] = row["peak_mem_mb"] / rows["ours:graph"]["peak_mem_mb"]
 
 
 def _fla_version() -> Optional[str]:
@@ -293,7 +303,7 @@ def _fla_version() -> Optional[str]:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['device']}  torch {result['torch']}  triton {result['triton']}  fla {result['fla']}")
-    print(f"{'size':7s} {'model':5s} {'who':16s} {'ms/step':>8s} {'x fla':>6s} {'x before':>8s} {'x gdn2':>6s} "
+    print(f"{'size':7s} {'model':5s} {'who':16s} {'ms/step':>8s} {'x fla':>6s} {'x before':>8s} {'x gdn2':>6s} {'x graph':>7s} "
           f"{'tok/s':>10s} {'MFU%':>6s} {'busy%':>6s} {'kern/step':>9s} {'mem MB':>8s}")
     nan = float("nan")
     for r in result["rows"]:
@@ -301,7 +311,8 @@ def print_table(result: dict) -> None:
             print(f"{r['size']:7s} {r['model']:5s} {r['who']:16s} ERROR {r['error']}")
             continue
         print(f"{r['size']:7s} {r['model']:5s} {r['who']:16s} {r['ms_per_step']:8.2f} {r.get('x_fla', nan):6.2f} "
-              f"{r.get('x_before', nan):8.2f} {r.get('x_gdn2', nan):6.2f} {r['tokens_per_s']:10.0f} "
+              f"{r.get('x_before', nan):8.2f} {r.get('x_gdn2', nan):6.2f} {r.get('x_graph', nan):7.2f} "
+              f"{r['tokens_per_s']:10.0f} "
               f"{100 * (r['mfu'] or nan):6.2f} {r['gpu_busy_pct']:6.1f} {r['kernels_per_step']:9.0f} "
               f"{r['peak_mem_mb']:8.0f}")
 

@@ -36,8 +36,10 @@ WARMUP = 3
 class GraphedStep:
     """``optimizer_step`` captured in a CUDA graph after WARMUP eager calls; see the module docstring."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, autocast):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, autocast,
+                 ce_chunk: int = 0):
         self.model, self.optimizer, self.grad_clip, self.autocast = model, optimizer, grad_clip, autocast
+        self.ce_chunk = ce_chunk
         self.calls = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self._inputs = self._targets = self._loss = None
@@ -62,7 +64,8 @@ class GraphedStep:
 
     def _step(self, inputs, targets) -> torch.Tensor:
         with replay(False):
-            return optimizer_step(self.model, self.optimizer, inputs, targets, self.grad_clip, self.autocast)
+            return optimizer_step(self.model, self.optimizer, inputs, targets, self.grad_clip, self.autocast,
+                                  self.ce_chunk)
 
     def _on_side_stream(self, fn):
         self._side.wait_stream(torch.cuda.current_stream())

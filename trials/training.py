@@ -1,4 +1,5 @@
-"""Optimiser, learning-rate schedule, loss and evaluation of one trial."""
+"""Optimiser, learning-rate schedule, the optimiser step (its loss: ``lm_loss``) and evaluation
+of one trial."""
 from __future__ import annotations
 
 import math
@@ -7,9 +8,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-
 from carvelab.search_space.trial_config import TrainConfig
-
+from carvelab.trials.lm_loss import compute_loss
 from carvelab.trials.tasks.base import IGNORE_INDEX as IGNORE
 
 
@@ -50,11 +50,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                   targets: torch.Tensor, grad_clip: float, autocast) -> torch.Tensor:
-    """Loss, backward, clipping at ``grad_clip``, one optimiser step; returns the loss
+                   targets: torch.Tensor, grad_clip: float, autocast, ce_chunk: int = 0) -> torch.Tensor:
+    """Loss (``lm_loss.compute_loss``; ``ce_chunk`` tokens at a time through the head when
+    positive), backward, clipping at ``grad_clip``, one optimiser step; returns the loss
     (a 0-d device tensor). Waits for nothing, so it can also be captured in a CUDA graph."""
     with autocast:
-        loss = compute_loss(model, inputs, targets)
+        loss = compute_loss(model, inputs, targets, ce_chunk)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip, foreach=True)
@@ -70,12 +71,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def compute_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the scored positions (targets != -100)."""
-    logits = model(inputs)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 @torch.no_grad()

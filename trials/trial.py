@@ -179,7 +179,7 @@ class _Run:
         graphed = self.device.type == "cuda" and self.train.cuda_graph
         self.optimizer = make_optimizer(self.model, self.train, capturable=graphed)
         self.graph_step = GraphedStep(self.model, self.optimizer, self.train.grad_clip,
-                                      self._autocast(cache=False)) if graphed else None
+                                      self._autocast(cache=False), self.train.ce_chunk) if graphed else None
         self.meter = Meter(self.device, skip=self.train.compile_steps, baseline_mb=self.memory_before_mb)
         self.history: list[tuple[int, dict]] = []
         self.step = 0
@@ -255,7 +255,8 @@ class _Run:
         if self.graph_step is not None:
             loss = self.graph_step(inputs, targets)
         else:
-            loss = optimizer_step(self.model, self.optimizer, inputs, targets, self.train.grad_clip, self._autocast())
+            loss = optimizer_step(self.model, self.optimizer, inputs, targets, self.train.grad_clip, self._autocast(),
+                                  self.train.ce_chunk)
         if timed:  # the isolated window's steps are not in the contended figure
             self.window.after_step(self.step, inputs.numel())
         else:

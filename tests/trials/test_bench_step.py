@@ -33,6 +33,11 @@ def test_ratios_against_fla_and_our_before():
     assert rows["ours:after"]["x_fla"] == 0.5 and rows["ours:after"]["x_before"] == 0.4
     assert rows["ours:before"]["x_before"] == 1.0 and "x_fla" not in rows["fla"]
     assert "x_fla" not in rows["ours:fast"]
+    rows = {"ours:graph": {"ms_per_step": 4.0, "peak_mem_mb": 1000.0},
+            "ours:graph_ce": {"ms_per_step": 3.0, "peak_mem_mb": 600.0}}
+    bench_step._ratios(rows)
+    assert rows["ours:graph_ce"]["x_graph"] == 0.75 and rows["ours:graph_ce"]["peak_mem_x_graph"] == 0.6
+    assert "x_graph" not in rows["ours:graph"]
 
 
 def test_the_content_gate_cost_is_carve_over_gdn2_in_the_same_variant():

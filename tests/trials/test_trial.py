@@ -82,9 +82,9 @@ def test_nan_loss_ends_the_trial_as_diverged(tmp_path, monkeypatch):
     real = training.compute_loss
     calls = {"n": 0}
 
-    def poisoned(model, inputs, targets):
+    def poisoned(model, inputs, targets, ce_chunk=0):
         calls["n"] += 1
-        loss = real(model, inputs, targets)
+        loss = real(model, inputs, targets, ce_chunk)
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr("carvelab.trials.training.compute_loss", poisoned)
@@ -324,3 +324,11 @@ def test_two_identical_gpu_trials_in_one_process_report_the_same_peak_memory(tmp
     assert second.metrics["peak_mem_mb"] == pytest.approx(first.metrics["peak_mem_mb"], rel=0.02)
     # nothing of a finished trial stays allocated: a process running trial after trial holds no more
     assert left_by_second == pytest.approx(left_by_first, abs=1.0)
+
+
+def test_a_trial_with_the_chunked_cross_entropy_trains_as_one_without(tmp_path):
+    plain = run_trial(tiny(tmp_path))
+    chunked = run_trial(tiny(tmp_path, ce_chunk=24))  # 4 x 40 tokens in pieces of 24 (the last shorter)
+    assert chunked.status == COMPLETED
+    for metric in ("train_loss", "val_loss", "test_loss"):
+        assert chunked.metrics[metric] == pytest.approx(plain.metrics[metric], rel=1e-4), metric
