@@ -1,5 +1,6 @@
-"""Points of a validated sweep's space: grid, ablation and tune expansion, and the
-``TrialConfig`` of one point, seed and tune combination."""
+"""Points of a validated sweep's space: grid, ablation and tune expansion, the planned runs
+of grid and ablation modes, and the ``TrialConfig`` of one point, seed and tune combination.
+Nothing here needs Optuna (``trials.sweep.study`` queues these runs in a study)."""
 from __future__ import annotations
 
 import dataclasses
@@ -105,3 +106,33 @@ def change_label(change: Optional[Mapping]) -> str:
 def ablation_points(spec: S.SweepSpec) -> list[tuple[str, dict]]:
     """(label, point) for the baseline then each one-factor change."""
     return [("baseline", {})] + [(change_label(change), dict(change)) for change in spec.changes]
+
+
+def runs_of_point(spec: S.SweepSpec) -> list[tuple[int, dict]]:
+    """(seed, tune values) of every training run of one point: each tune combination at each seed,
+    the first is the one a sampled trial runs itself."""
+    return [(seed, tune) for tune in tune_points(spec) for seed in spec.seeds]
+
+
+def base_value(spec: S.SweepSpec, name: str) -> Any:
+    """The base trial config's value of a space name (axis or dotted path)."""
+    node: Any = dataclasses.asdict(load_trial_config(spec.base))
+    for part in S.AXES.get(name, name).split("."):
+        node = node[part]
+    return node
+
+
+def planned(spec: S.SweepSpec) -> list[tuple[dict, int, str, dict]]:
+    """(full point, seed, label, tune values) for grid and ablation modes, in order; empty for
+    search. An ablation point names every changed name (base values for those a change leaves)."""
+    runs = runs_of_point(spec)
+    if spec.mode == "grid":
+        return [(p, s, "", t) for p in grid_points(spec) for s, t in runs]
+    if spec.mode == "ablation":
+        names = list(dict.fromkeys(name for change in spec.changes for name in change))
+        out = []
+        for label, change in ablation_points(spec):
+            point = {n: change.get(n, base_value(spec, n)) for n in names}
+            out += [(point, s, label, t) for s, t in runs]
+        return out
+    return []

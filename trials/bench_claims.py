@@ -9,7 +9,7 @@ suite scores (prints, does not assert).
 Overrides (``key=value``) go to both: ``verdict`` must see the study ``run`` trained (its
 seeds and tune values decide which runs are complete).
 
-``run`` trains every planned run of the study (``study.planned`` + ``points.point_config``:
+``run`` trains every planned run of the study (``points.planned`` + ``points.point_config``:
 the configs ``carvelab claims run`` trains), ``--workers`` at a time in processes sharing
 the machine (``bench_tuning.run_planned``); each finished run is appended to the JSON-lines
 file at once, and a rerun skips what is there. It serves machines without Ray or MLflow.
@@ -86,7 +86,7 @@ def point_rows(path: Path, name, size: str | None, overrides=(), metrics=()) -> 
         for m in metrics:
             row[m] = mean_interval(runs[_column(df, m)].to_list() if len(runs) else [])
         rows.append(row)
-    from carvelab.trials.sweep.study import planned
+    from carvelab.search_space.points import planned
 
     order = {}
     for point, *_ in planned(spec):

@@ -5,7 +5,7 @@
 
 ``run`` trains every planned run of a tuned ablation sweep (default ``tuned_ablation_gpu``:
 GDN-2, KDA, CARVE and the Bayesian Layer on Update-MQAR, 3 seeds x 3 learning rates): the
-configs ``carvelab sweep run`` would train (``study.planned`` + ``points.point_config``),
+configs ``carvelab sweep run`` would train (``points.planned`` + ``points.point_config``),
 in ``--workers`` processes sharing the GPU (the sweep's fractional GPUs), without Ray,
 MLflow or Optuna. Each finished run is appended to the JSON-lines file at once, so an
 interrupted run keeps what it finished (and a rerun skips it).
@@ -48,7 +48,7 @@ def _key(label: str, point: dict, seed: int, tune: dict) -> str:
 
 def pending_runs(spec, out: Path) -> dict:
     """{key: (point, seed, label, tune)} of the sweep's planned runs not yet in ``out``."""
-    from carvelab.trials.sweep.study import planned
+    from carvelab.search_space.points import planned
 
     done = set()
     if out.exists():

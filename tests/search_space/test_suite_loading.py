@@ -5,7 +5,7 @@ import pytest
 from carvelab.search_space.points import grid_points, point_config
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.search_space.yaml_io import ConfigError
-from carvelab.trials.sweep.study import planned
+from carvelab.search_space.points import planned
 from carvelab.trials.tasks.mad import MAD_SETTINGS
 from carvelab.trials.tasks.suites import SUITES, Suite, get_suite, register_suite
 

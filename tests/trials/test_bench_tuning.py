@@ -115,3 +115,15 @@ def test_points_mode_reports_each_grid_cell_at_its_selected_rate_with_failures_n
     assert "| 8 | key | 1000 (n 3) |" in md and "6: too short" in md
     with pytest.raises(SystemExit, match="no_such"):
         bench_claims.point_rows(out, data, None, metrics=["no_such"])
+
+
+def test_planning_and_training_runs_outside_a_sweep_needs_no_optuna():
+    # bench_claims / bench_tuning serve machines with torch and omegaconf only (a lent GPU)
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from carvelab.search_space.sweep_loading import load_sweep; "
+            "from carvelab.trials import bench_claims, bench_tuning; "
+            "n = len(bench_tuning.pending_runs(load_sweep('claim_carve'), Path('absent.jsonl'))); "
+            "assert n > 0 and 'optuna' not in sys.modules, sorted(m for m in sys.modules if 'optuna' in m)[:3]")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -94,7 +94,7 @@ def test_a_sampled_point_is_trained_at_every_tune_value_and_seed_and_a_rerun_add
 
 
 def test_ablation_with_tune_trains_every_label_at_every_tune_value(tmp_path):
-    from carvelab.trials.sweep.study import planned
+    from carvelab.search_space.points import planned
 
     data = tiny_sweep("tuned-ablation", tmp_path / "cache", mode="ablation", budget={}, space={}, seeds=[0, 1],
                       ablation={"changes": [{"erase_axis": "value"}]}, tune={"train.weight_decay": [0.0, 0.1]})

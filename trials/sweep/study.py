@@ -1,4 +1,5 @@
-"""The Optuna side of a sweep: study, sampler, distributions, planned points, recovery.
+"""The Optuna side of a sweep: study, sampler, distributions, recovery (the planned points
+of grid and ablation modes: ``search_space.points.planned``).
 
 Only the driver writes the study (ask-and-tell). Each Optuna trial is one training run of
 one point of the space with one replicate seed and one combination of the tune values;
@@ -18,7 +19,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from carvelab.search_space.points import ablation_points, grid_points, tune_points
+from carvelab.search_space.points import base_value, grid_points, planned, runs_of_point  # noqa: F401 (st.*)
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.trials.sweep.sampling import UntrainedSampler
 from carvelab.trials.tracking.records import finite_number as finite  # a value that can be ranked
@@ -55,12 +56,6 @@ def point_key(point: dict, seed: int, tune: Optional[dict] = None) -> str:
     """One training run's identity: point, seed and tune values (none: the key of a sweep without tune)."""
     key = {"point": point, "seed": seed, **({"tune": tune} if tune else {})}
     return json.dumps(key, sort_keys=True, default=str)
-
-
-def runs_of_point(spec: SweepSpec) -> list[tuple[int, dict]]:
-    """(seed, tune values) of every training run of one point: each tune combination at each seed,
-    the first is the one a sampled trial runs itself."""
-    return [(seed, tune) for tune in tune_points(spec) for seed in spec.seeds]
 
 
 def tune_of(trial) -> dict:
@@ -165,19 +160,6 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
     return study
 
 
-def base_value(spec: SweepSpec, name: str) -> Any:
-    """The base trial config's value of a space name (axis or dotted path)."""
-    import dataclasses
-
-    from carvelab.search_space.loading import load_trial_config
-    from carvelab.search_space.sweep_spec import AXES
-
-    node: Any = dataclasses.asdict(load_trial_config(spec.base))
-    for part in AXES.get(name, name).split("."):
-        node = node[part]
-    return node
-
-
 def space_distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
     """Distributions of every param a trial of this sweep carries.
 
@@ -193,21 +175,6 @@ def space_distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
             if value not in values[name]:
                 values[name].append(value)
     return {name: CategoricalDistribution(v) for name, v in values.items()}
-
-
-def planned(spec: SweepSpec) -> list[tuple[dict, int, str, dict]]:
-    """(full point, seed, label, tune values) for grid and ablation modes, in order; empty for search."""
-    runs = runs_of_point(spec)
-    if spec.mode == "grid":
-        return [(p, s, "", t) for p in grid_points(spec) for s, t in runs]
-    if spec.mode == "ablation":
-        names = list(space_distributions(spec))
-        out = []
-        for label, change in ablation_points(spec):
-            point = {n: change.get(n, base_value(spec, n)) for n in names}
-            out += [(point, s, label, t) for s, t in runs]
-        return out
-    return []
 
 
 def live_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.Trial:
