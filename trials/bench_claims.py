@@ -29,6 +29,7 @@ import os
 import sys
 from pathlib import Path
 
+from carvelab.search_space.points import planned
 from carvelab.search_space.sweep_loading import load_sweep
 from carvelab.trials.bench_tuning import run_planned, runs_frame
 
@@ -86,8 +87,6 @@ def point_rows(path: Path, name, size: str | None, overrides=(), metrics=()) -> 
         for m in metrics:
             row[m] = mean_interval(runs[_column(df, m)].to_list() if len(runs) else [])
         rows.append(row)
-    from carvelab.search_space.points import planned
-
     order = {}
     for point, *_ in planned(spec):
         order.setdefault(json.dumps(point, sort_keys=True), len(order))

@@ -114,11 +114,11 @@ def runs_frame(rows: list[dict], told: list[str]):
         "number": i, "state": "COMPLETE" if r["status"] == "completed" else "FAIL", "seed": r["seed"],
         "label": r["label"], "point": json.dumps(r["point"], sort_keys=True),
         "tune": json.dumps(r["tune"], sort_keys=True),
-        "reason": r.get("reason"), "error": r.get("error"),
+        "error": r.get("error"),
         **{m: r["metrics"].get(m) for m in told},
         **{f"m.{m}": r["metrics"].get(m) for m in metrics},
     } for i, r in enumerate(rows)], schema_overrides={f"m.{m}": pl.Float64 for m in metrics}
-        | {"reason": pl.String, "error": pl.String}
+        | {"error": pl.String}
         | {m: pl.Float64 for m in told}, infer_schema_length=None)
 
 

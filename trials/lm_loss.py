@@ -53,10 +53,11 @@ class ChunkedLinearCE(torch.autograd.Function):
                 tc, mc = targets[start:start + chunk], scored[start:start + chunk]
                 logits = (hc @ w.t()).float()
                 lse = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, tc.clamp_min(0)[:, None])[:, 0]
+                cols = tc.clamp_min(0)[:, None]  # each token's target column (any, where unscored)
+                picked = logits.gather(1, cols)[:, 0]
                 loss_sum += torch.where(mc, lse - picked, 0.0).sum()
-                g = torch.exp(logits - lse[:, None])  # softmax, in place of the logits from here on
-                g.scatter_add_(1, tc.clamp_min(0)[:, None], torch.full_like(picked, -1.0)[:, None])
+                g = torch.exp(logits - lse[:, None])  # softmax
+                g.scatter_add_(1, cols, torch.full_like(picked, -1.0)[:, None])
                 g = (torch.where(mc[:, None], g, 0.0) / count).to(dtype)
                 grad_h[start:start + chunk] = g @ w
                 grad_w += (g.t() @ hc).float()

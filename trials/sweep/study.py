@@ -19,7 +19,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from carvelab.search_space.points import base_value, grid_points, planned, runs_of_point  # noqa: F401 (st.*)
+from carvelab.search_space.points import base_value, grid_points, planned, runs_of_point
 from carvelab.search_space.sweep_spec import SweepSpec
 from carvelab.trials.sweep.sampling import UntrainedSampler
 from carvelab.trials.tracking.records import finite_number as finite  # a value that can be ranked
