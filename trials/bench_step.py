@@ -29,7 +29,9 @@ the step time over gdn2's in the same variant (the content gate's throughput cos
 
 Each row: the median ms/step over ``--steps`` steps after ``--warmup`` (CUDA events),
 tokens/s, MFU, GPU busy % and kernels per step (torch.profiler over ``--profile-steps``
-steps: kernel time summed over the wall time of those steps), peak memory. MFU counts
+steps: kernel time summed over the wall time of those steps), where that kernel time goes
+(``kernel_ms_by_group``: matmuls, our recurrence kernels, fla's Triton kernels, norms,
+optimizer, ...; ``top_kernels``: the 15 costliest by name), peak memory. MFU counts
 3 × the forward FLOPs of our model config (``carve_models.costs.flops_per_token``: every
 linear map incl. the LM head, the short convolutions, the recurrence's chunked products)
 for both sides, against the GPU's dense bf16 peak (989 TFLOP/s on an H100/H200 SXM).
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -164,13 +167,43 @@ def profile_step(step: Callable[[], None], steps: int) -> dict:
             step()
         torch.cuda.synchronize()
         wall_us = (time.perf_counter() - t0) * 1e6
-    kernels, busy_us = 0, 0.0
+    kernels, busy_us, per_name = 0, 0.0, []
     for ev in prof.key_averages():
         if ev.device_type == torch.autograd.DeviceType.CUDA and ev.self_device_time_total > 0:
             kernels += ev.count
             busy_us += ev.self_device_time_total
+            per_name.append((ev.key, ev.self_device_time_total / steps / 1e3, ev.count / steps))
     return {"gpu_busy_pct": 100.0 * busy_us / wall_us, "kernels_per_step": kernels / steps,
-            "kernel_ms_per_step": busy_us / steps / 1e3}
+            "kernel_ms_per_step": busy_us / steps / 1e3, **kernel_breakdown(per_name)}
+
+
+KERNEL_GROUPS = (  # (group, pattern on the kernel's name): the first that matches names its group
+    ("recurrence (ours)", r"^_[a-z0-9_]+_kernel"),  # carvelab's Triton kernels are all named _..._kernel
+    ("matmul", r"gemm|nvjet|xmma|cutlass|gemv|splitK|cublas"),
+    ("optimizer", r"multi_tensor|[Aa]dam"),
+    ("cross-entropy / softmax", r"[Ss]oft[Mm]ax|nll_loss|cross_entropy"),
+    ("norm", r"norm|[Mm]oments"),
+    ("convolution", r"conv"),
+    ("triton (fla)", r"^[A-Za-z_]\w*$"),  # other plain-named (Triton) kernels: fla's recurrence among them
+    ("elementwise / reduction / copy", r"elementwise|reduce|[Cc]opy|[Cc]at|fill|index|scatter|gather"),
+)
+
+
+def kernel_group(name: str) -> str:
+    """The group of one CUDA kernel by its name (``KERNEL_GROUPS``), ``other`` if none."""
+    return next((group for group, pattern in KERNEL_GROUPS if re.search(pattern, name)), "other")
+
+
+def kernel_breakdown(per_name: list, top: int = 15) -> dict:
+    """Kernel time per step by group and the ``top`` kernels by time, from (name, ms/step,
+    calls/step) triples: where a step's GPU time goes."""
+    groups: dict = {}
+    for name, ms, _ in per_name:
+        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
+    ranked = sorted(per_name, key=lambda t: -t[1])[:top]
+    return {"kernel_ms_by_group": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": n[:120], "group": kernel_group(n), "ms_per_step": ms, "calls_per_step": c}
+                            for n, ms, c in ranked]}
 
 
 def peak_flops() -> Optional[float]:
@@ -315,6 +348,11 @@ def print_table(result: dict) -> None:
               f"{r['tokens_per_s']:10.0f} "
               f"{100 * (r['mfu'] or nan):6.2f} {r['gpu_busy_pct']:6.1f} {r['kernels_per_step']:9.0f} "
               f"{r['peak_mem_mb']:8.0f}")
+    print("\nkernel ms/step by group (torch.profiler):")
+    for r in result["rows"]:
+        if "kernel_ms_by_group" in r:
+            groups = ", ".join(f"{g} {ms:.2f}" for g, ms in r["kernel_ms_by_group"].items())
+            print(f"{r['size']:7s} {r['model']:5s} {r['who']:16s} {groups}")
 
 
 def parse_args(argv=None):

@@ -50,3 +50,30 @@ def test_the_content_gate_cost_is_carve_over_gdn2_in_the_same_variant():
     assert "x_gdn2" not in carve["ours:fast"]  # no gdn2 row of that variant
     assert "x_gdn2" not in by_model["gdn2"]["ours:graph"]
     assert bench_step.our_config("carve", bench_step.SIZES["small"], 8192).content_gate
+
+
+@pytest.mark.parametrize("name, group", [
+    ("_intra_fwd_kernel", "recurrence (ours)"),
+    ("_content_bwd_kernel", "recurrence (ours)"),
+    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("chunk_gated_delta_rule_fwd_kernel_h_blockdim64", "triton (fla)"),
+    ("l2norm_fwd_kernel1", "norm"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "elementwise / reduction / copy"),
+    ("void cunn_SoftMaxForward<4, float>", "cross-entropy / softmax"),
+    ("Memset (Device)", "other"),
+])
+def test_kernels_are_grouped_by_name(name, group):
+    assert bench_step.kernel_group(name) == group
+
+
+def test_the_breakdown_sums_per_group_and_ranks_the_costliest():
+    per_name = [("_intra_fwd_kernel", 2.0, 4), ("_state_fwd_kernel", 1.0, 4), ("nvjet_a", 5.0, 30),
+                ("Memset (Device)", 0.1, 2)]
+    out = bench_step.kernel_breakdown(per_name, top=2)
+    assert out["kernel_ms_by_group"] == {"matmul": 5.0, "recurrence (ours)": 3.0, "other": 0.1}
+    assert list(out["kernel_ms_by_group"]) == ["matmul", "recurrence (ours)", "other"]
+    assert [k["name"] for k in out["top_kernels"]] == ["nvjet_a", "_intra_fwd_kernel"]
+    assert out["top_kernels"][1] == {"name": "_intra_fwd_kernel", "group": "recurrence (ours)",
+                                     "ms_per_step": 2.0, "calls_per_step": 4}
