@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 from carvelab.carve_models.config import ModelConfig
-from carvelab.carve_models.conv import ShortConv
+from carvelab.carve_models.conv import ShortConv, fused_conv_enabled
 from carvelab.carve_models.gates import ContentParams, DeltaGates, content_target_width, gate_form
 from carvelab.carve_models.norm import GatedRMSNorm
 from carvelab.kernels import ContentGate
-from carvelab.kernels.dispatch import gated_delta
+from carvelab.kernels.dispatch import gated_delta, resolve_backend
 
 L2_EPS = 1e-6
 
@@ -79,10 +79,22 @@ class GatedDeltaMixer(nn.Module):
     def _qkv(self, x: torch.Tensor):
         B, T, _ = x.shape
         H = self.cfg.n_heads
+        if self._fused_conv(x):  # kernels/triton_conv.py: the same maps, contiguous, fp32 inside
+            from carvelab.kernels.triton_conv import short_conv
+
+            q = short_conv(self.q_proj(x), self.q_conv.weight, H, L2_EPS).view(B, T, H, -1)
+            k = short_conv(self.k_proj(x), self.k_conv.weight, H, L2_EPS).view(B, T, H, -1)
+            return q, k, short_conv(self.v_proj(x), self.v_conv.weight).view(B, T, H, -1)
         q = l2norm(self.q_conv(self.q_proj(x)).view(B, T, H, -1))
         k = l2norm(self.k_conv(self.k_proj(x)).view(B, T, H, -1))
         v = self.v_conv(self.v_proj(x)).view(B, T, H, -1)
         return q, k, v
+
+    def _fused_conv(self, x: torch.Tensor) -> bool:
+        """Whether the short convolutions run on ``triton_conv`` (``CARVELAB_FUSED_CONV=1`` and a
+        recurrence that runs on Triton)."""
+        r = self.recurrence
+        return fused_conv_enabled() and resolve_backend(r.backend, x.device, r.erase_axis, r.chunk_size).startswith("triton")
 
     def _gates(self, x: torch.Tensor):
         """(g, b, w, r, content) for the kernel; the content gate's target stays pre-activation."""

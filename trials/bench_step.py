@@ -23,6 +23,8 @@ against the one before it in one run:
              kernels (CARVELAB_FUSED_CONTENT=0); the same as graph without a content gate
     graph_ce graph, with the loss chunked through the LM head (``train.ce_chunk`` =
              CE_CHUNK tokens, trials/lm_loss.py) instead of the whole batch's fp32 logits
+    graph_conv  graph, with the short convolutions (and q, k's l2norm) on the fused Triton
+             kernels (``CARVELAB_FUSED_CONV=1``, kernels/triton_conv.py)
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -73,7 +75,7 @@ SIZES = {
 }
 MODELS = ("kda", "gdn", "gdn2", "carve")
 FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
-VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce")
+VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv")
 CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
 
@@ -227,7 +229,8 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         net = fla_model(model, size, args.vocab, cfg.mlp_width)
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
-    elif who in ("ours:graph", "ours:graph_loop", "ours:graph_ce"):
+    elif who in ("ours:graph", "ours:graph_loop", "ours:graph_ce", "ours:graph_conv"):
+        from carvelab.carve_models.conv import fused_conv
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
@@ -235,10 +238,10 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         optimizer = make_optimizer(net, train, capturable=True)
         graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False),
                               CE_CHUNK if who == "ours:graph_ce" else 0)
-        fused = who != "ours:graph_loop"
+        fused, conv = who != "ours:graph_loop", who == "ours:graph_conv"
 
         def step():
-            with fused_content(fused):  # read when the step is captured (the first call)
+            with fused_content(fused), fused_conv(conv):  # read when the step is captured (the first call)
                 graphed(x, y)
     else:
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
@@ -310,7 +313,8 @@ def _content_cost(by_model: dict) -> None:
 
 def _ratios(rows: dict) -> None:
     """Each of our variants' step time as a multiple of fla's and of our ``before``, and
-    ``graph_ce``'s of ``graph``'s (``x_graph``: the chunked cross-entropy's own effect)."""
+    ``graph_ce``'s and ``graph_conv``'s of ``graph``'s (``x_graph``: the chunked cross-entropy's
+    and the fused short convolution's own effect)."""
     fla = rows.get("fla", {}).get("ms_per_step")
     before = rows.get("ours:before", {}).get("ms_per_step")
     graph = rows.get("ours:graph", {}).get("ms_per_step")
@@ -320,7 +324,7 @@ def _ratios(rows: dict) -> None:
                 row["x_fla"] = row["ms_per_step"] / fla
             if before:
                 row["x_before"] = row["ms_per_step"] / before
-            if graph and who == "ours:graph_ce":
+            if graph and who in ("ours:graph_ce", "ours:graph_conv"):
                 row["x_graph"] = row["ms_per_step"] / graph
                 if "peak_mem_mb" in row and "peak_mem_mb" in rows["ours:graph"]:
                     row["peak_mem_x_graph"] = row["peak_mem_mb"] / rows["ours:graph"]["peak_mem_mb"]

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
+from carvelab.carve_models.conv import fused_conv_enabled
 from carvelab.kernels.cuda_graph import replays_on
 from carvelab.kernels.dispatch import resolve_backend, resolve_precision
 from carvelab.kernels.triton_ops import content_fuses
@@ -100,7 +101,8 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
     A content gate on the Triton kernels adds how it runs, which changes both its speed
     and its memory: ``+fused_content`` on the fused kernels (``kernels/triton_content.py``),
     ``+cuda_graphs`` where its per-chunk loop is replayed from CUDA graphs
-    (``kernels/cuda_graph.py``), nothing where the loop runs eagerly."""
+    (``kernels/cuda_graph.py``), nothing where the loop runs eagerly; ``+fused_conv`` where the
+    short convolutions run on their Triton kernels (``CARVELAB_FUSED_CONV=1``)."""
     if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
         return "none"
     impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size)
@@ -110,6 +112,8 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
             impl += "+fused_content"
         elif replays_on(device):
             impl += "+cuda_graphs"
+    if impl.startswith("triton") and fused_conv_enabled():
+        impl += "+fused_conv"
     return impl
 
 

@@ -38,6 +38,9 @@ def test_ratios_against_fla_and_our_before():
     bench_step._ratios(rows)
     assert rows["ours:graph_ce"]["x_graph"] == 0.75 and rows["ours:graph_ce"]["peak_mem_x_graph"] == 0.6
     assert "x_graph" not in rows["ours:graph"]
+    rows = {"ours:graph": {"ms_per_step": 4.0, "peak_mem_mb": 1000.0}, "ours:graph_conv": {"ms_per_step": 3.0}}
+    bench_step._ratios(rows)
+    assert rows["ours:graph_conv"]["x_graph"] == 0.75 and "peak_mem_x_graph" not in rows["ours:graph_conv"]
 
 
 def test_the_content_gate_cost_is_carve_over_gdn2_in_the_same_variant():

@@ -187,6 +187,24 @@ def test_trials_record_how_the_content_gate_runs(monkeypatch, preset, device, fu
     assert kernel_backend(cfg, torch.device(device)) == expected
 
 
+@pytest.mark.parametrize("device, conv, expected", [
+    ("cuda", "1", "triton_chunk+fused_content+fused_conv"),
+    ("cuda", "0", "triton_chunk+fused_content"),
+    ("cpu", "1", "torch_chunk"),  # the torch path keeps torch's convolution
+])
+def test_trials_record_the_fused_short_convolution(monkeypatch, device, conv, expected):
+    import torch
+
+    from carvelab.carve_models.presets import preset_config
+    from carvelab.trials.trial import kernel_backend
+
+    monkeypatch.setenv("CARVELAB_FUSED_CONV", conv)
+    monkeypatch.delenv("CARVELAB_FUSED_CONTENT", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cfg = preset_config("carve", d_model=32, n_layers=2, n_heads=2, vocab_size=32)
+    assert kernel_backend(cfg, torch.device(device)) == expected
+
+
 def test_first_step_s_does_not_count_the_first_optimizers_import_of_dynamo(tmp_path):
     # torch imports torch._dynamo (seconds, once per process) when a process builds its first
     # optimizer; a fresh process shows whether the trial imports it before the model is built

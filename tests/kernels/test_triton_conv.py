@@ -1,0 +1,123 @@
+"""The fused short convolution (kernels/triton_conv.py) against torch's conv1d + SiLU (+ l2norm),
+forward and backward, and inside the mixer with CARVELAB_FUSED_CONV on and off.
+
+    TRITON_INTERPRET=1 python -m pytest tests/kernels/test_triton_conv.py -q
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from carvelab.carve_models.conv import fused_conv, fused_conv_enabled
+from carvelab.carve_models.lm import HybridLM
+from carvelab.carve_models.mixer import GatedDeltaMixer, l2norm
+from carvelab.carve_models.presets import preset_config
+from carvelab.kernels.triton_conv import short_conv
+
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
+
+def torch_conv(x, weight, heads=0, eps=1e-6):
+    """The torch path's maps in fp32: carve_models.conv.ShortConv, then mixer.l2norm per head."""
+    y = F.silu(F.conv1d(F.pad(x.transpose(1, 2), (weight.shape[-1] - 1, 0)), weight, groups=x.shape[-1]))
+    y = y.transpose(1, 2)
+    if heads:
+        B, T, C = x.shape
+        y = l2norm(y.reshape(B, T, heads, C // heads), eps).reshape(B, T, C)
+    return y
+
+
+@pytest.mark.parametrize("C, heads, T, width", [
+    (48, 2, 37, 4),    # heads of 24 channels (not a power of two), T not a multiple of the token tile
+    (100, 0, 37, 4),   # no norm: channel tiles, the last one partial
+    (64, 4, 70, 4),
+    (32, 0, 5, 2),     # fewer tokens than the width's reach on every row
+])
+def test_short_conv_equals_torch_forward_and_backward(C, heads, T, width):
+    gen = torch.Generator().manual_seed(C + T)
+    x = torch.randn(2, T, C, generator=gen).to(DEVICE).requires_grad_()
+    w = torch.randn(C, 1, width, generator=gen).to(DEVICE).requires_grad_()
+    got, want = short_conv(x, w, heads), torch_conv(x, w, heads)
+    assert got.is_contiguous() and got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    dy = torch.randn(want.shape, generator=gen).to(DEVICE)
+    got_grads = torch.autograd.grad(got, (x, w), dy)
+    want_grads = torch.autograd.grad(want, (x, w), dy)
+    for name, g, r in zip(("dx", "dw"), got_grads, want_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_short_conv_is_causal():
+    x = torch.randn(1, 20, 16).to(DEVICE)
+    w = torch.randn(16, 1, 4).to(DEVICE)
+    y = short_conv(x, w)
+    x2 = x.clone()
+    x2[:, 12:] += 1.0  # a change from token 12 on leaves every earlier output as it was
+    assert torch.equal(short_conv(x2, w)[:, :12], y[:, :12]) and not torch.equal(short_conv(x2, w)[:, 12:], y[:, 12:])
+
+
+def test_bf16_input_keeps_its_dtype_without_the_norm_and_is_fp32_with_it():
+    x = torch.randn(2, 9, 32).to(DEVICE).bfloat16()
+    w = torch.randn(32, 1, 4).to(DEVICE)
+    assert short_conv(x, w).dtype == torch.bfloat16 and short_conv(x, w, heads=2).dtype == torch.float32
+    torch.testing.assert_close(short_conv(x, w, heads=2), torch_conv(x.float(), w, heads=2), rtol=1e-5, atol=1e-6)
+
+
+def test_heads_must_split_the_channels():
+    with pytest.raises(ValueError, match=r"30 channels do not split into heads=4"):
+        short_conv(torch.zeros(1, 4, 30), torch.zeros(30, 1, 4), heads=4)
+
+
+def test_the_switch_is_off_by_default_and_names_its_variable(monkeypatch):
+    monkeypatch.delenv("CARVELAB_FUSED_CONV", raising=False)
+    assert not fused_conv_enabled()
+    with fused_conv(True):
+        assert fused_conv_enabled()
+    monkeypatch.setenv("CARVELAB_FUSED_CONV", "yes")
+    with pytest.raises(ValueError, match=r"CARVELAB_FUSED_CONV='yes' is not allowed; use 1 .* or 0"):
+        fused_conv_enabled()
+
+
+def _mixer(backend: str):
+    cfg = preset_config("gdn2", d_model=32, n_layers=1, n_heads=2, vocab_size=16, chunk_size=16, seed=0)
+    torch.manual_seed(0)
+    return GatedDeltaMixer(dataclasses.replace(cfg, backend=backend)).to(DEVICE)
+
+
+def test_the_mixer_runs_it_only_when_on_and_on_triton():
+    x = torch.randn(2, 24, 32).to(DEVICE)
+    triton_mixer, torch_mixer = _mixer("triton"), _mixer("torch")
+    with fused_conv(True):
+        q, _, v = triton_mixer._qkv(x)
+        assert q.is_contiguous() and v.is_contiguous()  # the fused kernels' output
+        assert not torch_mixer._fused_conv(x)  # the torch path keeps torch's ops
+    with fused_conv(False):
+        q_off, _, v_off = triton_mixer._qkv(x)
+        assert not q_off.is_contiguous()  # conv1d's transposed view: what the fused path removes
+    torch.testing.assert_close(q, q_off, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v, v_off, rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_step_with_it_equals_the_step_without():
+    cfg = preset_config("carve", d_model=32, n_layers=2, n_heads=2, vocab_size=32, chunk_size=16,
+                        hybrid_ratio="1:1", seed=3, backend="triton")
+    gen = torch.Generator().manual_seed(1)
+    x, y = (torch.randint(0, 32, (2, 40), generator=gen).to(DEVICE) for _ in range(2))
+
+    def step(fused: bool):
+        torch.manual_seed(0)
+        model = HybridLM(cfg).to(DEVICE)
+        with fused_conv(fused):
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        return loss.detach(), {n: p.grad.detach() for n, p in model.named_parameters() if p.grad is not None}
+
+    (loss_on, grads_on), (loss_off, grads_off) = step(True), step(False)
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-5, atol=1e-6)
+    assert grads_on.keys() == grads_off.keys() and any("conv" in n for n in grads_on)
+    for name in grads_on:
+        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
