@@ -4,9 +4,10 @@
 
 x: [B, T, C] -> [B, T, C]. Left zero-padding keeps it causal: y_t only sees x_{≤t}.
 
-``CARVELAB_FUSED_CONV=1`` (default 0) has the mixer run its three short convolutions, and q
-and k's l2norm, on the Triton kernels of ``kernels/triton_conv.py`` wherever its recurrence
-runs on Triton: the same maps on the [B, T, C] layout, without the transposes.
+``CARVELAB_FUSED_CONV=1`` (default 0; ``kernels.dispatch.fused_conv_enabled``) has the mixer
+run its three short convolutions, and q and k's l2norm, on the Triton kernels of
+``kernels/triton_conv.py`` (``kernels.dispatch.short_conv``) wherever its recurrence runs on
+Triton: the same maps on the [B, T, C] layout, without the transposes.
 """
 from __future__ import annotations
 
@@ -17,20 +18,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from carvelab.carve_models.init import apply_special_inits
-from carvelab.kernels._switch import Switch
-
-_FUSED_CONV = Switch("CARVELAB_FUSED_CONV", on="the fused Triton short convolution (kernels/triton_conv.py)",
-                     off="torch's conv1d, SiLU and l2norm", default="0")
-
-
-def fused_conv_enabled() -> bool:
-    """``CARVELAB_FUSED_CONV`` (default 0), or the innermost ``fused_conv(...)`` block."""
-    return _FUSED_CONV.enabled()
-
-
-def fused_conv(enabled: bool):
-    """Within this block the mixer's short convolutions run fused (True) or on torch ops (False)."""
-    return _FUSED_CONV.override(enabled)
 
 
 class ShortConv(nn.Module):

@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 from carvelab.carve_models.config import ModelConfig
-from carvelab.carve_models.conv import ShortConv, fused_conv_enabled
+from carvelab.carve_models.conv import ShortConv
 from carvelab.carve_models.gates import ContentParams, DeltaGates, content_target_width, gate_form
 from carvelab.carve_models.norm import GatedRMSNorm
 from carvelab.kernels import ContentGate
-from carvelab.kernels.dispatch import gated_delta, resolve_backend
+from carvelab.kernels.dispatch import fused_conv_enabled, gated_delta, resolve_backend, short_conv
 
 L2_EPS = 1e-6
 
@@ -80,8 +80,6 @@ class GatedDeltaMixer(nn.Module):
         B, T, _ = x.shape
         H = self.cfg.n_heads
         if self._fused_conv(x):  # kernels/triton_conv.py: the same maps, contiguous, fp32 inside
-            from carvelab.kernels.triton_conv import short_conv
-
             q = short_conv(self.q_proj(x), self.q_conv.weight, H, L2_EPS).view(B, T, H, -1)
             k = short_conv(self.k_proj(x), self.k_conv.weight, H, L2_EPS).view(B, T, H, -1)
             return q, k, short_conv(self.v_proj(x), self.v_conv.weight).view(B, T, H, -1)

@@ -16,6 +16,10 @@ Backends:
 record it; no backend ever falls back to another silently. ``resolve_precision``
 (``options``) does the same for ``precision="auto"`` (fast on the Triton kernels, exact
 elsewhere).
+
+``short_conv(x, weight, heads)``: the mixer's short convolution + SiLU (+ per-head l2norm) as
+Triton kernels on the [B, T, C] layout (``triton_conv``), which the mixer runs where its
+recurrence runs on Triton and ``fused_conv_enabled()`` (``CARVELAB_FUSED_CONV``, default 0).
 """
 from __future__ import annotations
 
@@ -24,9 +28,11 @@ from dataclasses import replace
 import torch
 
 from carvelab.kernels._args import RecurrenceOutput, keyword_settings
+from carvelab.kernels._switch import Switch
 from carvelab.kernels.options import BACKENDS, RecurrenceOptions, check_triton_chunk, resolve_precision
 
-__all__ = ["BACKENDS", "IMPLEMENTATIONS", "gated_delta", "resolve_backend", "resolve_precision"]
+__all__ = ["BACKENDS", "IMPLEMENTATIONS", "fused_conv", "fused_conv_enabled", "gated_delta", "resolve_backend",
+           "resolve_precision", "short_conv"]
 
 # Names of the implementations ``resolve_backend`` can answer.
 IMPLEMENTATIONS = (
@@ -76,3 +82,26 @@ def gated_delta(q, k, v, g, b, w, r, options: RecurrenceOptions, *, content, ini
     else:
         from carvelab.kernels.triton_ops import triton_recurrent_gated_delta as fn
     return fn(q, k, v, g, b, w, r, options, content=content, initial_state=initial_state, initial_cov=initial_cov)
+
+
+_FUSED_CONV = Switch("CARVELAB_FUSED_CONV", on="the fused Triton short convolution (kernels/triton_conv.py)",
+                     off="torch's conv1d, SiLU and l2norm", default="0")
+
+
+def fused_conv_enabled() -> bool:
+    """``CARVELAB_FUSED_CONV`` (default 0), or the innermost ``fused_conv(...)`` block: whether
+    the mixer runs its short convolutions on ``short_conv`` (where its recurrence is on Triton)."""
+    return _FUSED_CONV.enabled()
+
+
+def fused_conv(enabled: bool):
+    """Within this block the mixer's short convolutions run fused (True) or on torch ops (False)."""
+    return _FUSED_CONV.override(enabled)
+
+
+def short_conv(x: torch.Tensor, weight: torch.Tensor, heads: int = 0, eps: float = 1e-6) -> torch.Tensor:
+    """silu(causal depthwise conv(x, weight)) of x [B, T, C] (weight [C, 1, W]) on the Triton
+    kernels of ``triton_conv``; with ``heads`` > 0 each head's channels l2-normalised (fp32)."""
+    from carvelab.kernels.triton_conv import short_conv as fn
+
+    return fn(x, weight, heads, eps)

@@ -230,7 +230,7 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
     elif who in ("ours:graph", "ours:graph_loop", "ours:graph_ce", "ours:graph_conv"):
-        from carvelab.carve_models.conv import fused_conv
+        from carvelab.kernels.dispatch import fused_conv
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 

@@ -26,9 +26,8 @@ from typing import Callable, Optional
 
 import torch
 
-from carvelab.carve_models.conv import fused_conv_enabled
 from carvelab.kernels.cuda_graph import replays_on
-from carvelab.kernels.dispatch import resolve_backend, resolve_precision
+from carvelab.kernels.dispatch import fused_conv_enabled, resolve_backend, resolve_precision
 from carvelab.kernels.triton_ops import content_fuses
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint

@@ -12,11 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carvelab.carve_models.conv import fused_conv, fused_conv_enabled
 from carvelab.carve_models.lm import HybridLM
 from carvelab.carve_models.mixer import GatedDeltaMixer, l2norm
 from carvelab.carve_models.presets import preset_config
-from carvelab.kernels.triton_conv import short_conv
+from carvelab.kernels.dispatch import fused_conv, fused_conv_enabled, short_conv
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
