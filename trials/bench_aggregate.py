@@ -22,6 +22,7 @@ so a variant that steps slower also trains fewer steps; tokens per second counts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -106,27 +107,21 @@ def run_variant(configs: list[dict], variant: str, workers: int, sampler_cls=Non
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: list[Optional[dict]] = [None] * len(configs)
-    sampler = sampler_cls() if sampler_cls else None
-    if sampler:
-        sampler.__enter__()
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_set_env, initargs=(VARIANTS[variant]["env"],)) as pool:
-            futures = {pool.submit(_train, c, threads): i for i, c in enumerate(configs)}
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    results[i] = future.result()
-                except Exception as exc:  # recorded, as a sweep records a failed trial
-                    now = time.time()
-                    results[i] = {"status": "failed", "reason": type(exc).__name__, "error": str(exc)[:300],
-                                  "metrics": {}, "started_at": now, "finished_at": now}
-                r = results[i]
-                print(f"{variant:6s} trial {i:2d}: {r['status']:9s} steps {r.get('metrics', {}).get('step')} "
-                      f"in {r.get('seconds', 0) or 0:.0f} s", flush=True)
-    finally:
-        if sampler:
-            sampler.__exit__(None, None, None)
+    with (sampler_cls() if sampler_cls else contextlib.nullcontext()) as sampler, \
+            ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                initializer=_set_env, initargs=(VARIANTS[variant]["env"],)) as pool:
+        futures = {pool.submit(_train, c, threads): i for i, c in enumerate(configs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # recorded, as a sweep records a failed trial
+                now = time.time()
+                results[i] = {"status": "failed", "reason": type(exc).__name__, "error": str(exc)[:300],
+                              "metrics": {}, "started_at": now, "finished_at": now}
+            r = results[i]
+            print(f"{variant:6s} trial {i:2d}: {r['status']:9s} steps {r.get('metrics', {}).get('step')} "
+                  f"in {r.get('seconds', 0) or 0:.0f} s", flush=True)
     return summarise(configs, results, sampler.samples if sampler else [])
 
 
