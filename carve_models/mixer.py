@@ -32,7 +32,7 @@ from carvelab.carve_models.conv import ShortConv
 from carvelab.carve_models.gates import ContentParams, DeltaGates, content_target_width, gate_form
 from carvelab.carve_models.norm import GatedRMSNorm
 from carvelab.kernels import ContentGate
-from carvelab.kernels.dispatch import fused_conv_enabled, gated_delta, resolve_backend, short_conv
+from carvelab.kernels.dispatch import fused_conv_enabled, gated_delta, on_triton, short_conv
 
 L2_EPS = 1e-6
 
@@ -66,7 +66,7 @@ class GatedDeltaMixer(nn.Module):
             ContentParams(H, content_target_width(cfg), cfg.content_rank, dv) if cfg.content_gate else None
         )
         self.gate_proj = nn.Linear(d, H * dv, bias=False)
-        self.o_norm = GatedRMSNorm(dv, eps=cfg.norm_eps)
+        self.o_norm = GatedRMSNorm(dv, eps=cfg.norm_eps, recurrence=cfg.recurrence)
         self.o_proj = nn.Linear(H * dv, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,8 +91,7 @@ class GatedDeltaMixer(nn.Module):
     def _fused_conv(self, x: torch.Tensor) -> bool:
         """Whether the short convolutions run on ``triton_conv`` (``CARVELAB_FUSED_CONV=1`` and a
         recurrence that runs on Triton)."""
-        r = self.recurrence
-        return fused_conv_enabled() and resolve_backend(r.backend, x.device, r.erase_axis, r.chunk_size).startswith("triton")
+        return fused_conv_enabled() and on_triton(self.recurrence, x.device)
 
     def _gates(self, x: torch.Tensor):
         """(g, b, w, r, content) for the kernel; the content gate's target stays pre-activation."""

@@ -12,6 +12,8 @@ The public surface, what the model layers and tools use:
   chunk sizes).
 - ``short_conv``, ``fused_conv_enabled``, ``fused_conv``: the mixer's short convolution as
   Triton kernels and its switch (``CARVELAB_FUSED_CONV``, default off; ``dispatch``).
+- ``rms_norm``, ``fused_norm_enabled``, ``fused_norm``: RMSNorm (and the gated one) as Triton
+  kernels and their switch (``CARVELAB_FUSED_NORM``, default off; ``dispatch``).
 
 Everything else here (``_args``, ``chunk``, ``triton_*``, ``_triton_common``, ``tuning``,
 ``cuda_graph``) is internal; calls go one way: dispatch -> triton_ops (autograd
@@ -20,9 +22,11 @@ _triton_common.
 """
 from carvelab.kernels import options
 from carvelab.kernels._args import ContentGate, RecurrenceOutput
-from carvelab.kernels.dispatch import BACKENDS, fused_conv, fused_conv_enabled, gated_delta, resolve_backend, short_conv
+from carvelab.kernels.dispatch import (BACKENDS, fused_conv, fused_conv_enabled, fused_norm, fused_norm_enabled,
+                                      gated_delta, resolve_backend, rms_norm, short_conv)
 from carvelab.kernels.options import RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 
 __all__ = ["BACKENDS", "ContentGate", "RecurrenceOptions", "RecurrenceOutput", "fused_conv", "fused_conv_enabled",
-           "gated_delta", "gated_delta_reference", "options", "resolve_backend", "short_conv"]
+           "fused_norm", "fused_norm_enabled", "gated_delta", "gated_delta_reference", "options", "resolve_backend",
+           "rms_norm", "short_conv"]

@@ -20,6 +20,10 @@ elsewhere).
 ``short_conv(x, weight, heads)``: the mixer's short convolution + SiLU (+ per-head l2norm) as
 Triton kernels on the [B, T, C] layout (``triton_conv``), which the mixer runs where its
 recurrence runs on Triton and ``fused_conv_enabled()`` (``CARVELAB_FUSED_CONV``, default 0).
+``rms_norm(x, weight, eps, gate)``: RMSNorm (times silu(gate)) as one Triton kernel each way
+(``triton_norm``), which the model's norms run where its recurrence runs on Triton and
+``fused_norm_enabled()`` (``CARVELAB_FUSED_NORM``, default 0). ``on_triton(options, device)``
+is that condition.
 """
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ from carvelab.kernels._args import RecurrenceOutput, keyword_settings
 from carvelab.kernels._switch import Switch
 from carvelab.kernels.options import BACKENDS, RecurrenceOptions, check_triton_chunk, resolve_precision
 
-__all__ = ["BACKENDS", "IMPLEMENTATIONS", "fused_conv", "fused_conv_enabled", "gated_delta", "resolve_backend",
-           "resolve_precision", "short_conv"]
+__all__ = ["BACKENDS", "IMPLEMENTATIONS", "fused_conv", "fused_conv_enabled", "fused_norm", "fused_norm_enabled",
+           "gated_delta", "on_triton", "resolve_backend", "resolve_precision", "rms_norm", "short_conv"]
 
 # Names of the implementations ``resolve_backend`` can answer.
 IMPLEMENTATIONS = (
@@ -105,3 +109,34 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, heads: int = 0, eps: float
     from carvelab.kernels.triton_conv import short_conv as fn
 
     return fn(x, weight, heads, eps)
+
+
+_FUSED_NORM = Switch("CARVELAB_FUSED_NORM", on="the fused Triton RMSNorms (kernels/triton_norm.py)",
+                     off="torch's elementwise RMSNorms", default="0")
+
+
+def fused_norm_enabled() -> bool:
+    """``CARVELAB_FUSED_NORM`` (default 0), or the innermost ``fused_norm(...)`` block: whether
+    the model's RMSNorms (and the mixer's gated one) run on ``rms_norm`` (where its recurrence
+    is on Triton)."""
+    return _FUSED_NORM.enabled()
+
+
+def fused_norm(enabled: bool):
+    """Within this block the model's norms run fused (True) or on torch ops (False)."""
+    return _FUSED_NORM.override(enabled)
+
+
+def on_triton(options: RecurrenceOptions, device: torch.device) -> bool:
+    """Whether a recurrence with ``options`` runs on the Triton kernels on ``device``: where the
+    fused convolution and norms may run, so every fused piece of a model moves together."""
+    return resolve_backend(options.backend, device, options.erase_axis, options.chunk_size).startswith("triton")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """RMSNorm of x [..., D] with ``weight`` [D] (times silu(``gate``) when given) on the Triton
+    kernels of ``triton_norm``; x's dtype out."""
+    from carvelab.kernels.triton_norm import rms_norm as fn
+
+    return fn(x, weight, eps, gate)

@@ -25,6 +25,9 @@ against the one before it in one run:
              CE_CHUNK tokens, trials/lm_loss.py) instead of the whole batch's fp32 logits
     graph_conv  graph, with the short convolutions (and q, k's l2norm) on the fused Triton
              kernels (``CARVELAB_FUSED_CONV=1``, kernels/triton_conv.py)
+    graph_norm  graph, with the RMSNorms and the mixer's gated RMSNorm on the fused Triton
+             kernels (``CARVELAB_FUSED_NORM=1``, kernels/triton_norm.py)
+    graph_fused graph, with both: the short convolutions and the norms fused
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -75,7 +78,7 @@ SIZES = {
 }
 MODELS = ("kda", "gdn", "gdn2", "carve")
 FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
-VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv")
+VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv", "graph_norm", "graph_fused")
 CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
 
@@ -229,8 +232,8 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         net = fla_model(model, size, args.vocab, cfg.mlp_width)
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
-    elif who in ("ours:graph", "ours:graph_loop", "ours:graph_ce", "ours:graph_conv"):
-        from carvelab.kernels.dispatch import fused_conv
+    elif who.startswith("ours:graph"):
+        from carvelab.kernels.dispatch import fused_conv, fused_norm
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
@@ -238,10 +241,11 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         optimizer = make_optimizer(net, train, capturable=True)
         graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False),
                               CE_CHUNK if who == "ours:graph_ce" else 0)
-        fused, conv = who != "ours:graph_loop", who == "ours:graph_conv"
+        fused = who != "ours:graph_loop"
+        conv, norm = who in ("ours:graph_conv", "ours:graph_fused"), who in ("ours:graph_norm", "ours:graph_fused")
 
-        def step():
-            with fused_content(fused), fused_conv(conv):  # read when the step is captured (the first call)
+        def step():  # the switches are read when the step is captured (the first call)
+            with fused_content(fused), fused_conv(conv), fused_norm(norm):
                 graphed(x, y)
     else:
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
@@ -312,9 +316,9 @@ def _content_cost(by_model: dict) -> None:
 
 
 def _ratios(rows: dict) -> None:
-    """Each of our variants' step time as a multiple of fla's and of our ``before``, and
-    ``graph_ce``'s and ``graph_conv``'s of ``graph``'s (``x_graph``: the chunked cross-entropy's
-    and the fused short convolution's own effect)."""
+    """Each of our variants' step time as a multiple of fla's and of our ``before``, and each
+    ``graph_*`` variant's of ``graph``'s (``x_graph``: the chunked cross-entropy's, the fused
+    pieces' or the content gate's per-chunk loop's own effect)."""
     fla = rows.get("fla", {}).get("ms_per_step")
     before = rows.get("ours:before", {}).get("ms_per_step")
     graph = rows.get("ours:graph", {}).get("ms_per_step")
@@ -324,7 +328,7 @@ def _ratios(rows: dict) -> None:
                 row["x_fla"] = row["ms_per_step"] / fla
             if before:
                 row["x_before"] = row["ms_per_step"] / before
-            if graph and who in ("ours:graph_ce", "ours:graph_conv"):
+            if graph and who.startswith("ours:graph_"):
                 row["x_graph"] = row["ms_per_step"] / graph
                 if "peak_mem_mb" in row and "peak_mem_mb" in rows["ours:graph"]:
                     row["peak_mem_x_graph"] = row["peak_mem_mb"] / rows["ours:graph"]["peak_mem_mb"]

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carvelab.carve_models.lm import HybridLM
 from carvelab.carve_models.mixer import GatedDeltaMixer, l2norm
 from carvelab.carve_models.presets import preset_config
 from carvelab.kernels.dispatch import fused_conv, fused_conv_enabled, short_conv
+from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
@@ -102,21 +102,4 @@ def test_the_mixer_runs_it_only_when_on_and_on_triton():
 
 
 def test_a_training_step_with_it_equals_the_step_without():
-    cfg = preset_config("carve", d_model=32, n_layers=2, n_heads=2, vocab_size=32, chunk_size=16,
-                        hybrid_ratio="1:1", seed=3, backend="triton")
-    gen = torch.Generator().manual_seed(1)
-    x, y = (torch.randint(0, 32, (2, 40), generator=gen).to(DEVICE) for _ in range(2))
-
-    def step(fused: bool):
-        torch.manual_seed(0)
-        model = HybridLM(cfg).to(DEVICE)
-        with fused_conv(fused):
-            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
-        return loss.detach(), {n: p.grad.detach() for n, p in model.named_parameters() if p.grad is not None}
-
-    (loss_on, grads_on), (loss_off, grads_off) = step(True), step(False)
-    torch.testing.assert_close(loss_on, loss_off, rtol=1e-5, atol=1e-6)
-    assert grads_on.keys() == grads_off.keys() and any("conv" in n for n in grads_on)
-    for name in grads_on:
-        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_step_unchanged(fused_conv, DEVICE, touched="conv")

@@ -187,18 +187,21 @@ def test_trials_record_how_the_content_gate_runs(monkeypatch, preset, device, fu
     assert kernel_backend(cfg, torch.device(device)) == expected
 
 
-@pytest.mark.parametrize("device, conv, expected", [
-    ("cuda", "1", "triton_chunk+fused_content+fused_conv"),
-    ("cuda", "0", "triton_chunk+fused_content"),
-    ("cpu", "1", "torch_chunk"),  # the torch path keeps torch's convolution
+@pytest.mark.parametrize("device, conv, norm, expected", [
+    ("cuda", "1", "0", "triton_chunk+fused_content+fused_conv"),
+    ("cuda", "0", "0", "triton_chunk+fused_content"),
+    ("cuda", "1", "1", "triton_chunk+fused_content+fused_conv+fused_norm"),
+    ("cuda", "0", "1", "triton_chunk+fused_content+fused_norm"),
+    ("cpu", "1", "1", "torch_chunk"),  # the torch path keeps torch's convolution and norms
 ])
-def test_trials_record_the_fused_short_convolution(monkeypatch, device, conv, expected):
+def test_trials_record_the_fused_convolution_and_norms(monkeypatch, device, conv, norm, expected):
     import torch
 
     from carvelab.carve_models.presets import preset_config
     from carvelab.trials.trial import kernel_backend
 
     monkeypatch.setenv("CARVELAB_FUSED_CONV", conv)
+    monkeypatch.setenv("CARVELAB_FUSED_NORM", norm)
     monkeypatch.delenv("CARVELAB_FUSED_CONTENT", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config("carve", d_model=32, n_layers=2, n_heads=2, vocab_size=32)
