@@ -8,7 +8,7 @@ input's dtype), so a bf16 autocast region does not lose the statistics.
 
 Built with a model's ``recurrence`` (its ``RecurrenceOptions``), a norm runs on the Triton
 kernels of ``kernels/triton_norm.py`` (one launch each way) where ``CARVELAB_FUSED_NORM=1``
-(default 0; ``kernels.dispatch.fused_norm_enabled``) and that recurrence runs on Triton: the
+(the default; ``kernels.dispatch.fused_norm_enabled``) and that recurrence runs on Triton: the
 same maps, fp32 inside. Without ``recurrence`` (a norm on its own) it stays on torch ops.
 """
 from __future__ import annotations

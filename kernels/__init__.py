@@ -11,9 +11,9 @@ The public surface, what the model layers and tools use:
 - ``options``: the vocabulary (every axis's allowed values, the gate forms, the kernels'
   chunk sizes).
 - ``short_conv``, ``fused_conv_enabled``, ``fused_conv``: the mixer's short convolution as
-  Triton kernels and its switch (``CARVELAB_FUSED_CONV``, default off; ``dispatch``).
+  Triton kernels and its switch (``CARVELAB_FUSED_CONV``, default on; ``dispatch``).
 - ``rms_norm``, ``fused_norm_enabled``, ``fused_norm``: RMSNorm (and the gated one) as Triton
-  kernels and their switch (``CARVELAB_FUSED_NORM``, default off; ``dispatch``).
+  kernels and their switch (``CARVELAB_FUSED_NORM``, default on; ``dispatch``).
 
 Everything else here (``_args``, ``chunk``, ``triton_*``, ``_triton_common``, ``tuning``,
 ``cuda_graph``) is internal; calls go one way: dispatch -> triton_ops (autograd

@@ -19,10 +19,10 @@ elsewhere).
 
 ``short_conv(x, weight, heads)``: the mixer's short convolution + SiLU (+ per-head l2norm) as
 Triton kernels on the [B, T, C] layout (``triton_conv``), which the mixer runs where its
-recurrence runs on Triton and ``fused_conv_enabled()`` (``CARVELAB_FUSED_CONV``, default 0).
+recurrence runs on Triton and ``fused_conv_enabled()`` (``CARVELAB_FUSED_CONV``, default 1).
 ``rms_norm(x, weight, eps, gate)``: RMSNorm (times silu(gate)) as one Triton kernel each way
 (``triton_norm``), which the model's norms run where its recurrence runs on Triton and
-``fused_norm_enabled()`` (``CARVELAB_FUSED_NORM``, default 0). ``on_triton(options, device)``
+``fused_norm_enabled()`` (``CARVELAB_FUSED_NORM``, default 1). ``on_triton(options, device)``
 is that condition.
 """
 from __future__ import annotations
@@ -89,11 +89,11 @@ def gated_delta(q, k, v, g, b, w, r, options: RecurrenceOptions, *, content, ini
 
 
 _FUSED_CONV = Switch("CARVELAB_FUSED_CONV", on="the fused Triton short convolution (kernels/triton_conv.py)",
-                     off="torch's conv1d, SiLU and l2norm", default="0")
+                     off="torch's conv1d, SiLU and l2norm")
 
 
 def fused_conv_enabled() -> bool:
-    """``CARVELAB_FUSED_CONV`` (default 0), or the innermost ``fused_conv(...)`` block: whether
+    """``CARVELAB_FUSED_CONV`` (default 1), or the innermost ``fused_conv(...)`` block: whether
     the mixer runs its short convolutions on ``short_conv`` (where its recurrence is on Triton)."""
     return _FUSED_CONV.enabled()
 
@@ -112,11 +112,11 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, heads: int = 0, eps: float
 
 
 _FUSED_NORM = Switch("CARVELAB_FUSED_NORM", on="the fused Triton RMSNorms (kernels/triton_norm.py)",
-                     off="torch's elementwise RMSNorms", default="0")
+                     off="torch's elementwise RMSNorms")
 
 
 def fused_norm_enabled() -> bool:
-    """``CARVELAB_FUSED_NORM`` (default 0), or the innermost ``fused_norm(...)`` block: whether
+    """``CARVELAB_FUSED_NORM`` (default 1), or the innermost ``fused_norm(...)`` block: whether
     the model's RMSNorms (and the mixer's gated one) run on ``rms_norm`` (where its recurrence
     is on Triton)."""
     return _FUSED_NORM.enabled()

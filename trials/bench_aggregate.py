@@ -9,9 +9,11 @@ sweep's first seed) are trained twice, ``--workers`` at a time in processes shar
 (the sweep's fractional GPUs, as Ray places them, without Ray, MLflow or Optuna):
 
     before   what the trial loop did before: exact products (3xTF32), an eager step (no CUDA
-             graph), the content gate on its per-chunk loop (``CARVELAB_FUSED_CONTENT=0``)
+             graph), the content gate on its per-chunk loop (``CARVELAB_FUSED_CONTENT=0``), the
+             short convolutions and norms on torch ops (``CARVELAB_FUSED_CONV=0``,
+             ``CARVELAB_FUSED_NORM=0``)
     after    the trial as configured now (the sweep's precision, whole-step CUDA graph, the
-             fused content-gate kernels)
+             fused content-gate, convolution and norm kernels)
 
 Per variant: wall time from the first trial's start to the last one's end, trials per hour,
 aggregate training tokens per second (every trial's trained steps x batch x sequence length,
@@ -37,8 +39,10 @@ from carvelab.search_space.points import grid_points, point_config
 from carvelab.search_space.sweep_loading import load_sweep
 
 VARIANTS = {
-    "before": {"precision": "exact", "cuda_graph": False, "env": {"CARVELAB_FUSED_CONTENT": "0"}},
-    "after": {"precision": None, "cuda_graph": True, "env": {"CARVELAB_FUSED_CONTENT": "1"}},
+    "before": {"precision": "exact", "cuda_graph": False,
+               "env": {"CARVELAB_FUSED_CONTENT": "0", "CARVELAB_FUSED_CONV": "0", "CARVELAB_FUSED_NORM": "0"}},
+    "after": {"precision": None, "cuda_graph": True,
+              "env": {"CARVELAB_FUSED_CONTENT": "1", "CARVELAB_FUSED_CONV": "1", "CARVELAB_FUSED_NORM": "1"}},
 }
 
 

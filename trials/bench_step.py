@@ -17,17 +17,18 @@ against the one before it in one run:
              synchronisations the trial loop used to make every step (timer, loss read)
     fast     precision fast (bf16 tensor-core products, TF32 solve), otherwise as before
     after    fast, fused AdamW, no per-step synchronisation
-    graph    after, with the whole step replayed from one CUDA graph (trials/step_graph.py):
-             the trial loop as it is now on a GPU
+    graph    after, with the whole step replayed from one CUDA graph (trials/step_graph.py);
+             in it and every variant above it the short convolutions and norms run on torch ops
     graph_loop  graph, with the content gate on its per-chunk loop instead of its fused
              kernels (CARVELAB_FUSED_CONTENT=0); the same as graph without a content gate
     graph_ce graph, with the loss chunked through the LM head (``train.ce_chunk`` =
              CE_CHUNK tokens, trials/lm_loss.py) instead of the whole batch's fp32 logits
     graph_conv  graph, with the short convolutions (and q, k's l2norm) on the fused Triton
-             kernels (``CARVELAB_FUSED_CONV=1``, kernels/triton_conv.py)
+             kernels (``CARVELAB_FUSED_CONV``, kernels/triton_conv.py)
     graph_norm  graph, with the RMSNorms and the mixer's gated RMSNorm on the fused Triton
-             kernels (``CARVELAB_FUSED_NORM=1``, kernels/triton_norm.py)
-    graph_fused graph, with both: the short convolutions and the norms fused
+             kernels (``CARVELAB_FUSED_NORM``, kernels/triton_norm.py)
+    graph_fused graph, with both: the short convolutions and the norms fused; the trial
+             loop as it is now on a GPU (both switches are on by default)
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -183,6 +184,7 @@ def profile_step(step: Callable[[], None], steps: int) -> dict:
 
 
 KERNEL_GROUPS = (  # (group, pattern on the kernel's name): the first that matches names its group
+    ("conv / norm (ours)", r"^_(conv|norm)_[a-z0-9_]*kernel"),  # kernels/triton_conv.py, triton_norm.py
     ("recurrence (ours)", r"^_[a-z0-9_]+_kernel"),  # carvelab's Triton kernels are all named _..._kernel
     ("matmul", r"gemm|nvjet|xmma|cutlass|gemv|splitK|cublas"),
     ("optimizer", r"multi_tensor|[Aa]dam"),
@@ -248,10 +250,16 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
             with fused_content(fused), fused_conv(conv), fused_norm(norm):
                 graphed(x, y)
     else:
+        from carvelab.kernels.dispatch import fused_conv, fused_norm
+
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
         fused = who == "ours:after"
         optimizer = make_optimizer(net, train, fused=fused)
-        step = make_step(net, optimizer, _ours_loss, x, y, sync_every_step=not fused)
+        eager = make_step(net, optimizer, _ours_loss, x, y, sync_every_step=not fused)
+
+        def step():  # the convolutions and norms on torch ops, as before they were fused
+            with fused_conv(False), fused_norm(False):
+                eager()
     torch.cuda.reset_peak_memory_stats()
     ms = time_step(step, args.warmup, args.steps)
     median = statistics.median(ms)

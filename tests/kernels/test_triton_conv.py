@@ -71,11 +71,13 @@ def test_heads_must_split_the_channels():
         short_conv(torch.zeros(1, 4, 30), torch.zeros(30, 1, 4), heads=4)
 
 
-def test_the_switch_is_off_by_default_and_names_its_variable(monkeypatch):
+def test_the_switch_is_on_by_default_and_names_its_variable(monkeypatch):
     monkeypatch.delenv("CARVELAB_FUSED_CONV", raising=False)
+    assert fused_conv_enabled()
+    with fused_conv(False):
+        assert not fused_conv_enabled()
+    monkeypatch.setenv("CARVELAB_FUSED_CONV", "0")
     assert not fused_conv_enabled()
-    with fused_conv(True):
-        assert fused_conv_enabled()
     monkeypatch.setenv("CARVELAB_FUSED_CONV", "yes")
     with pytest.raises(ValueError, match=r"CARVELAB_FUSED_CONV='yes' is not allowed; use 1 .* or 0"):
         fused_conv_enabled()

@@ -78,11 +78,13 @@ def test_bad_shapes_are_refused_with_what_was_given():
         rms_norm(torch.zeros(2, 16), torch.ones(16), gate=torch.zeros(2, 8))
 
 
-def test_the_switch_is_off_by_default_and_names_its_variable(monkeypatch):
+def test_the_switch_is_on_by_default_and_names_its_variable(monkeypatch):
     monkeypatch.delenv("CARVELAB_FUSED_NORM", raising=False)
+    assert fused_norm_enabled()
+    with fused_norm(False):
+        assert not fused_norm_enabled()
+    monkeypatch.setenv("CARVELAB_FUSED_NORM", "0")
     assert not fused_norm_enabled()
-    with fused_norm(True):
-        assert fused_norm_enabled()
     monkeypatch.setenv("CARVELAB_FUSED_NORM", "on")
     with pytest.raises(ValueError, match=r"CARVELAB_FUSED_NORM='on' is not allowed; use 1 .* or 0"):
         fused_norm_enabled()

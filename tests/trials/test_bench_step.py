@@ -58,6 +58,8 @@ def test_the_content_gate_cost_is_carve_over_gdn2_in_the_same_variant():
 @pytest.mark.parametrize("name, group", [
     ("_intra_fwd_kernel", "recurrence (ours)"),
     ("_content_bwd_kernel", "recurrence (ours)"),
+    ("_conv_bwd_pre_kernel", "conv / norm (ours)"),
+    ("_norm_fwd_kernel", "conv / norm (ours)"),
     ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", "matmul"),
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),

@@ -182,6 +182,8 @@ def test_trials_record_how_the_content_gate_runs(monkeypatch, preset, device, fu
 
     monkeypatch.setenv("CARVELAB_FUSED_CONTENT", fused)
     monkeypatch.setenv("CARVELAB_CUDA_GRAPHS", graphs)
+    monkeypatch.setenv("CARVELAB_FUSED_CONV", "0")  # the convolution's and norms' tags: the next test
+    monkeypatch.setenv("CARVELAB_FUSED_NORM", "0")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config(preset, d_model=32, n_layers=2, n_heads=2, vocab_size=32, erase_axis=axis)
     assert kernel_backend(cfg, torch.device(device)) == expected
