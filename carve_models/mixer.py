@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.conv import ShortConv
 from carvelab.carve_models.gates import ContentParams, DeltaGates, content_target_width, gate_form
 from carvelab.carve_models.norm import GatedRMSNorm
 from carvelab.kernels import ContentGate
-from carvelab.kernels.dispatch import fused_conv_enabled, gated_delta, on_triton, short_conv
+from carvelab.kernels.dispatch import fused_conv_enabled, gated_delta, joint_proj_enabled, on_triton, short_conv
 
 L2_EPS = 1e-6
 
@@ -71,21 +72,34 @@ class GatedDeltaMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, T, d_model] -> [B, T, d_model]."""
-        q, k, v = self._qkv(x)
+        xq, xk, xv, z = self._projections(x)
+        q, k, v = self._qkv(xq, xk, xv)
         g, b, w, r, content = self._gates(x)
         out = gated_delta(q, k, v, g, b, w, r, self.recurrence, content=content)
-        return self._output(out.o, x)
+        return self._output(out.o, z, x.dtype)
 
-    def _qkv(self, x: torch.Tensor):
-        B, T, _ = x.shape
+    def _projections(self, x: torch.Tensor):
+        """(W_q x, W_k x, W_v x, W_z x), each [B, T, *]: one matmul against the four weights
+        stacked where the joint projection is on (``CARVELAB_JOINT_PROJ=1`` and a recurrence on
+        Triton; the four are then column slices of one tensor, which the fused convolution and
+        norm read in place), else one matmul each."""
+        maps = (self.q_proj, self.k_proj, self.v_proj, self.gate_proj)
+        if joint_proj_enabled() and on_triton(self.recurrence, x.device):
+            weight = torch.cat([m.weight for m in maps])
+            return F.linear(x, weight).split([m.out_features for m in maps], -1)
+        return tuple(m(x) for m in maps)
+
+    def _qkv(self, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor):
+        """The projections through their short convolutions (q, k also l2-normalised per head)."""
+        B, T, _ = xq.shape
         H = self.cfg.n_heads
-        if self._fused_conv(x):  # kernels/triton_conv.py: the same maps, contiguous, fp32 inside
-            q = short_conv(self.q_proj(x), self.q_conv.weight, H, L2_EPS).view(B, T, H, -1)
-            k = short_conv(self.k_proj(x), self.k_conv.weight, H, L2_EPS).view(B, T, H, -1)
-            return q, k, short_conv(self.v_proj(x), self.v_conv.weight).view(B, T, H, -1)
-        q = l2norm(self.q_conv(self.q_proj(x)).view(B, T, H, -1))
-        k = l2norm(self.k_conv(self.k_proj(x)).view(B, T, H, -1))
-        v = self.v_conv(self.v_proj(x)).view(B, T, H, -1)
+        if self._fused_conv(xq):  # kernels/triton_conv.py: the same maps, contiguous, fp32 inside
+            q = short_conv(xq, self.q_conv.weight, H, L2_EPS).view(B, T, H, -1)
+            k = short_conv(xk, self.k_conv.weight, H, L2_EPS).view(B, T, H, -1)
+            return q, k, short_conv(xv, self.v_conv.weight).view(B, T, H, -1)
+        q = l2norm(self.q_conv(xq).view(B, T, H, -1))
+        k = l2norm(self.k_conv(xk).view(B, T, H, -1))
+        v = self.v_conv(xv).view(B, T, H, -1)
         return q, k, v
 
     def _fused_conv(self, x: torch.Tensor) -> bool:
@@ -105,8 +119,8 @@ class GatedDeltaMixer(nn.Module):
             content = ContentGate(self.content.U, self.content.V, target, A_log, erase_scale=scale)
         return g, b, w, r, content
 
-    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _output(self, o: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """W_o (RMSNorm(o) ⊙ silu(z)) per head, o cast to the layer input's ``dtype``."""
         B, T, H, dv = o.shape
-        z = self.gate_proj(x).view(B, T, H, dv)
-        y = self.o_norm(o.to(x.dtype), z)
+        y = self.o_norm(o.to(dtype), z.view(B, T, H, dv))
         return self.o_proj(y.reshape(B, T, H * dv))

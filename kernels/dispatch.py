@@ -22,8 +22,11 @@ Triton kernels on the [B, T, C] layout (``triton_conv``), which the mixer runs w
 recurrence runs on Triton and ``fused_conv_enabled()`` (``CARVELAB_FUSED_CONV``, default 1).
 ``rms_norm(x, weight, eps, gate)``: RMSNorm (times silu(gate)) as one Triton kernel each way
 (``triton_norm``), which the model's norms run where its recurrence runs on Triton and
-``fused_norm_enabled()`` (``CARVELAB_FUSED_NORM``, default 1). ``on_triton(options, device)``
-is that condition.
+``fused_norm_enabled()`` (``CARVELAB_FUSED_NORM``, default 1). ``swiglu(h)``: SwiGLU's gating
+of a joint [gate | up] projection (``triton_swiglu``); with ``joint_proj_enabled()``
+(``CARVELAB_JOINT_PROJ``, default 0) the MLPs project gate and up as one matmul and run it,
+and the mixers project q, k, v and the output gate as one matmul, where their recurrence runs
+on Triton. ``on_triton(options, device)`` is that condition.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from carvelab.kernels._switch import Switch
 from carvelab.kernels.options import BACKENDS, RecurrenceOptions, check_triton_chunk, resolve_precision
 
 __all__ = ["BACKENDS", "IMPLEMENTATIONS", "fused_conv", "fused_conv_enabled", "fused_norm", "fused_norm_enabled",
-           "gated_delta", "on_triton", "resolve_backend", "resolve_precision", "rms_norm", "short_conv"]
+           "gated_delta", "joint_proj", "joint_proj_enabled", "on_triton", "resolve_backend", "resolve_precision",
+           "rms_norm", "short_conv", "swiglu"]
 
 # Names of the implementations ``resolve_backend`` can answer.
 IMPLEMENTATIONS = (
@@ -140,3 +144,26 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: tor
     from carvelab.kernels.triton_norm import rms_norm as fn
 
     return fn(x, weight, eps, gate)
+
+
+_JOINT_PROJ = Switch("CARVELAB_JOINT_PROJ", on="one matmul for the mixer's q, k, v, z and one for the MLP's gate, up "
+                     "(with the fused SwiGLU, kernels/triton_swiglu.py)", off="one matmul per projection", default="0")
+
+
+def joint_proj_enabled() -> bool:
+    """``CARVELAB_JOINT_PROJ`` (default 0), or the innermost ``joint_proj(...)`` block: whether the
+    mixers and MLPs project their input once for all the maps that read it (where the
+    recurrence is on Triton)."""
+    return _JOINT_PROJ.enabled()
+
+
+def joint_proj(enabled: bool):
+    """Within this block the input projections run joint (True) or one by one (False)."""
+    return _JOINT_PROJ.override(enabled)
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(a) ⊙ b of h = [a | b] [..., 2F] on the Triton kernels of ``triton_swiglu``."""
+    from carvelab.kernels.triton_swiglu import swiglu as fn
+
+    return fn(h)

@@ -12,7 +12,8 @@ backward, the recurrence wrapper's copies) runs on strided tensors. Here one pro
 [BT tokens, BC channels] tile (with ``heads``: the channels of one head), reads the W shifted
 rows of x it needs, and writes a contiguous y: fp32 with the norm (as ``l2norm`` returns),
 x's dtype without it. Products and sums are fp32 (the torch path rounds the convolution to
-x's dtype before the SiLU).
+x's dtype before the SiLU). x may be a column slice of a wider [B, T, *] tensor (the mixer's
+joint q, k, v, z projection): it is read in place through its batch and token strides.
 
 Backward: ``_conv_bwd_pre_kernel`` recomputes the tile's pre-activations, forms dpre (SiLU'
 and the norm's Jacobian ``(dy − y (y·dy)) / n``) into an fp32 buffer, and each program's
@@ -35,13 +36,13 @@ BT = 32  # tokens per program
 
 
 @triton.jit
-def _pre_tile(x, w, base, t, c, cm, T, C, W: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """The pre-activations [BT, BC] of tokens t, channels c (fp32)."""
+def _pre_tile(x, w, xbase, SX_T, t, c, cm, T, W: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """The pre-activations [BT, BC] of tokens t, channels c (fp32); x's tokens SX_T apart."""
     acc = tl.zeros([BT, BC], dtype=tl.float32)
     for j in tl.static_range(W):
         tt = t - (W - 1) + j
         m = ((tt >= 0) & (tt < T))[:, None] & cm[None, :]
-        xv = tl.load(x + base + tt[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
+        xv = tl.load(x + xbase + tt[:, None] * SX_T + c[None, :], mask=m, other=0.0).to(tl.float32)
         wj = tl.load(w + c * W + j, mask=cm, other=0.0).to(tl.float32)
         acc += xv * wj[None, :]
     return acc
@@ -61,12 +62,12 @@ def _tile_coords(T, C, D, BT: tl.constexpr, BC: tl.constexpr, NORM: tl.constexpr
 
 
 @triton.jit
-def _conv_fwd_kernel(x, w, y, T, C, D, EPS, W: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+def _conv_fwd_kernel(x, w, y, T, C, D, EPS, SX_B, SX_T, W: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                      NORM: tl.constexpr):
     i_b = tl.program_id(0)
     t, c, cm = _tile_coords(T, C, D, BT, BC, NORM)
     base = i_b * T * C
-    pre = _pre_tile(x, w, base, t, c, cm, T, C, W, BT, BC)
+    pre = _pre_tile(x, w, i_b * SX_B, SX_T, t, c, cm, T, W, BT, BC)
     s = pre * tl.sigmoid(pre)
     if NORM:
         s = s * tl.rsqrt(tl.sum(s * s, axis=1) + EPS)[:, None]
@@ -75,13 +76,13 @@ def _conv_fwd_kernel(x, w, y, T, C, D, EPS, W: tl.constexpr, BT: tl.constexpr, B
 
 
 @triton.jit
-def _conv_bwd_pre_kernel(x, w, dy, dpre, dw_part, T, C, D, EPS, NT, W: tl.constexpr, BT: tl.constexpr,
-                         BC: tl.constexpr, NORM: tl.constexpr):
+def _conv_bwd_pre_kernel(x, w, dy, dpre, dw_part, T, C, D, EPS, NT, SX_B, SX_T, W: tl.constexpr,
+                         BT: tl.constexpr, BC: tl.constexpr, NORM: tl.constexpr):
     i_b, i_t = tl.program_id(0), tl.program_id(1)
     t, c, cm = _tile_coords(T, C, D, BT, BC, NORM)
     base = i_b * T * C
     m = (t < T)[:, None] & cm[None, :]
-    pre = _pre_tile(x, w, base, t, c, cm, T, C, W, BT, BC)
+    pre = _pre_tile(x, w, i_b * SX_B, SX_T, t, c, cm, T, W, BT, BC)
     sig = tl.sigmoid(pre)
     s = pre * sig
     g = tl.load(dy + base + t[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
@@ -96,7 +97,7 @@ def _conv_bwd_pre_kernel(x, w, dy, dpre, dw_part, T, C, D, EPS, NT, W: tl.conste
     for j in tl.static_range(W):
         tt = t - (W - 1) + j
         mj = ((tt >= 0) & (tt < T))[:, None] & cm[None, :]
-        xv = tl.load(x + base + tt[:, None] * C + c[None, :], mask=mj, other=0.0).to(tl.float32)
+        xv = tl.load(x + i_b * SX_B + tt[:, None] * SX_T + c[None, :], mask=mj, other=0.0).to(tl.float32)
         tl.store(dw_part + row + c * W + j, tl.sum(dp * xv, axis=0), mask=cm)
 
 
@@ -130,12 +131,13 @@ class ShortConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, heads: int, eps: float):
         B, T, C = x.shape
-        x = x.contiguous()
+        if x.stride(2) != 1:  # a column slice of a wider [B, T, *] tensor is read in place
+            x = x.contiguous()
         w = weight.reshape(C, -1).contiguous()
         W = w.shape[1]
         grid, BC, D = _grid(B, T, C, heads)
         y = torch.empty(B, T, C, device=x.device, dtype=torch.float32 if heads else x.dtype)
-        _conv_fwd_kernel[grid](x, w, y, T, C, D, eps, W=W, BT=BT, BC=BC, NORM=bool(heads))
+        _conv_fwd_kernel[grid](x, w, y, T, C, D, eps, x.stride(0), x.stride(1), W=W, BT=BT, BC=BC, NORM=bool(heads))
         ctx.save_for_backward(x, w)
         ctx.heads, ctx.eps, ctx.weight_shape, ctx.weight_dtype = heads, eps, weight.shape, weight.dtype
         return y
@@ -149,9 +151,9 @@ class ShortConvFn(torch.autograd.Function):
         NT = grid[1]
         dpre = torch.empty(B, T, C, device=x.device, dtype=torch.float32)
         dw_part = torch.zeros(B * NT, C, W, device=x.device, dtype=torch.float32)
-        _conv_bwd_pre_kernel[grid](x, w, dy.contiguous(), dpre, dw_part, T, C, D, ctx.eps, NT,
-                                   W=W, BT=BT, BC=BC, NORM=bool(ctx.heads))
-        dx = torch.empty_like(x)
+        _conv_bwd_pre_kernel[grid](x, w, dy.contiguous(), dpre, dw_part, T, C, D, ctx.eps, NT, x.stride(0),
+                                   x.stride(1), W=W, BT=BT, BC=BC, NORM=bool(ctx.heads))
+        dx = torch.empty(B, T, C, device=x.device, dtype=x.dtype)
         _conv_bwd_x_kernel[grid](w, dpre, dx, T, C, D, W=W, BT=BT, BC=BC, NORM=bool(ctx.heads))
         dw = dw_part.sum(0).reshape(ctx.weight_shape).to(ctx.weight_dtype)
         return dx, dw, None, None

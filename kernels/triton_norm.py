@@ -16,7 +16,8 @@ program rather than per row block.
               dgate = dy ⊙ a ⊙ silu'(gate),   da = dy ⊙ s,   dweight = Σ_rows da ⊙ n
               dx    = rstd · (dn − n · mean(dn ⊙ n)),   dn = da ⊙ weight
 
-Every product and sum is fp32 whatever the inputs' dtypes; the outputs take x's dtype
+The gate may be a column slice of a wider tensor (the mixer's joint projection): it is read
+in place (``_gate_layout``). Every product and sum is fp32 whatever the inputs' dtypes; the outputs take x's dtype
 (the gradients their inputs' dtypes), as the torch path's do. Two launches per call (one
 each way) and one sum of the [programs, D] weight partials.
 
@@ -37,7 +38,14 @@ MAX_PROGRAMS = 1024
 
 
 @triton.jit
-def _norm_fwd_kernel(x, z, w, y, rstd, N, D, EPS, BR: tl.constexpr, BD: tl.constexpr, GATE: tl.constexpr):
+def _gate_offsets(r, c, D, ZH, SZ):
+    """Where row r's channels c of the gate are: rows come in groups of ZH (heads) of D
+    channels each, consecutive groups SZ apart (ZH = 1, SZ = D: contiguous)."""
+    return ((r // ZH) * SZ + (r % ZH) * D)[:, None] + c[None, :]
+
+
+@triton.jit
+def _norm_fwd_kernel(x, z, w, y, rstd, N, D, EPS, ZH, SZ, BR: tl.constexpr, BD: tl.constexpr, GATE: tl.constexpr):
     i_p, n_p = tl.program_id(0), tl.num_programs(0)
     c = tl.arange(0, BD)
     cm = c < D
@@ -50,14 +58,14 @@ def _norm_fwd_kernel(x, z, w, y, rstd, N, D, EPS, BR: tl.constexpr, BD: tl.const
         rs = tl.rsqrt(tl.sum(xv * xv, axis=1) / D + EPS)
         out = xv * rs[:, None] * wv[None, :]
         if GATE:
-            zv = tl.load(z + off, mask=m, other=0.0).to(tl.float32)
+            zv = tl.load(z + _gate_offsets(r, c, D, ZH, SZ), mask=m, other=0.0).to(tl.float32)
             out = out * zv * tl.sigmoid(zv)
         tl.store(y + off, out.to(y.dtype.element_ty), mask=m)
         tl.store(rstd + r, rs, mask=r < N)
 
 
 @triton.jit
-def _norm_bwd_kernel(x, z, w, rstd, dy, dx, dz, dw_part, N, D, BR: tl.constexpr, BD: tl.constexpr,
+def _norm_bwd_kernel(x, z, w, rstd, dy, dx, dz, dw_part, N, D, ZH, SZ, BR: tl.constexpr, BD: tl.constexpr,
                      GATE: tl.constexpr):
     i_p, n_p = tl.program_id(0), tl.num_programs(0)
     c = tl.arange(0, BD)
@@ -73,7 +81,7 @@ def _norm_bwd_kernel(x, z, w, rstd, dy, dx, dz, dw_part, N, D, BR: tl.constexpr,
         n = xv * rs[:, None]
         g = tl.load(dy + off, mask=m, other=0.0).to(tl.float32)
         if GATE:
-            zv = tl.load(z + off, mask=m, other=0.0).to(tl.float32)
+            zv = tl.load(z + _gate_offsets(r, c, D, ZH, SZ), mask=m, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zv)
             dzv = g * n * wv[None, :] * sig * (1.0 + zv * (1.0 - sig))
             tl.store(dz + off, dzv.to(dz.dtype.element_ty), mask=m)
@@ -97,29 +105,44 @@ class RMSNormFn(torch.autograd.Function):
     def forward(ctx, x, weight, gate, eps: float):
         shape, D = x.shape, x.shape[-1]
         x2 = x.reshape(-1, D).contiguous()
-        z2 = gate.reshape(-1, D).contiguous() if gate is not None else x2
+        z, ZH, SZ = _gate_layout(gate) if gate is not None else (x2, 1, D)
         w = weight.contiguous()
         N = x2.shape[0]
         BR, BD, P = _launch(N, D)
         y = torch.empty_like(x2)
         rstd = torch.empty(N, device=x.device, dtype=torch.float32)
-        _norm_fwd_kernel[(P,)](x2, z2, w, y, rstd, N, D, eps, BR=BR, BD=BD, GATE=gate is not None)
-        ctx.save_for_backward(x2, z2 if gate is not None else None, w, rstd)
-        ctx.shape = shape
+        _norm_fwd_kernel[(P,)](x2, z, w, y, rstd, N, D, eps, ZH, SZ, BR=BR, BD=BD, GATE=gate is not None)
+        ctx.save_for_backward(x2, z if gate is not None else None, w, rstd)
+        ctx.shape, ctx.gate_layout = shape, (ZH, SZ)
         return y.view(shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, z2, w, rstd = ctx.saved_tensors
+        x2, z, w, rstd = ctx.saved_tensors
         N, D = x2.shape
         BR, BD, P = _launch(N, D)
         dx = torch.empty_like(x2)
-        dz = torch.empty_like(z2) if z2 is not None else None
+        dz = torch.empty(N, D, device=x2.device, dtype=z.dtype) if z is not None else None
         dw_part = torch.empty(P, D, device=x2.device, dtype=torch.float32)
-        _norm_bwd_kernel[(P,)](x2, z2 if z2 is not None else x2, w, rstd, dy.reshape(-1, D).contiguous(), dx,
-                               dz if dz is not None else dx, dw_part, N, D, BR=BR, BD=BD, GATE=z2 is not None)
+        _norm_bwd_kernel[(P,)](x2, z if z is not None else x2, w, rstd, dy.reshape(-1, D).contiguous(), dx,
+                               dz if dz is not None else dx, dw_part, N, D, *ctx.gate_layout, BR=BR, BD=BD,
+                               GATE=z is not None)
         dw = dw_part.sum(0).to(w.dtype)
         return dx.view(ctx.shape), dw, (dz.view(ctx.shape) if dz is not None else None), None
+
+
+def _gate_layout(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(tensor, ZH, SZ) for the kernels: a contiguous gate as it is; a [..., H, D] gate whose
+    heads are contiguous and whose leading axes step evenly (a column slice of a wider
+    [B, T, *] tensor, the mixer's joint projection) in place; anything else copied."""
+    D = gate.shape[-1]
+    if gate.is_contiguous():
+        return gate, 1, D
+    if gate.dim() >= 3 and gate.stride(-1) == 1 and gate.stride(-2) == D:
+        lead, SZ = gate.shape[:-2], gate.stride(-3)
+        if all(gate.stride(i) == gate.stride(i + 1) * lead[i + 1] for i in range(len(lead) - 1)):
+            return gate, gate.shape[-2], SZ
+    return gate.contiguous(), 1, D
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None

@@ -29,6 +29,8 @@ against the one before it in one run:
              kernels (``CARVELAB_FUSED_NORM``, kernels/triton_norm.py)
     graph_fused graph, with both: the short convolutions and the norms fused; the trial
              loop as it is now on a GPU (both switches are on by default)
+    graph_joint graph_fused, with the joint input projections (``CARVELAB_JOINT_PROJ=1``: q, k,
+             v, z as one matmul, the MLP's gate and up as one with the fused SwiGLU)
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -79,7 +81,8 @@ SIZES = {
 }
 MODELS = ("kda", "gdn", "gdn2", "carve")
 FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
-VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv", "graph_norm", "graph_fused")
+VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv", "graph_norm", "graph_fused",
+            "graph_joint")
 CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
 
@@ -235,7 +238,7 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
     elif who.startswith("ours:graph"):
-        from carvelab.kernels.dispatch import fused_conv, fused_norm
+        from carvelab.kernels.dispatch import fused_conv, fused_norm, joint_proj
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
@@ -244,13 +247,15 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False),
                               CE_CHUNK if who == "ours:graph_ce" else 0)
         fused = who != "ours:graph_loop"
-        conv, norm = who in ("ours:graph_conv", "ours:graph_fused"), who in ("ours:graph_norm", "ours:graph_fused")
+        joint = who == "ours:graph_joint"
+        conv = joint or who in ("ours:graph_conv", "ours:graph_fused")
+        norm = joint or who in ("ours:graph_norm", "ours:graph_fused")
 
         def step():  # the switches are read when the step is captured (the first call)
-            with fused_content(fused), fused_conv(conv), fused_norm(norm):
+            with fused_content(fused), fused_conv(conv), fused_norm(norm), joint_proj(joint):
                 graphed(x, y)
     else:
-        from carvelab.kernels.dispatch import fused_conv, fused_norm
+        from carvelab.kernels.dispatch import fused_conv, fused_norm, joint_proj
 
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
         fused = who == "ours:after"
@@ -258,7 +263,7 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         eager = make_step(net, optimizer, _ours_loss, x, y, sync_every_step=not fused)
 
         def step():  # the convolutions and norms on torch ops, as before they were fused
-            with fused_conv(False), fused_norm(False):
+            with fused_conv(False), fused_norm(False), joint_proj(False):
                 eager()
     torch.cuda.reset_peak_memory_stats()
     ms = time_step(step, args.warmup, args.steps)

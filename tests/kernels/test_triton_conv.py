@@ -50,6 +50,22 @@ def test_short_conv_equals_torch_forward_and_backward(C, heads, T, width):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+def test_a_column_slice_is_read_in_place_as_if_it_were_contiguous():
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(2, 21, 3 * 32, generator=gen).to(DEVICE).requires_grad_()
+    w = torch.randn(32, 1, 4, generator=gen).to(DEVICE)
+    part = h[..., 32:64]  # the mixer's joint projection: k between q and v
+    got = short_conv(part, w, heads=2)
+    want = torch_conv(part.detach().contiguous(), w, heads=2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    dy = torch.randn(want.shape, generator=gen).to(DEVICE)
+    (dh,) = torch.autograd.grad(got, h, dy)
+    x = part.detach().contiguous().requires_grad_()
+    (dx,) = torch.autograd.grad(torch_conv(x, w, heads=2), x, dy)
+    torch.testing.assert_close(dh[..., 32:64], dx, rtol=1e-5, atol=1e-5)
+    assert not dh[..., :32].any() and not dh[..., 64:].any()
+
+
 def test_short_conv_is_causal():
     x = torch.randn(1, 20, 16).to(DEVICE)
     w = torch.randn(16, 1, 4).to(DEVICE)
@@ -93,11 +109,11 @@ def test_the_mixer_runs_it_only_when_on_and_on_triton():
     x = torch.randn(2, 24, 32).to(DEVICE)
     triton_mixer, torch_mixer = _mixer("triton"), _mixer("torch")
     with fused_conv(True):
-        q, _, v = triton_mixer._qkv(x)
+        q, _, v = triton_mixer._qkv(*triton_mixer._projections(x)[:3])
         assert q.is_contiguous() and v.is_contiguous()  # the fused kernels' output
         assert not torch_mixer._fused_conv(x)  # the torch path keeps torch's ops
     with fused_conv(False):
-        q_off, _, v_off = triton_mixer._qkv(x)
+        q_off, _, v_off = triton_mixer._qkv(*triton_mixer._projections(x)[:3])
         assert not q_off.is_contiguous()  # conv1d's transposed view: what the fused path removes
     torch.testing.assert_close(q, q_off, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(v, v_off, rtol=1e-5, atol=1e-6)

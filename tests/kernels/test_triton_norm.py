@@ -71,6 +71,21 @@ def test_bf16_gate_and_fp32_x_give_fp32_out_and_a_bf16_gate_gradient():
     assert dz.dtype == torch.bfloat16
 
 
+def test_a_gate_sliced_from_a_wider_tensor_is_read_in_place():
+    gen = torch.Generator().manual_seed(6)
+    B, T, H, D = 2, 5, 3, 16
+    x = torch.randn(B, T, H, D, generator=gen).to(DEVICE).requires_grad_()
+    h = torch.randn(B, T, 2 * H * D + 8, generator=gen).to(DEVICE).requires_grad_()
+    w = torch.randn(D, generator=gen).to(DEVICE).requires_grad_()
+    z = h[..., H * D:2 * H * D].view(B, T, H, D)  # the joint projection's output gate
+    assert triton_norm._gate_layout(z)[1:] == (H, 2 * H * D + 8)
+    got, want = rms_norm(x, w, 1e-6, z), torch_norm(x, w, 1e-6, z)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    dy = torch.randn(want.shape, generator=gen).to(DEVICE)
+    for g, r in zip(torch.autograd.grad(got, (x, w, h), dy), torch.autograd.grad(want, (x, w, h), dy)):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_shapes_are_refused_with_what_was_given():
     with pytest.raises(ValueError, match=r"weight of shape \(8,\) does not match x's last axis 16"):
         rms_norm(torch.zeros(2, 16), torch.ones(8))
