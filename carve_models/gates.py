@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.init import apply_special_inits
 from carvelab.kernels import options
+from carvelab.kernels.dispatch import decay_gate, fused_gates_enabled, on_triton
 from carvelab.kernels.options import ERASE_SCALES
 
 # Write-gate bias at init: sigmoid(0) = 0.5, the mean of a tied beta = sigmoid(N(0, small)),
@@ -74,7 +75,9 @@ def _zeros(p: torch.Tensor, generator=None) -> None:
 
 
 class DecayGate(nn.Module):
-    """g = -exp(A_log) · softplus(f_proj(x) + dt_bias), ``width(cfg)`` decays per head.
+    """g = -exp(A_log) · softplus(f_proj(x) + dt_bias), ``width(cfg)`` decays per head; one Triton
+    kernel each way (``kernels/triton_gates.py``) where ``CARVELAB_FUSED_GATES=1`` and the
+    recurrence runs on Triton.
 
     ``forward(x, pre=False)`` -> the log-decay g (<= 0) [B, T, H] (width 1) or [B, T, H, n],
     or with ``pre`` its pre-activation ``f + dt_bias`` (what a content gate corrects).
@@ -87,7 +90,7 @@ class DecayGate(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         H = cfg.n_heads
-        self.n = self.width(cfg)
+        self.n, self.recurrence = self.width(cfg), cfg.recurrence
         self.f_proj = nn.Linear(cfg.d_model, H * self.n, bias=False)
         self.A_log = nn.Parameter(torch.empty(H))
         self.dt_bias = nn.Parameter(torch.empty(H * self.n))
@@ -98,6 +101,9 @@ class DecayGate(nn.Module):
 
     def forward(self, x: torch.Tensor, pre: bool = False) -> torch.Tensor:
         B, T, _ = x.shape
+        if not pre and fused_gates_enabled() and on_triton(self.recurrence, x.device):
+            g = decay_gate(self.f_proj(x), self.dt_bias, self.A_log).view(B, T, -1, self.n)  # kernels/triton_gates.py
+            return g.squeeze(-1) if self.n == 1 else g
         f = (self.f_proj(x).float() + self.dt_bias.float()).view(B, T, -1, self.n)
         g = f if pre else -torch.exp(self.A_log.float()).view(-1, 1) * F.softplus(f)
         return g.squeeze(-1) if self.n == 1 else g

@@ -17,6 +17,8 @@ The public surface, what the model layers and tools use:
 - ``swiglu``, ``joint_proj_enabled``, ``joint_proj``: SwiGLU's gating of a joint [gate | up]
   projection as Triton kernels, and the switch of the joint input projections
   (``CARVELAB_JOINT_PROJ``, default off; ``dispatch``).
+- ``decay_gate``, ``fused_gates_enabled``, ``fused_gates``: the log-decay gate as Triton kernels
+  and its switch (``CARVELAB_FUSED_GATES``, default off; ``dispatch``).
 
 Everything else here (``_args``, ``chunk``, ``triton_*``, ``_triton_common``, ``tuning``,
 ``cuda_graph``) is internal; calls go one way: dispatch -> triton_ops (autograd
@@ -25,12 +27,13 @@ _triton_common.
 """
 from carvelab.kernels import options
 from carvelab.kernels._args import ContentGate, RecurrenceOutput
-from carvelab.kernels.dispatch import (BACKENDS, fused_conv, fused_conv_enabled, fused_norm, fused_norm_enabled,
-                                      gated_delta, joint_proj, joint_proj_enabled, resolve_backend, rms_norm,
+from carvelab.kernels.dispatch import (BACKENDS, decay_gate, fused_conv, fused_conv_enabled, fused_gates,
+                                      fused_gates_enabled, fused_norm, fused_norm_enabled, gated_delta, joint_proj, joint_proj_enabled, resolve_backend, rms_norm,
                                       short_conv, swiglu)
 from carvelab.kernels.options import RecurrenceOptions
 from carvelab.kernels.reference import gated_delta_reference
 
-__all__ = ["BACKENDS", "ContentGate", "RecurrenceOptions", "RecurrenceOutput", "fused_conv", "fused_conv_enabled",
+__all__ = ["BACKENDS", "ContentGate", "RecurrenceOptions", "RecurrenceOutput", "decay_gate", "fused_conv",
+           "fused_conv_enabled", "fused_gates", "fused_gates_enabled",
            "fused_norm", "fused_norm_enabled", "gated_delta", "gated_delta_reference", "joint_proj",
            "joint_proj_enabled", "options", "resolve_backend", "rms_norm", "short_conv", "swiglu"]

@@ -2,7 +2,8 @@
 default) that a ``with switch.override(enabled):`` block overrides for the code inside it
 (the innermost block wins). ``CARVELAB_CUDA_GRAPHS`` (``cuda_graph``), ``CARVELAB_FUSED_CONTENT``
 (``triton_ops``), ``CARVELAB_FUSED_CONV``, ``CARVELAB_FUSED_NORM`` (``dispatch``), all on by
-default, and ``CARVELAB_JOINT_PROJ`` (``dispatch``, off by default) are five."""
+default, and ``CARVELAB_JOINT_PROJ``, ``CARVELAB_FUSED_GATES`` (``dispatch``, off by default) are
+six."""
 from __future__ import annotations
 
 import contextlib

@@ -26,7 +26,10 @@ recurrence runs on Triton and ``fused_conv_enabled()`` (``CARVELAB_FUSED_CONV``,
 of a joint [gate | up] projection (``triton_swiglu``); with ``joint_proj_enabled()``
 (``CARVELAB_JOINT_PROJ``, default 0) the MLPs project gate and up as one matmul and run it,
 and the mixers project q, k, v and the output gate as one matmul, where their recurrence runs
-on Triton. ``on_triton(options, device)`` is that condition.
+on Triton. ``decay_gate(f, dt_bias, A_log)``: the log-decay gate as one Triton kernel each way
+(``triton_gates``), which the decay gates run with ``fused_gates_enabled()``
+(``CARVELAB_FUSED_GATES``, default 0) where the recurrence runs on Triton.
+``on_triton(options, device)`` is that condition.
 """
 from __future__ import annotations
 
@@ -38,8 +41,8 @@ from carvelab.kernels._args import RecurrenceOutput, keyword_settings
 from carvelab.kernels._switch import Switch
 from carvelab.kernels.options import BACKENDS, RecurrenceOptions, check_triton_chunk, resolve_precision
 
-__all__ = ["BACKENDS", "IMPLEMENTATIONS", "fused_conv", "fused_conv_enabled", "fused_norm", "fused_norm_enabled",
-           "gated_delta", "joint_proj", "joint_proj_enabled", "on_triton", "resolve_backend", "resolve_precision",
+__all__ = ["BACKENDS", "IMPLEMENTATIONS", "decay_gate", "fused_conv", "fused_conv_enabled", "fused_gates",
+           "fused_gates_enabled", "fused_norm", "fused_norm_enabled", "gated_delta", "joint_proj", "joint_proj_enabled", "on_triton", "resolve_backend", "resolve_precision",
            "rms_norm", "short_conv", "swiglu"]
 
 # Names of the implementations ``resolve_backend`` can answer.
@@ -167,3 +170,26 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
     from carvelab.kernels.triton_swiglu import swiglu as fn
 
     return fn(h)
+
+
+_FUSED_GATES = Switch("CARVELAB_FUSED_GATES", on="the fused Triton decay gate (kernels/triton_gates.py)",
+                      off="torch's elementwise gate activations", default="0")
+
+
+def fused_gates_enabled() -> bool:
+    """``CARVELAB_FUSED_GATES`` (default 0), or the innermost ``fused_gates(...)`` block: whether the
+    decay gates run on ``decay_gate`` (where the recurrence is on Triton)."""
+    return _FUSED_GATES.enabled()
+
+
+def fused_gates(enabled: bool):
+    """Within this block the decay gates run fused (True) or on torch ops (False)."""
+    return _FUSED_GATES.override(enabled)
+
+
+def decay_gate(f: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor) -> torch.Tensor:
+    """g = -exp(A_log) * softplus(f + dt_bias) (per head, fp32) on the Triton kernels of
+    ``triton_gates``."""
+    from carvelab.kernels.triton_gates import decay_gate as fn
+
+    return fn(f, dt_bias, a_log)

@@ -31,6 +31,8 @@ against the one before it in one run:
              loop as it is now on a GPU (both switches are on by default)
     graph_joint graph_fused, with the joint input projections (``CARVELAB_JOINT_PROJ=1``: q, k,
              v, z as one matmul, the MLP's gate and up as one with the fused SwiGLU)
+    graph_gates graph_joint, with the decay gates on their Triton kernels
+             (``CARVELAB_FUSED_GATES=1``, kernels/triton_gates.py)
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -82,7 +84,7 @@ SIZES = {
 MODELS = ("kda", "gdn", "gdn2", "carve")
 FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
 VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv", "graph_norm", "graph_fused",
-            "graph_joint")
+            "graph_joint", "graph_gates")
 CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
 
@@ -238,7 +240,7 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
     elif who.startswith("ours:graph"):
-        from carvelab.kernels.dispatch import fused_conv, fused_norm, joint_proj
+        from carvelab.kernels.dispatch import fused_conv, fused_gates, fused_norm, joint_proj
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
@@ -247,15 +249,16 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False),
                               CE_CHUNK if who == "ours:graph_ce" else 0)
         fused = who != "ours:graph_loop"
-        joint = who == "ours:graph_joint"
+        gates = who == "ours:graph_gates"
+        joint = gates or who == "ours:graph_joint"
         conv = joint or who in ("ours:graph_conv", "ours:graph_fused")
         norm = joint or who in ("ours:graph_norm", "ours:graph_fused")
 
         def step():  # the switches are read when the step is captured (the first call)
-            with fused_content(fused), fused_conv(conv), fused_norm(norm), joint_proj(joint):
+            with fused_content(fused), fused_conv(conv), fused_norm(norm), joint_proj(joint), fused_gates(gates):
                 graphed(x, y)
     else:
-        from carvelab.kernels.dispatch import fused_conv, fused_norm, joint_proj
+        from carvelab.kernels.dispatch import fused_conv, fused_gates, fused_norm, joint_proj
 
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
         fused = who == "ours:after"
@@ -263,7 +266,7 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         eager = make_step(net, optimizer, _ours_loss, x, y, sync_every_step=not fused)
 
         def step():  # the convolutions and norms on torch ops, as before they were fused
-            with fused_conv(False), fused_norm(False), joint_proj(False):
+            with fused_conv(False), fused_norm(False), joint_proj(False), fused_gates(False):
                 eager()
     torch.cuda.reset_peak_memory_stats()
     ms = time_step(step, args.warmup, args.steps)

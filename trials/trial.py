@@ -27,8 +27,8 @@ from typing import Callable, Optional
 import torch
 
 from carvelab.kernels.cuda_graph import replays_on
-from carvelab.kernels.dispatch import (fused_conv_enabled, fused_norm_enabled, joint_proj_enabled, resolve_backend,
-                                      resolve_precision)
+from carvelab.kernels.dispatch import (fused_conv_enabled, fused_gates_enabled, fused_norm_enabled, joint_proj_enabled,
+                                      resolve_backend, resolve_precision)
 from carvelab.kernels.triton_ops import content_fuses
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
@@ -104,7 +104,8 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
     (``kernels/cuda_graph.py``), nothing where the loop runs eagerly; ``+fused_conv`` where the
     short convolutions run on their Triton kernels (``CARVELAB_FUSED_CONV=1``), ``+fused_norm``
     where the norms do (``CARVELAB_FUSED_NORM=1``), ``+joint_proj`` where the input projections
-    run joint (``CARVELAB_JOINT_PROJ=1``)."""
+    run joint (``CARVELAB_JOINT_PROJ=1``), ``+fused_gates`` where the decay gates run fused
+    (``CARVELAB_FUSED_GATES=1``)."""
     if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
         return "none"
     impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size)
@@ -120,6 +121,8 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
         impl += "+fused_norm"
     if impl.startswith("triton") and joint_proj_enabled():
         impl += "+joint_proj"
+    if impl.startswith("triton") and fused_gates_enabled():
+        impl += "+fused_gates"
     return impl
 
 

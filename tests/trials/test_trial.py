@@ -189,15 +189,15 @@ def test_trials_record_how_the_content_gate_runs(monkeypatch, preset, device, fu
     assert kernel_backend(cfg, torch.device(device)) == expected
 
 
-@pytest.mark.parametrize("device, conv, norm, joint, expected", [
+@pytest.mark.parametrize("device, conv, norm, off_by_default, expected", [
     ("cuda", "1", "0", "0", "triton_chunk+fused_content+fused_conv"),
     ("cuda", "0", "0", "0", "triton_chunk+fused_content"),
     ("cuda", "1", "1", "0", "triton_chunk+fused_content+fused_conv+fused_norm"),
     ("cuda", "0", "1", "0", "triton_chunk+fused_content+fused_norm"),
-    ("cuda", "1", "1", "1", "triton_chunk+fused_content+fused_conv+fused_norm+joint_proj"),
+    ("cuda", "1", "1", "1", "triton_chunk+fused_content+fused_conv+fused_norm+joint_proj+fused_gates"),
     ("cpu", "1", "1", "1", "torch_chunk"),  # the torch path keeps torch's convolution, norms and projections
 ])
-def test_trials_record_the_fused_convolution_norms_and_projections(monkeypatch, device, conv, norm, joint, expected):
+def test_trials_record_the_fused_pieces(monkeypatch, device, conv, norm, off_by_default, expected):
     import torch
 
     from carvelab.carve_models.presets import preset_config
@@ -205,7 +205,8 @@ def test_trials_record_the_fused_convolution_norms_and_projections(monkeypatch, 
 
     monkeypatch.setenv("CARVELAB_FUSED_CONV", conv)
     monkeypatch.setenv("CARVELAB_FUSED_NORM", norm)
-    monkeypatch.setenv("CARVELAB_JOINT_PROJ", joint)
+    monkeypatch.setenv("CARVELAB_JOINT_PROJ", off_by_default)
+    monkeypatch.setenv("CARVELAB_FUSED_GATES", off_by_default)
     monkeypatch.delenv("CARVELAB_FUSED_CONTENT", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config("carve", d_model=32, n_layers=2, n_heads=2, vocab_size=32)

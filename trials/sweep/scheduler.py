@@ -47,11 +47,12 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 # kernels) and CARVELAB_CUDA_GRAPHS=0 (that loop runs eagerly, not from CUDA graphs) and
 # CARVELAB_FUSED_CONV=0 (the short convolutions on torch ops, not their Triton kernels) and
 # CARVELAB_FUSED_NORM=0 (the norms likewise) and CARVELAB_JOINT_PROJ=1 (one matmul for the
-# projections that read the same input) and CARVELAB_SLOT_DIR (where the timing slots live,
+# projections that read the same input) and CARVELAB_FUSED_GATES=1 (the decay gates on their
+# Triton kernels) and CARVELAB_SLOT_DIR (where the timing slots live,
 # trials/timing_slot.py).
 WORKER_ENV_VARS = ("TRITON_CACHE_DIR", "CARVELAB_AUTOTUNE", "CARVELAB_FUSED_CONTENT", "CARVELAB_CUDA_GRAPHS",
                    "CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ",
-                   "CARVELAB_SLOT_DIR")
+                   "CARVELAB_FUSED_GATES", "CARVELAB_SLOT_DIR")
 
 
 def worker_runtime_env() -> dict:
