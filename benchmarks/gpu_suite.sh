@@ -29,8 +29,9 @@ python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2,ca
 python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2 --variants graph,graph_ce \
     --no-fla --out "$OUT/step_ce.json" 2>&1 | tee "$OUT/step_ce.log"
 # 7. the fused short convolution and norms (kernels/triton_conv.py, triton_norm.py) against torch's ops, then the joint
-#    input projections (CARVELAB_JOINT_PROJ, kernels/triton_swiglu.py) on top, graphed step
-python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2,kda --variants graph,graph_conv,graph_norm,graph_fused,graph_joint \
+#    input projections (CARVELAB_JOINT_PROJ, kernels/triton_swiglu.py) and the decay gate
+#    (CARVELAB_FUSED_GATES, kernels/triton_gates.py) on top, graphed step
+python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2,kda --variants graph,graph_conv,graph_norm,graph_fused,graph_joint,graph_gates \
     --no-fla --out "$OUT/step_conv.json" 2>&1 | tee "$OUT/step_conv.log"
 # 8. trials per hour and aggregate tokens/s of quickstart_gpu's trials sharing the GPU, before vs after
 python -m carvelab.trials.bench_aggregate --trials 8 --out "$OUT/aggregate.json" 2>&1 | tee "$OUT/aggregate.log"

@@ -25,6 +25,15 @@ def block_size(n: int, cap: int) -> int:
     return max(16, min(triton.next_power_of_2(n), cap))
 
 
+def row_launch(N: int, C: int, elements: int, max_programs: int) -> tuple[int, int, int]:
+    """(rows per tile, channel tile, programs) of a row-wise kernel over [N, C]: each program
+    holds all C channels of its rows (about ``elements`` values a tile, at most 64 rows) and
+    loops over row tiles with the grid's stride, so at most ``max_programs`` partial sums."""
+    BC = triton.next_power_of_2(C)
+    BR = max(1, min(64, elements // BC))
+    return BR, BC, max(1, min(triton.cdiv(N, BR), max_programs))
+
+
 def key_block(K: int) -> int:
     """The key tile: every kernel keeps all of dk in one tile (at most 256 channels)."""
     if K > 256:

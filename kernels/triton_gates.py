@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from carvelab.kernels._triton_common import row_launch
+
 ELEMENTS = 4096  # BR · BC per program tile
 MAX_PROGRAMS = 1024
 THRESHOLD = 20.0  # torch.nn.functional.softplus's default
@@ -77,10 +79,8 @@ def _decay_bwd_kernel(f, dt_bias, a_log, dg, df, dbias_part, da_part, N, C, n, T
 
 
 def _launch(N: int, C: int) -> tuple[int, int, int]:
-    """(rows per tile, channel tile, programs) of an [N, C] call."""
-    BC = triton.next_power_of_2(C)
-    BR = max(1, min(64, ELEMENTS // BC))
-    return BR, BC, max(1, min(triton.cdiv(N, BR), MAX_PROGRAMS))
+    """(rows per tile, channel tile, programs) of an [N, C] call (``row_launch``)."""
+    return row_launch(N, C, ELEMENTS, MAX_PROGRAMS)
 
 
 class DecayGateFn(torch.autograd.Function):

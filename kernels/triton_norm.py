@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from carvelab.kernels._triton_common import row_launch
+
 ELEMENTS = 4096  # BR · BD per program tile
 MAX_PROGRAMS = 1024
 
@@ -94,10 +96,8 @@ def _norm_bwd_kernel(x, z, w, rstd, dy, dx, dz, dw_part, N, D, ZH, SZ, BR: tl.co
 
 
 def _launch(N: int, D: int) -> tuple[int, int, int]:
-    """(rows per tile, channel tile, programs) of an [N, D] call."""
-    BD = triton.next_power_of_2(D)
-    BR = max(1, min(64, ELEMENTS // BD))
-    return BR, BD, max(1, min(triton.cdiv(N, BR), MAX_PROGRAMS))
+    """(rows per tile, channel tile, programs) of an [N, D] call (``row_launch``)."""
+    return row_launch(N, D, ELEMENTS, MAX_PROGRAMS)
 
 
 class RMSNormFn(torch.autograd.Function):
