@@ -136,8 +136,13 @@ def fused_norm(enabled: bool):
 
 def on_triton(options: RecurrenceOptions, device: torch.device) -> bool:
     """Whether a recurrence with ``options`` runs on the Triton kernels on ``device``: where the
-    fused convolution and norms may run, so every fused piece of a model moves together."""
-    return resolve_backend(options.backend, device, options.erase_axis, options.chunk_size).startswith("triton")
+    fused convolution, norms, projections and gates may run, so every fused piece of a model
+    moves together. False where it cannot run there (``resolve_backend`` refuses: a model
+    without recurrent layers never calls it, so its norms stay on torch ops)."""
+    try:
+        return resolve_backend(options.backend, device, options.erase_axis, options.chunk_size).startswith("triton")
+    except ValueError:
+        return False
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None

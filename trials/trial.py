@@ -28,7 +28,7 @@ import torch
 
 from carvelab.kernels.cuda_graph import replays_on
 from carvelab.kernels.dispatch import (fused_conv_enabled, fused_gates_enabled, fused_norm_enabled, joint_proj_enabled,
-                                      resolve_backend, resolve_precision)
+                                      on_triton, resolve_backend, resolve_precision)
 from carvelab.kernels.triton_ops import content_fuses
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
@@ -105,25 +105,25 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
     short convolutions run on their Triton kernels (``CARVELAB_FUSED_CONV=1``), ``+fused_norm``
     where the norms do (``CARVELAB_FUSED_NORM=1``), ``+joint_proj`` where the input projections
     run joint (``CARVELAB_JOINT_PROJ=1``), ``+fused_gates`` where the decay gates run fused
-    (``CARVELAB_FUSED_GATES=1``)."""
-    if "recurrent" not in model_cfg.layer_kinds() or not model_cfg.sequence_mixing:
-        return "none"
-    impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size)
+    (``CARVELAB_FUSED_GATES=1``). A model without a recurrent layer is ``none``, with the tags
+    of the pieces it still has (norms, MLPs) where they follow its backend onto Triton."""
+    recurrent = "recurrent" in model_cfg.layer_kinds() and model_cfg.sequence_mixing
+    impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size) if recurrent else "none"
     if impl.startswith("triton") and model_cfg.content_gate:
         kernel = impl.removeprefix("triton_")
         if content_fuses(model_cfg.content_target, kernel, model_cfg.erase_axis, model_cfg.chunk_size):
             impl += "+fused_content"
         elif replays_on(device):
             impl += "+cuda_graphs"
-    if impl.startswith("triton") and fused_conv_enabled():
-        impl += "+fused_conv"
-    if impl.startswith("triton") and fused_norm_enabled():
-        impl += "+fused_norm"
-    if impl.startswith("triton") and joint_proj_enabled():
-        impl += "+joint_proj"
-    if impl.startswith("triton") and fused_gates_enabled():
-        impl += "+fused_gates"
+    if on_triton(model_cfg.recurrence, device):
+        impl += "".join(tag for tag, enabled, in_mixer in _FUSED_PIECES if enabled() and (recurrent or not in_mixer))
     return impl
+
+
+# (tag, switch, whether only the recurrent mixer has the piece): the fused model pieces a
+# trial's backend tag names (kernels.dispatch's switches)
+_FUSED_PIECES = (("+fused_conv", fused_conv_enabled, True), ("+fused_norm", fused_norm_enabled, False),
+                 ("+joint_proj", joint_proj_enabled, False), ("+fused_gates", fused_gates_enabled, True))
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -122,5 +122,18 @@ def test_norms_fuse_only_when_on_with_a_recurrence_on_triton(monkeypatch):
         assert not calls
 
 
+def test_where_the_recurrence_cannot_run_on_triton_the_norms_stay_on_torch(monkeypatch):
+    # backend="triton" on CPU tensors without the interpreter: the recurrence would refuse, but an
+    # attention-only model never calls it, and its norms must not refuse in its place
+    from carvelab.kernels.dispatch import on_triton
+    from carvelab.kernels.options import RecurrenceOptions
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not on_triton(RecurrenceOptions(backend="triton"), torch.device("cpu"))
+    cfg = preset_config("gdn2", d_model=32, n_layers=1, n_heads=2, vocab_size=16, hybrid_ratio="0:1", backend="triton")
+    with fused_norm(True):
+        RMSNorm(32, recurrence=cfg.recurrence)(torch.randn(2, 3, 32))
+
+
 def test_a_training_step_with_it_equals_the_step_without():
     assert_step_unchanged(fused_norm, DEVICE, touched="o_norm")

@@ -213,6 +213,25 @@ def test_trials_record_the_fused_pieces(monkeypatch, device, conv, norm, off_by_
     assert kernel_backend(cfg, torch.device(device)) == expected
 
 
+@pytest.mark.parametrize("ratio, mixing, device, expected", [
+    ("0:1", True, "cuda", "none+fused_norm+joint_proj"),  # attention only: its norms and MLPs
+    ("1:0", False, "cuda", "none+fused_norm+joint_proj"),  # no sequence mixing
+    ("0:1", True, "cpu", "none"),
+])
+def test_models_without_a_recurrence_record_the_fused_pieces_they_have(monkeypatch, ratio, mixing, device, expected):
+    import torch
+
+    from carvelab.carve_models.presets import preset_config
+    from carvelab.trials.trial import kernel_backend
+
+    for env in ("CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES"):
+        monkeypatch.setenv(env, "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cfg = preset_config("gdn2", d_model=32, n_layers=2, n_heads=2, vocab_size=32, hybrid_ratio=ratio,
+                        sequence_mixing=mixing)
+    assert kernel_backend(cfg, torch.device(device)) == expected
+
+
 def test_first_step_s_does_not_count_the_first_optimizers_import_of_dynamo(tmp_path):
     # torch imports torch._dynamo (seconds, once per process) when a process builds its first
     # optimizer; a fresh process shows whether the trial imports it before the model is built
