@@ -4,9 +4,9 @@
 
 x: [B, T, C] -> [B, T, C]. Left zero-padding keeps it causal: y_t only sees x_{≤t}.
 
-``CARVELAB_FUSED_CONV=1`` (the default; ``kernels.dispatch.fused_conv_enabled``) has the mixer
+``CARVELAB_FUSED_CONV=1`` (the default; ``kernels.fused.fused_conv_enabled``) has the mixer
 run its three short convolutions, and q and k's l2norm, on the Triton kernels of
-``kernels/triton_conv.py`` (``kernels.dispatch.short_conv``) wherever its recurrence runs on
+``kernels/triton_conv.py`` (``kernels.fused.short_conv``) wherever its recurrence runs on
 Triton: the same maps on the [B, T, C] layout, without the transposes.
 """
 from __future__ import annotations

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.init import apply_special_inits
 from carvelab.kernels import options
-from carvelab.kernels.dispatch import decay_gate, fused_gates_enabled, on_triton
+from carvelab.kernels.fused import decay_gate, fused_gates_enabled, on_triton
 from carvelab.kernels.options import ERASE_SCALES
 
 # Write-gate bias at init: sigmoid(0) = 0.5, the mean of a tied beta = sigmoid(N(0, small)),

@@ -33,7 +33,8 @@ from carvelab.carve_models.conv import ShortConv
 from carvelab.carve_models.gates import ContentParams, DeltaGates, content_target_width, gate_form
 from carvelab.carve_models.norm import GatedRMSNorm
 from carvelab.kernels import ContentGate
-from carvelab.kernels.dispatch import fused_conv_enabled, gated_delta, joint_proj_enabled, on_triton, short_conv
+from carvelab.kernels.dispatch import gated_delta
+from carvelab.kernels.fused import fused_conv_enabled, joint_proj_enabled, on_triton, short_conv
 
 L2_EPS = 1e-6
 

@@ -3,7 +3,7 @@
 x: [B, T, d_model] -> [B, T, d_model]; hidden width ``cfg.mlp_width``; no biases, so
 the block holds 3 · d_model · mlp_width parameters.
 
-Where ``CARVELAB_JOINT_PROJ=1`` (default 0; ``kernels.dispatch.joint_proj_enabled``) and the
+Where ``CARVELAB_JOINT_PROJ=1`` (default 0; ``kernels.fused.joint_proj_enabled``) and the
 model's recurrence runs on Triton, gate and up are one matmul against the two weights stacked,
 and silu(gate) ⊙ up one Triton kernel each way (``kernels/triton_swiglu.py``): the same map.
 """
@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from carvelab.carve_models.config import ModelConfig
-from carvelab.kernels.dispatch import joint_proj_enabled, on_triton, swiglu
+from carvelab.kernels.fused import joint_proj_enabled, on_triton, swiglu
 
 
 class SwiGLU(nn.Module):

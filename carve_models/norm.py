@@ -8,7 +8,7 @@ input's dtype), so a bf16 autocast region does not lose the statistics.
 
 Built with a model's ``recurrence`` (its ``RecurrenceOptions``), a norm runs on the Triton
 kernels of ``kernels/triton_norm.py`` (one launch each way) where ``CARVELAB_FUSED_NORM=1``
-(the default; ``kernels.dispatch.fused_norm_enabled``) and that recurrence runs on Triton: the
+(the default; ``kernels.fused.fused_norm_enabled``) and that recurrence runs on Triton: the
 same maps, fp32 inside. Without ``recurrence`` (a norm on its own) it stays on torch ops.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from carvelab.kernels.dispatch import fused_norm_enabled, on_triton, rms_norm
+from carvelab.kernels.fused import fused_norm_enabled, on_triton, rms_norm
 from carvelab.kernels.options import RecurrenceOptions
 
 

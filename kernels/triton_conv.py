@@ -22,7 +22,7 @@ torch sums (deterministic: no atomics); ``_conv_bwd_x_kernel`` gives dx_t = Σ_j
 dpre_{t+(W−1)−j}. Three launches per call (one forward, two backward) and one sum.
 
 On by default where the mixer's recurrence runs on Triton (``CARVELAB_FUSED_CONV=0`` turns it
-off; ``dispatch.fused_conv_enabled``): measured on an H100, it takes a GDN-2 training step to
+off; ``fused.fused_conv_enabled``): measured on an H100, it takes a GDN-2 training step to
 0.84x / 0.75x / 0.76x of the torch path's time at the small / medium / large sizes (BENCHMARKS.md,
 ``python -m carvelab.trials.bench_step --variants graph,graph_conv``).
 """

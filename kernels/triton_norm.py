@@ -22,7 +22,7 @@ in place (``_gate_layout``). Every product and sum is fp32 whatever the inputs' 
 each way) and one sum of the [programs, D] weight partials.
 
 On by default where the model's recurrence runs on Triton (``CARVELAB_FUSED_NORM=0`` turns
-it off; ``dispatch.fused_norm_enabled``): measured on an H100, the norms alone take a GDN-2
+it off; ``fused.fused_norm_enabled``): measured on an H100, the norms alone take a GDN-2
 training step to 0.89x / 0.85x / 0.87x of the torch path's time at the small / medium / large
 sizes, and with the fused short convolution to 0.73x / 0.60x / 0.63x (BENCHMARKS.md,
 ``python -m carvelab.trials.bench_step --variants graph,graph_norm,graph_fused``).

@@ -240,7 +240,7 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
     elif who.startswith("ours:graph"):
-        from carvelab.kernels.dispatch import fused_conv, fused_gates, fused_norm, joint_proj
+        from carvelab.kernels.fused import fused_conv, fused_gates, fused_norm, joint_proj
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
@@ -258,7 +258,7 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
             with fused_content(fused), fused_conv(conv), fused_norm(norm), joint_proj(joint), fused_gates(gates):
                 graphed(x, y)
     else:
-        from carvelab.kernels.dispatch import fused_conv, fused_gates, fused_norm, joint_proj
+        from carvelab.kernels.fused import fused_conv, fused_gates, fused_norm, joint_proj
 
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
         fused = who == "ours:after"

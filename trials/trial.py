@@ -27,8 +27,9 @@ from typing import Callable, Optional
 import torch
 
 from carvelab.kernels.cuda_graph import replays_on
-from carvelab.kernels.dispatch import (fused_conv_enabled, fused_gates_enabled, fused_norm_enabled, joint_proj_enabled,
-                                      on_triton, resolve_backend, resolve_precision)
+from carvelab.kernels.dispatch import resolve_backend, resolve_precision
+from carvelab.kernels.fused import (fused_conv_enabled, fused_gates_enabled, fused_norm_enabled, joint_proj_enabled,
+                                   on_triton)
 from carvelab.kernels.triton_ops import content_fuses
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from carvelab.carve_models.gates import ChannelDecay
 from carvelab.carve_models.presets import preset_config
 from carvelab.kernels import triton_gates
-from carvelab.kernels.dispatch import decay_gate, fused_gates, fused_gates_enabled
+from carvelab.kernels.fused import decay_gate, fused_gates, fused_gates_enabled
 from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"

@@ -13,7 +13,7 @@ import torch
 from carvelab.carve_models.norm import GatedRMSNorm, RMSNorm
 from carvelab.carve_models.presets import preset_config
 from carvelab.kernels import triton_norm
-from carvelab.kernels.dispatch import fused_norm, fused_norm_enabled, rms_norm
+from carvelab.kernels.fused import fused_norm, fused_norm_enabled, rms_norm
 from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
@@ -125,7 +125,7 @@ def test_norms_fuse_only_when_on_with_a_recurrence_on_triton(monkeypatch):
 def test_where_the_recurrence_cannot_run_on_triton_the_norms_stay_on_torch(monkeypatch):
     # backend="triton" on CPU tensors without the interpreter: the recurrence would refuse, but an
     # attention-only model never calls it, and its norms must not refuse in its place
-    from carvelab.kernels.dispatch import on_triton
+    from carvelab.kernels.fused import on_triton
     from carvelab.kernels.options import RecurrenceOptions
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from carvelab.carve_models.mixer import GatedDeltaMixer
 from carvelab.carve_models.presets import preset_config
-from carvelab.kernels.dispatch import joint_proj, joint_proj_enabled, swiglu
+from carvelab.kernels.fused import joint_proj, joint_proj_enabled, swiglu
 from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"

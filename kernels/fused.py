@@ -1,0 +1,134 @@
+"""The model's fused pieces besides the recurrence, each a Triton kernel per direction, and the
+switches that turn them on (``_switch.Switch``: an environment variable, 1 or 0, overridden by a
+``with piece(enabled):`` block):
+
+    short_conv   the mixer's short convolution + SiLU (+ q, k's per-head l2norm) on [B, T, C]
+                 (``triton_conv``)            CARVELAB_FUSED_CONV, default 1
+    rms_norm     RMSNorm, times silu(gate) for the mixer's output norm (``triton_norm``)
+                                              CARVELAB_FUSED_NORM, default 1
+    swiglu       SwiGLU's gating of a joint [gate | up] projection (``triton_swiglu``); the
+                 switch also makes the mixer project q, k, v, z as one matmul
+                                              CARVELAB_JOINT_PROJ, default 0
+    decay_gate   -exp(A_log) softplus(f + dt_bias) (``triton_gates``)
+                                              CARVELAB_FUSED_GATES, default 0
+
+A model piece uses its kernel where its switch is on and ``on_triton(options, device)``: the
+model's recurrence runs on the Triton kernels there, so every fused piece moves with it (and
+on the torch path a model stays on torch ops). Each kernel computes the same map as the torch
+ops it replaces, in fp32; the tests compare them forward and backward.
+"""
+from __future__ import annotations
+
+import torch
+
+from carvelab.kernels._switch import Switch
+from carvelab.kernels.dispatch import resolve_backend
+from carvelab.kernels.options import RecurrenceOptions
+
+__all__ = ["decay_gate", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
+           "fused_norm_enabled", "joint_proj", "joint_proj_enabled", "on_triton", "rms_norm", "short_conv", "swiglu"]
+
+
+_FUSED_CONV = Switch("CARVELAB_FUSED_CONV", on="the fused Triton short convolution (kernels/triton_conv.py)",
+                     off="torch's conv1d, SiLU and l2norm")
+
+
+def fused_conv_enabled() -> bool:
+    """``CARVELAB_FUSED_CONV`` (default 1), or the innermost ``fused_conv(...)`` block: whether
+    the mixer runs its short convolutions on ``short_conv`` (where its recurrence is on Triton)."""
+    return _FUSED_CONV.enabled()
+
+
+def fused_conv(enabled: bool):
+    """Within this block the mixer's short convolutions run fused (True) or on torch ops (False)."""
+    return _FUSED_CONV.override(enabled)
+
+
+def short_conv(x: torch.Tensor, weight: torch.Tensor, heads: int = 0, eps: float = 1e-6) -> torch.Tensor:
+    """silu(causal depthwise conv(x, weight)) of x [B, T, C] (weight [C, 1, W]) on the Triton
+    kernels of ``triton_conv``; with ``heads`` > 0 each head's channels l2-normalised (fp32)."""
+    from carvelab.kernels.triton_conv import short_conv as fn
+
+    return fn(x, weight, heads, eps)
+
+
+_FUSED_NORM = Switch("CARVELAB_FUSED_NORM", on="the fused Triton RMSNorms (kernels/triton_norm.py)",
+                     off="torch's elementwise RMSNorms")
+
+
+def fused_norm_enabled() -> bool:
+    """``CARVELAB_FUSED_NORM`` (default 1), or the innermost ``fused_norm(...)`` block: whether
+    the model's RMSNorms (and the mixer's gated one) run on ``rms_norm`` (where its recurrence
+    is on Triton)."""
+    return _FUSED_NORM.enabled()
+
+
+def fused_norm(enabled: bool):
+    """Within this block the model's norms run fused (True) or on torch ops (False)."""
+    return _FUSED_NORM.override(enabled)
+
+
+def on_triton(options: RecurrenceOptions, device: torch.device) -> bool:
+    """Whether a recurrence with ``options`` runs on the Triton kernels on ``device``: where the
+    fused convolution, norms, projections and gates may run, so every fused piece of a model
+    moves together. False where it cannot run there (``resolve_backend`` refuses: a model
+    without recurrent layers never calls it, so its norms stay on torch ops)."""
+    try:
+        return resolve_backend(options.backend, device, options.erase_axis, options.chunk_size).startswith("triton")
+    except ValueError:
+        return False
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """RMSNorm of x [..., D] with ``weight`` [D] (times silu(``gate``) when given) on the Triton
+    kernels of ``triton_norm``; x's dtype out."""
+    from carvelab.kernels.triton_norm import rms_norm as fn
+
+    return fn(x, weight, eps, gate)
+
+
+_JOINT_PROJ = Switch("CARVELAB_JOINT_PROJ", on="one matmul for the mixer's q, k, v, z and one for the MLP's gate, up "
+                     "(with the fused SwiGLU, kernels/triton_swiglu.py)", off="one matmul per projection", default="0")
+
+
+def joint_proj_enabled() -> bool:
+    """``CARVELAB_JOINT_PROJ`` (default 0), or the innermost ``joint_proj(...)`` block: whether the
+    mixers and MLPs project their input once for all the maps that read it (where the
+    recurrence is on Triton)."""
+    return _JOINT_PROJ.enabled()
+
+
+def joint_proj(enabled: bool):
+    """Within this block the input projections run joint (True) or one by one (False)."""
+    return _JOINT_PROJ.override(enabled)
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(a) ⊙ b of h = [a | b] [..., 2F] on the Triton kernels of ``triton_swiglu``."""
+    from carvelab.kernels.triton_swiglu import swiglu as fn
+
+    return fn(h)
+
+
+_FUSED_GATES = Switch("CARVELAB_FUSED_GATES", on="the fused Triton decay gate (kernels/triton_gates.py)",
+                      off="torch's elementwise gate activations", default="0")
+
+
+def fused_gates_enabled() -> bool:
+    """``CARVELAB_FUSED_GATES`` (default 0), or the innermost ``fused_gates(...)`` block: whether the
+    decay gates run on ``decay_gate`` (where the recurrence is on Triton)."""
+    return _FUSED_GATES.enabled()
+
+
+def fused_gates(enabled: bool):
+    """Within this block the decay gates run fused (True) or on torch ops (False)."""
+    return _FUSED_GATES.override(enabled)
+
+
+def decay_gate(f: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor) -> torch.Tensor:
+    """g = -exp(A_log) * softplus(f + dt_bias) (per head, fp32) on the Triton kernels of
+    ``triton_gates``."""
+    from carvelab.kernels.triton_gates import decay_gate as fn
+
+    return fn(f, dt_bias, a_log)
