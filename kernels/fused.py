@@ -15,9 +15,12 @@ switches that turn them on (``_switch.Switch``: an environment variable, 1 or 0,
 A model piece uses its kernel where its switch is on and ``on_triton(options, device)``: the
 model's recurrence runs on the Triton kernels there, so every fused piece moves with it (and
 on the torch path a model stays on torch ops). Each kernel computes the same map as the torch
-ops it replaces, in fp32; the tests compare them forward and backward.
+ops it replaces, in fp32; the tests compare them forward and backward. ``PIECES`` names the
+four for tools: a trial's backend tag, the step benchmark's variants.
 """
 from __future__ import annotations
+
+from typing import Callable, ContextManager, NamedTuple
 
 import torch
 
@@ -25,7 +28,7 @@ from carvelab.kernels._switch import Switch
 from carvelab.kernels.dispatch import resolve_backend
 from carvelab.kernels.options import RecurrenceOptions
 
-__all__ = ["decay_gate", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
+__all__ = ["PIECES", "decay_gate", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
            "fused_norm_enabled", "joint_proj", "joint_proj_enabled", "on_triton", "rms_norm", "short_conv", "swiglu"]
 
 
@@ -132,3 +135,21 @@ def decay_gate(f: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor) -> t
     from carvelab.kernels.triton_gates import decay_gate as fn
 
     return fn(f, dt_bias, a_log)
+
+
+class Piece(NamedTuple):
+    """One fused piece: its switch (``enabled()``, ``override(on)``: a ``with`` block), the tag a
+    trial's backend carries while it is on, and whether only the recurrent mixer has it (the
+    norms and the MLP's projection are in every model)."""
+    enabled: Callable[[], bool]
+    override: Callable[[bool], ContextManager]
+    tag: str
+    mixer_only: bool
+
+
+PIECES = {
+    "conv": Piece(fused_conv_enabled, fused_conv, "+fused_conv", True),
+    "norm": Piece(fused_norm_enabled, fused_norm, "+fused_norm", False),
+    "joint": Piece(joint_proj_enabled, joint_proj, "+joint_proj", False),
+    "gates": Piece(fused_gates_enabled, fused_gates, "+fused_gates", True),
+}

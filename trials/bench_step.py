@@ -50,6 +50,7 @@ flash-linear-attention is a benchmark-only dependency; without it only our rows 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -85,6 +86,12 @@ MODELS = ("kda", "gdn", "gdn2", "carve")
 FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
 VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv", "graph_norm", "graph_fused",
             "graph_joint", "graph_gates")
+# The fused model pieces (kernels/fused.py's PIECES) each variant runs; every other piece, and every
+# piece in the variants not named, on torch ops.
+VARIANT_PIECES = {
+    "graph_conv": ("conv",), "graph_norm": ("norm",), "graph_fused": ("conv", "norm"),
+    "graph_joint": ("conv", "norm", "joint"), "graph_gates": ("conv", "norm", "joint", "gates"),
+}
 CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM
 
@@ -151,6 +158,17 @@ def _ours_loss(model, x, y):
 
 def _fla_fused_loss(model, x, y):
     return model(input_ids=x, labels=y).loss
+
+
+def fused_pieces(variant: str) -> contextlib.ExitStack:
+    """A context in which exactly the fused pieces of ``variant`` (``VARIANT_PIECES``) are on."""
+    from carvelab.kernels.fused import PIECES
+
+    on = VARIANT_PIECES.get(variant, ())
+    stack = contextlib.ExitStack()
+    for name, piece in PIECES.items():
+        stack.enter_context(piece.override(name in on))
+    return stack
 
 
 def time_step(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
@@ -240,7 +258,6 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         optimizer = make_optimizer(net, train, fused=True)
         step = make_step(net, optimizer, _fla_fused_loss, x, y, sync_every_step=False)
     elif who.startswith("ours:graph"):
-        from carvelab.kernels.fused import fused_conv, fused_gates, fused_norm, joint_proj
         from carvelab.kernels.triton_ops import fused_content
         from carvelab.trials.step_graph import GraphedStep
 
@@ -249,24 +266,18 @@ def bench_row(size_name: str, model: str, who: str, args) -> dict:
         graphed = GraphedStep(net, optimizer, 1.0, torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False),
                               CE_CHUNK if who == "ours:graph_ce" else 0)
         fused = who != "ours:graph_loop"
-        gates = who == "ours:graph_gates"
-        joint = gates or who == "ours:graph_joint"
-        conv = joint or who in ("ours:graph_conv", "ours:graph_fused")
-        norm = joint or who in ("ours:graph_norm", "ours:graph_fused")
 
         def step():  # the switches are read when the step is captured (the first call)
-            with fused_content(fused), fused_conv(conv), fused_norm(norm), joint_proj(joint), fused_gates(gates):
+            with fused_content(fused), fused_pieces(who.removeprefix("ours:")):
                 graphed(x, y)
     else:
-        from carvelab.kernels.fused import fused_conv, fused_gates, fused_norm, joint_proj
-
         net, cfg = our_model(model, size, args.vocab, "exact" if who == "ours:before" else "fast")
         fused = who == "ours:after"
         optimizer = make_optimizer(net, train, fused=fused)
         eager = make_step(net, optimizer, _ours_loss, x, y, sync_every_step=not fused)
 
-        def step():  # the convolutions and norms on torch ops, as before they were fused
-            with fused_conv(False), fused_norm(False), joint_proj(False), fused_gates(False):
+        def step():  # the convolutions, norms, projections and gates on torch ops
+            with fused_pieces(who.removeprefix("ours:")):
                 eager()
     torch.cuda.reset_peak_memory_stats()
     ms = time_step(step, args.warmup, args.steps)

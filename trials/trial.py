@@ -28,8 +28,7 @@ import torch
 
 from carvelab.kernels.cuda_graph import replays_on
 from carvelab.kernels.dispatch import resolve_backend, resolve_precision
-from carvelab.kernels.fused import (fused_conv_enabled, fused_gates_enabled, fused_norm_enabled, joint_proj_enabled,
-                                   on_triton)
+from carvelab.kernels.fused import PIECES, on_triton
 from carvelab.kernels.triton_ops import content_fuses
 from carvelab.search_space.trial_config import TrialConfig
 from carvelab.trials import checkpoint
@@ -117,14 +116,8 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
         elif replays_on(device):
             impl += "+cuda_graphs"
     if on_triton(model_cfg.recurrence, device):
-        impl += "".join(tag for tag, enabled, in_mixer in _FUSED_PIECES if enabled() and (recurrent or not in_mixer))
+        impl += "".join(p.tag for p in PIECES.values() if p.enabled() and (recurrent or not p.mixer_only))
     return impl
-
-
-# (tag, switch, whether only the recurrent mixer has the piece): the fused model pieces a
-# trial's backend tag names (kernels.dispatch's switches)
-_FUSED_PIECES = (("+fused_conv", fused_conv_enabled, True), ("+fused_norm", fused_norm_enabled, False),
-                 ("+joint_proj", joint_proj_enabled, False), ("+fused_gates", fused_gates_enabled, True))
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

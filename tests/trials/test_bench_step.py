@@ -82,3 +82,16 @@ def test_the_breakdown_sums_per_group_and_ranks_the_costliest():
     assert [k["name"] for k in out["top_kernels"]] == ["nvjet_a", "_intra_fwd_kernel"]
     assert out["top_kernels"][1] == {"name": "_intra_fwd_kernel", "group": "recurrence (ours)",
                                      "ms_per_step": 2.0, "calls_per_step": 4}
+
+
+@pytest.mark.parametrize("variant, on", [
+    ("graph", set()), ("before", set()), ("graph_conv", {"conv"}), ("graph_fused", {"conv", "norm"}),
+    ("graph_gates", {"conv", "norm", "joint", "gates"}),
+])
+def test_each_variant_turns_on_exactly_its_fused_pieces(variant, on):
+    from carvelab.kernels.fused import PIECES
+
+    with bench_step.fused_pieces(variant):
+        got = {name for name, piece in PIECES.items() if piece.enabled()}
+    assert got == on
+    assert set(bench_step.VARIANT_PIECES) <= set(bench_step.VARIANTS)
