@@ -150,7 +150,7 @@ class ShortConvFn(torch.autograd.Function):
         grid, BC, D = _grid(B, T, C, ctx.heads)
         NT = grid[1]
         dpre = torch.empty(B, T, C, device=x.device, dtype=torch.float32)
-        dw_part = torch.zeros(B * NT, C, W, device=x.device, dtype=torch.float32)
+        dw_part = torch.empty(B * NT, C, W, device=x.device, dtype=torch.float32)  # every entry written
         _conv_bwd_pre_kernel[grid](x, w, dy.contiguous(), dpre, dw_part, T, C, D, ctx.eps, NT, x.stride(0),
                                    x.stride(1), W=W, BT=BT, BC=BC, NORM=bool(ctx.heads))
         dx = torch.empty(B, T, C, device=x.device, dtype=x.dtype)
