@@ -86,7 +86,7 @@ def test_trials_sharing_a_node_never_overlap_another_trials_window(tmp_path, ray
                       space={"erase_axis": ["key", "value"]},
                       objectives=[{"metric": "val_accuracy", "direction": "maximize"},
                                   {"metric": "tokens_per_s", "direction": "maximize"}])
-    data["base"]["train"].update(steps=40, timing_steps=10, eval_every=20)
+    data["base"]["train"].update(steps=200, timing_steps=10, eval_every=100)
     summary = run_sweep(load_sweep(data), tmp_path)
     assert summary.counts["completed"] == 4
     results = list(SweepDir(tmp_path, "slots").all_results().values())
@@ -94,7 +94,8 @@ def test_trials_sharing_a_node_never_overlap_another_trials_window(tmp_path, ray
     assert all(t["steps"] == 10 and t["device"] == "cpu" for t in timings)
     assert all(r["metrics"]["tokens_per_s"] > 0 and r["metrics"]["step_ms"] > 0 for r in results)
     assert all("tokens_per_s_contended" in r["metrics"] for r in results)
-    # trials did run at the same time (two workers), yet no window overlaps another trial's window or block
+    # trials did run at the same time (two workers; 200 steps outlast a worker's start-up), yet no
+    # window overlaps another trial's window or block
     spans = [(min(b[0] for b in t["shared_blocks"]), max(b[1] for b in t["shared_blocks"])) for t in timings]
     assert any(_overlap(x, y) for x, y in itertools.combinations(spans, 2))
     for a, b in itertools.permutations(timings, 2):
