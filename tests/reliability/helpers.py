@@ -5,6 +5,7 @@ PID or process group only; nothing here selects processes by name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -136,6 +137,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int, exclude: frozenset = frozenset()) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1, none of ``exclude``: their sockets are held open
+    together while they are chosen (one ``free_port()`` after another can repeat a port)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] not in exclude:
+                ports.append(s.getsockname()[1])
+        return ports
 
 
 # ----------------------------------------------------------------------------- MLflow server

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from tests.reliability.helpers import (
-    alive, cmdline, descendants, end_session, free_port, listening, session_members, wait_for,
+    alive, cmdline, descendants, end_session, free_port, free_ports, listening, session_members, wait_for,
 )
 
 # A node whose GCS is gone exits after this many seconds (Ray's default is 60).
@@ -81,10 +81,10 @@ class RayStartCluster:
         self.ray = str(Path(sys.executable).with_name("ray"))
 
     def _start(self, name: str, args: list[str]) -> Node:
-        manager = free_port()
-        ports = ["--node-manager-port", str(manager), "--object-manager-port", str(free_port()),
-                 "--metrics-export-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-                 "--dashboard-agent-grpc-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+        manager, objects, metrics, agent, agent_grpc, runtime_env = free_ports(6, exclude=frozenset({self.port}))
+        ports = ["--node-manager-port", str(manager), "--object-manager-port", str(objects),
+                 "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent),
+                 "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env)]
         log = self.folder / f"{name}.log"
         proc = subprocess.Popen([self.ray, "start", "--block", "--node-ip-address=127.0.0.1",
                                  "--disable-usage-stats", *args, *ports],
