@@ -1,4 +1,5 @@
-"""The fused pieces' kernels write every entry of the buffers they allocate with
+"""The fused pieces (kernels/fused.py): every switch's default and its refusal of a bad value,
+and every kernel's buffers. The kernels write every entry of the buffers they allocate with
 ``torch.empty`` (outputs, gradients, per-program partial sums): with each such allocation
 filled with NaN first, no NaN reaches a result. Shapes whose last tiles are partial.
 
@@ -11,7 +12,7 @@ import os
 import pytest
 import torch
 
-from carvelab.kernels.fused import decay_gate, rms_norm, short_conv, swiglu
+from carvelab.kernels.fused import PIECES, decay_gate, rms_norm, short_conv, swiglu
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
@@ -45,3 +46,22 @@ def test_no_allocated_entry_is_left_unwritten(monkeypatch, case):
     assert torch.isfinite(y).all()
     for t, g in zip(inputs, grads):
         assert g.shape == t.shape and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name, env, default", [
+    ("conv", "CARVELAB_FUSED_CONV", True), ("norm", "CARVELAB_FUSED_NORM", True),
+    ("joint", "CARVELAB_JOINT_PROJ", False), ("gates", "CARVELAB_FUSED_GATES", False),
+])
+def test_each_switch_has_its_default_an_override_and_names_its_variable(monkeypatch, name, env, default):
+    piece = PIECES[name]
+    monkeypatch.delenv(env, raising=False)
+    assert piece.enabled() is default
+    with piece.override(not default):
+        assert piece.enabled() is not default
+    monkeypatch.setenv(env, "0")
+    assert not piece.enabled()
+    monkeypatch.setenv(env, "1")
+    assert piece.enabled()
+    monkeypatch.setenv(env, "yes")
+    with pytest.raises(ValueError, match=rf"{env}='yes' is not allowed; use 1 .* or 0"):
+        piece.enabled()

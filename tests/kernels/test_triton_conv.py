@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from carvelab.carve_models.mixer import GatedDeltaMixer, l2norm
 from carvelab.carve_models.presets import preset_config
-from carvelab.kernels.fused import fused_conv, fused_conv_enabled, short_conv
+from carvelab.kernels.fused import fused_conv, short_conv
 from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
@@ -85,18 +85,6 @@ def test_bf16_input_keeps_its_dtype_without_the_norm_and_is_fp32_with_it():
 def test_heads_must_split_the_channels():
     with pytest.raises(ValueError, match=r"30 channels do not split into heads=4"):
         short_conv(torch.zeros(1, 4, 30), torch.zeros(30, 1, 4), heads=4)
-
-
-def test_the_switch_is_on_by_default_and_names_its_variable(monkeypatch):
-    monkeypatch.delenv("CARVELAB_FUSED_CONV", raising=False)
-    assert fused_conv_enabled()
-    with fused_conv(False):
-        assert not fused_conv_enabled()
-    monkeypatch.setenv("CARVELAB_FUSED_CONV", "0")
-    assert not fused_conv_enabled()
-    monkeypatch.setenv("CARVELAB_FUSED_CONV", "yes")
-    with pytest.raises(ValueError, match=r"CARVELAB_FUSED_CONV='yes' is not allowed; use 1 .* or 0"):
-        fused_conv_enabled()
 
 
 def _mixer(backend: str):

@@ -13,7 +13,7 @@ import torch
 from carvelab.carve_models.norm import GatedRMSNorm, RMSNorm
 from carvelab.carve_models.presets import preset_config
 from carvelab.kernels import triton_norm
-from carvelab.kernels.fused import fused_norm, fused_norm_enabled, rms_norm
+from carvelab.kernels.fused import fused_norm, rms_norm
 from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
@@ -91,18 +91,6 @@ def test_bad_shapes_are_refused_with_what_was_given():
         rms_norm(torch.zeros(2, 16), torch.ones(8))
     with pytest.raises(ValueError, match=r"gate of shape \(2, 8\) does not match x's \(2, 16\)"):
         rms_norm(torch.zeros(2, 16), torch.ones(16), gate=torch.zeros(2, 8))
-
-
-def test_the_switch_is_on_by_default_and_names_its_variable(monkeypatch):
-    monkeypatch.delenv("CARVELAB_FUSED_NORM", raising=False)
-    assert fused_norm_enabled()
-    with fused_norm(False):
-        assert not fused_norm_enabled()
-    monkeypatch.setenv("CARVELAB_FUSED_NORM", "0")
-    assert not fused_norm_enabled()
-    monkeypatch.setenv("CARVELAB_FUSED_NORM", "on")
-    with pytest.raises(ValueError, match=r"CARVELAB_FUSED_NORM='on' is not allowed; use 1 .* or 0"):
-        fused_norm_enabled()
 
 
 def test_norms_fuse_only_when_on_with_a_recurrence_on_triton(monkeypatch):

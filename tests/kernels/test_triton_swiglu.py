@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from carvelab.carve_models.mixer import GatedDeltaMixer
 from carvelab.carve_models.presets import preset_config
-from carvelab.kernels.fused import joint_proj, joint_proj_enabled, swiglu
+from carvelab.kernels.fused import joint_proj, swiglu
 from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
@@ -39,16 +39,6 @@ def test_swiglu_keeps_bf16_and_refuses_an_odd_axis():
     torch.testing.assert_close(swiglu(h).float(), (F.silu(h[:, :24].float()) * h[:, 24:].float()), rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match=r"last axis \(7\) must be even"):
         swiglu(torch.zeros(2, 7))
-
-
-def test_the_switch_is_off_by_default_and_names_its_variable(monkeypatch):
-    monkeypatch.delenv("CARVELAB_JOINT_PROJ", raising=False)
-    assert not joint_proj_enabled()
-    with joint_proj(True):
-        assert joint_proj_enabled()
-    monkeypatch.setenv("CARVELAB_JOINT_PROJ", "true")
-    with pytest.raises(ValueError, match=r"CARVELAB_JOINT_PROJ='true' is not allowed; use 1 .* or 0"):
-        joint_proj_enabled()
 
 
 def test_the_mixer_projects_once_and_hands_on_column_slices():
