@@ -32,11 +32,11 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int, kind: str) -> None:
         super().__init__()
         self.kind = kind
-        self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.recurrence)
+        self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.recurrence, feeds_matmul=True)
         mixer_cls = mixer_class(kind)
         # Without sequence mixing each position is processed alone: the no-mixing control.
         self.mixer = mixer_cls(cfg, layer_idx) if cfg.sequence_mixing else None
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.recurrence)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.recurrence, feeds_matmul=True)
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ class HybridLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i, kind) for i, kind in enumerate(cfg.layer_kinds()))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.recurrence)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.recurrence, feeds_matmul=True)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         init_weights(self, cfg)
         logger.debug("built HybridLM: %s layers %s, %d parameters", cfg.n_layers, cfg.layer_kinds(), self.num_parameters())

@@ -4,7 +4,12 @@
     GatedRMSNorm(x, z)  = RMSNorm(x) ⊙ silu(z)
 
 Both normalise over the last axis and compute in fp32 (the result is cast back to the
-input's dtype), so a bf16 autocast region does not lose the statistics.
+input's dtype), so a bf16 autocast region does not lose the statistics. A norm built with
+``feeds_matmul=True`` (the blocks' pre-norms and the final norm, whose outputs only enter
+projections) returns the dtype those products run in instead (``matmul_dtype``: bf16 under
+a bf16 autocast): the values every projection would cast to anyway, cast once rather than
+once per projection (and each projection's gradient summed in that dtype, not cast back
+one by one).
 
 Built with a model's ``recurrence`` (its ``RecurrenceOptions``), a norm runs on the Triton
 kernels of ``kernels/triton_norm.py`` (one launch each way) where ``CARVELAB_FUSED_NORM=1``
@@ -25,12 +30,23 @@ def _ones(p: torch.Tensor, generator=None) -> None:
     p.fill_(1.0)
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last axis. x: [..., dim] -> [..., dim]."""
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a product reading x runs in: the autocast dtype where autocast is on for
+    x's device, else x's own."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
 
-    def __init__(self, dim: int, eps: float = 1e-6, recurrence: RecurrenceOptions | None = None) -> None:
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last axis. x: [..., dim] -> [..., dim], x's dtype out
+    (``matmul_dtype(x)`` with ``feeds_matmul``)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, recurrence: RecurrenceOptions | None = None,
+                 feeds_matmul: bool = False) -> None:
         super().__init__()
-        self.eps, self.recurrence = eps, recurrence
+        self.eps, self.recurrence, self.feeds_matmul = eps, recurrence, feeds_matmul
         self.weight = nn.Parameter(torch.ones(dim))
 
     def _fused(self, x: torch.Tensor) -> bool:
@@ -41,11 +57,15 @@ class RMSNorm(nn.Module):
         return {"weight": _ones}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = matmul_dtype(x) if self.feeds_matmul else x.dtype
         if self._fused(x):
-            return rms_norm(x, self.weight, self.eps)
+            return rms_norm(x, self.weight, self.eps, out_dtype=out)
+        return self._normed(x).to(out)
+
+    def _normed(self, x: torch.Tensor) -> torch.Tensor:
+        """x / sqrt(mean(x²) + eps) ⊙ weight in fp32 (the torch path)."""
         xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
 
 
 class GatedRMSNorm(RMSNorm):
@@ -55,4 +75,4 @@ class GatedRMSNorm(RMSNorm):
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if self._fused(x):
             return rms_norm(x, self.weight, self.eps, gate)
-        return (super().forward(x).float() * F.silu(gate.float())).to(x.dtype)
+        return (self._normed(x) * F.silu(gate.float())).to(x.dtype)

@@ -82,13 +82,13 @@ def on_triton(options: RecurrenceOptions, device: torch.device) -> bool:
         return False
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None
-             ) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None,
+             out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """RMSNorm of x [..., D] with ``weight`` [D] (times silu(``gate``) when given) on the Triton
-    kernels of ``triton_norm``; x's dtype out."""
+    kernels of ``triton_norm``; ``out_dtype`` (default x's dtype) out."""
     from carvelab.kernels.triton_norm import rms_norm as fn
 
-    return fn(x, weight, eps, gate)
+    return fn(x, weight, eps, gate, out_dtype)
 
 
 _JOINT_PROJ = Switch("CARVELAB_JOINT_PROJ", on="one matmul for the mixer's q, k, v, z and one for the MLP's gate, up "

@@ -11,7 +11,7 @@ rows (all D channels of each, so the row statistics stay in registers) and loops
 row blocks with a stride of the grid, so the weight gradient is one partial sum per
 program rather than per row block.
 
-    forward   y (x's dtype) and rstd = 1 / sqrt(mean(x²) + eps) per row (fp32, kept)
+    forward   y (x's dtype, or the one asked for) and rstd = 1 / sqrt(mean(x²) + eps) per row (fp32, kept)
     backward  with s = silu(gate) (1 without) and a = n ⊙ weight:
               dgate = dy ⊙ a ⊙ silu'(gate),   da = dy ⊙ s,   dweight = Σ_rows da ⊙ n
               dx    = rstd · (dn − n · mean(dn ⊙ n)),   dn = da ⊙ weight
@@ -102,14 +102,14 @@ def _launch(N: int, D: int) -> tuple[int, int, int]:
 
 class RMSNormFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, gate, eps: float):
+    def forward(ctx, x, weight, gate, eps: float, out_dtype):
         shape, D = x.shape, x.shape[-1]
         x2 = x.reshape(-1, D).contiguous()
         z, ZH, SZ = _gate_layout(gate) if gate is not None else (x2, 1, D)
         w = weight.contiguous()
         N = x2.shape[0]
         BR, BD, P = _launch(N, D)
-        y = torch.empty_like(x2)
+        y = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
         rstd = torch.empty(N, device=x.device, dtype=torch.float32)
         _norm_fwd_kernel[(P,)](x2, z, w, y, rstd, N, D, eps, ZH, SZ, BR=BR, BD=BD, GATE=gate is not None)
         ctx.save_for_backward(x2, z if gate is not None else None, w, rstd)
@@ -128,7 +128,7 @@ class RMSNormFn(torch.autograd.Function):
                                dz if dz is not None else dx, dw_part, N, D, *ctx.gate_layout, BR=BR, BD=BD,
                                GATE=z is not None)
         dw = dw_part.sum(0).to(w.dtype)
-        return dx.view(ctx.shape), dw, (dz.view(ctx.shape) if dz is not None else None), None
+        return dx.view(ctx.shape), dw, (dz.view(ctx.shape) if dz is not None else None), None, None
 
 
 def _gate_layout(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -145,13 +145,13 @@ def _gate_layout(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return gate.contiguous(), 1, D
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None
-             ) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: torch.Tensor | None = None,
+             out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """RMSNorm of x [..., D] over its last axis with ``weight`` [D], times silu(``gate``)
-    (x's shape) when given; x's dtype out, fp32 inside."""
+    (x's shape) when given; ``out_dtype`` (default x's dtype) out, fp32 inside."""
     D = x.shape[-1]
     if weight.shape != (D,):
         raise ValueError(f"rms_norm: weight of shape {tuple(weight.shape)} does not match x's last axis {D}")
     if gate is not None and gate.shape != x.shape:
         raise ValueError(f"rms_norm: gate of shape {tuple(gate.shape)} does not match x's {tuple(x.shape)}")
-    return RMSNormFn.apply(x, weight, gate, eps)
+    return RMSNormFn.apply(x, weight, gate, eps, x.dtype if out_dtype is None else out_dtype)

@@ -26,15 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from carvelab.carve_models.norm import matmul_dtype
 from carvelab.trials.tasks.base import IGNORE_INDEX as IGNORE
-
-
-def compute_dtype(h: torch.Tensor) -> torch.dtype:
-    """The dtype the head's product runs in: the autocast dtype where autocast is on."""
-    kind = h.device.type
-    if torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return h.dtype
 
 
 class ChunkedLinearCE(torch.autograd.Function):
@@ -77,7 +70,7 @@ def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.
     positions, ``chunk`` tokens at a time (see the module's docstring)."""
     if not isinstance(chunk, int) or chunk <= 0:
         raise ValueError(f"train.ce_chunk={chunk!r}: the chunked cross-entropy needs a positive number of tokens")
-    return ChunkedLinearCE.apply(h.flatten(0, -2), weight, targets.flatten(), chunk, compute_dtype(h))
+    return ChunkedLinearCE.apply(h.flatten(0, -2), weight, targets.flatten(), chunk, matmul_dtype(h))
 
 
 def compute_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) -> torch.Tensor:
