@@ -11,12 +11,14 @@ switches that turn them on (``_switch.Switch``: an environment variable, 1 or 0,
                                               CARVELAB_JOINT_PROJ, default 0
     decay_gate   -exp(A_log) softplus(f + dt_bias) (``triton_gates``)
                                               CARVELAB_FUSED_GATES, default 0
+    cross_entropy  the training loss on the logits (``triton_ce``)
+                                              CARVELAB_FUSED_CE, default 0
 
 A model piece uses its kernel where its switch is on and ``on_triton(options, device)``: the
 model's recurrence runs on the Triton kernels there, so every fused piece moves with it (and
 on the torch path a model stays on torch ops). Each kernel computes the same map as the torch
 ops it replaces, in fp32; the tests compare them forward and backward. ``PIECES`` names the
-four for tools: a trial's backend tag, the step benchmark's variants.
+five for tools: a trial's backend tag, the step benchmark's variants.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from carvelab.kernels._switch import Switch
 from carvelab.kernels.dispatch import resolve_backend
 from carvelab.kernels.options import RecurrenceOptions
 
-__all__ = ["PIECES", "decay_gate", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
+__all__ = ["PIECES", "cross_entropy", "decay_gate", "fused_ce", "fused_ce_enabled", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
            "fused_norm_enabled", "joint_proj", "joint_proj_enabled", "on_triton", "rms_norm", "short_conv", "swiglu"]
 
 
@@ -137,6 +139,29 @@ def decay_gate(f: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor) -> t
     return fn(f, dt_bias, a_log)
 
 
+_FUSED_CE = Switch("CARVELAB_FUSED_CE", on="the fused Triton cross-entropy (kernels/triton_ce.py)",
+                   off="torch's cross-entropy on fp32 logits", default="0")
+
+
+def fused_ce_enabled() -> bool:
+    """``CARVELAB_FUSED_CE`` (default 0), or the innermost ``fused_ce(...)`` block: whether the
+    training loss runs on ``cross_entropy`` (where the model's recurrence is on Triton)."""
+    return _FUSED_CE.enabled()
+
+
+def fused_ce(enabled: bool):
+    """Within this block the training loss runs fused (True) or on torch ops (False)."""
+    return _FUSED_CE.override(enabled)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean cross-entropy of logits [N, V] against targets [N] (``ignore_index`` rows left out)
+    on the Triton kernels of ``triton_ce``; fp32 inside, the gradient in the logits' dtype."""
+    from carvelab.kernels.triton_ce import cross_entropy as fn
+
+    return fn(logits, targets, ignore_index)
+
+
 class Piece(NamedTuple):
     """One fused piece: its switch (``enabled()``, ``override(on)``: a ``with`` block), the tag a
     trial's backend carries while it is on, and whether only the recurrent mixer has it (the
@@ -152,4 +177,5 @@ PIECES = {
     "norm": Piece(fused_norm_enabled, fused_norm, "+fused_norm", False),
     "joint": Piece(joint_proj_enabled, joint_proj, "+joint_proj", False),
     "gates": Piece(fused_gates_enabled, fused_gates, "+fused_gates", True),
+    "ce": Piece(fused_ce_enabled, fused_ce, "+fused_ce", False),
 }

@@ -33,6 +33,9 @@ against the one before it in one run:
              v, z as one matmul, the MLP's gate and up as one with the fused SwiGLU)
     graph_gates graph_joint, with the decay gates on their Triton kernels
              (``CARVELAB_FUSED_GATES=1``, kernels/triton_gates.py)
+    graph_xent  graph_fused, with the loss on the fused Triton cross-entropy
+             (``CARVELAB_FUSED_CE=1``, kernels/triton_ce.py)
+    graph_all   every fused piece: graph_gates with the fused cross-entropy
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -85,12 +88,13 @@ SIZES = {
 MODELS = ("kda", "gdn", "gdn2", "carve")
 FLA_MODELS = ("kda", "gdn", "gdn2")  # fla has no CARVE: carve rows are ours only, compared with gdn2's
 VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph_conv", "graph_norm", "graph_fused",
-            "graph_joint", "graph_gates")
+            "graph_joint", "graph_gates", "graph_xent", "graph_all")
 # The fused model pieces (kernels/fused.py's PIECES) each variant runs; every other piece, and every
 # piece in the variants not named, on torch ops.
 VARIANT_PIECES = {
     "graph_conv": ("conv",), "graph_norm": ("norm",), "graph_fused": ("conv", "norm"),
     "graph_joint": ("conv", "norm", "joint"), "graph_gates": ("conv", "norm", "joint", "gates"),
+    "graph_xent": ("conv", "norm", "ce"), "graph_all": ("conv", "norm", "joint", "gates", "ce"),
 }
 CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM

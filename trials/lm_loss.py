@@ -4,7 +4,10 @@ once.
 
 Plain (``train.ce_chunk: 0``): ``logits = model(inputs)`` [B, T, vocab], upcast to fp32,
 ``F.cross_entropy``. Its backward keeps the fp32 logits and makes an fp32 gradient of the
-same size: at B 64, T 512 and a vocabulary of 8192, 1 GiB each.
+same size: at B 64, T 512 and a vocabulary of 8192, 1 GiB each. Where the model's recurrence
+runs on Triton and ``CARVELAB_FUSED_CE=1`` (``kernels.fused.fused_ce_enabled``), the same loss
+runs on ``kernels/triton_ce.py``: the logits read in their dtype, no fp32 copy, the gradient
+written in the logits' dtype.
 
 Chunked (``train.ce_chunk: n``): the model runs up to its final norm (``HybridLM.hidden``),
 and ``ChunkedLinearCE`` takes ``n`` tokens at a time: their logits ``h W^T`` (in the autocast
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from carvelab.carve_models.norm import matmul_dtype
+from carvelab.kernels.fused import cross_entropy, fused_ce_enabled, on_triton
 from carvelab.trials.tasks.base import IGNORE_INDEX as IGNORE
 
 
@@ -79,4 +83,7 @@ def compute_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Te
     if ce_chunk:
         return chunked_cross_entropy(model.hidden(inputs), model.head_weight(), targets, ce_chunk)
     logits = model(inputs)
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and fused_ce_enabled() and on_triton(cfg.recurrence, logits.device):
+        return cross_entropy(logits.flatten(0, 1), targets.flatten(), IGNORE)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)

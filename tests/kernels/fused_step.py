@@ -4,14 +4,14 @@ convolution's and the fused norms' tests)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from carvelab.carve_models.lm import HybridLM
 from carvelab.carve_models.presets import preset_config
+from carvelab.trials.lm_loss import compute_loss
 
 
 def assert_step_unchanged(switch, device: str, touched: str) -> None:
-    """``switch(enabled)`` a context manager (``fused_conv``, ``fused_norm``); ``touched`` a
+    """``switch(enabled)`` a context manager (``fused_conv``, ``fused_norm``, ...); ``touched`` a
     fragment of a parameter name whose gradient the fused piece computes. The recurrence runs
     ``exact``: with ``fast`` (bf16 products) a last-bit difference in q or k can flip a bf16
     rounding, and a GPU then shows gradients apart by ~1e-5 that say nothing of the piece."""
@@ -24,7 +24,7 @@ def assert_step_unchanged(switch, device: str, touched: str) -> None:
         torch.manual_seed(0)
         model = HybridLM(cfg).to(device)
         with switch(fused):
-            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            loss = compute_loss(model, x, y)
         loss.backward()
         return loss.detach(), {n: p.grad.detach() for n, p in model.named_parameters() if p.grad is not None}
 

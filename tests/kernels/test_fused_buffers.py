@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from carvelab.kernels.fused import PIECES, decay_gate, rms_norm, short_conv, swiglu
+from carvelab.kernels.fused import PIECES, cross_entropy, decay_gate, rms_norm, short_conv, swiglu
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
@@ -28,6 +28,8 @@ CASES = {
     "rms_norm, gated": lambda: (lambda x, w, z: rms_norm(x, w, 1e-6, z), _inputs((3, 7, 24), (24,), (3, 7, 24))),
     "swiglu": lambda: (swiglu, _inputs((3, 5, 2 * 130))),
     "decay_gate": lambda: (decay_gate, _inputs((2, 9, 24), (24,), (3,))),
+    "cross_entropy": lambda: (lambda x: cross_entropy(x, torch.tensor([3, -100, 4100, 0, 7]).to(DEVICE), -100),
+                              _inputs((5, 4096 + 9))),
 }
 
 
@@ -50,7 +52,7 @@ def test_no_allocated_entry_is_left_unwritten(monkeypatch, case):
 
 @pytest.mark.parametrize("name, env, default", [
     ("conv", "CARVELAB_FUSED_CONV", True), ("norm", "CARVELAB_FUSED_NORM", True),
-    ("joint", "CARVELAB_JOINT_PROJ", False), ("gates", "CARVELAB_FUSED_GATES", False),
+    ("joint", "CARVELAB_JOINT_PROJ", False), ("gates", "CARVELAB_FUSED_GATES", False), ("ce", "CARVELAB_FUSED_CE", False),
 ])
 def test_each_switch_has_its_default_an_override_and_names_its_variable(monkeypatch, name, env, default):
     piece = PIECES[name]
