@@ -7,6 +7,10 @@
     logits = RMSNorm(h) Eᵀ                                   [B, T, vocab]   (tied head)
 
 With ``tie_embeddings: false`` the head is a separate ``lm_head`` linear map.
+
+Where the norms run fused (``RMSNorm`` on ``kernels/triton_norm.py``), each residual add and
+the norm that reads its result run as one kernel (``add_rms_norm``): the same h and the same
+norm outputs, without a separate pass over h for the add (and its gradient's sum and cast).
 """
 from __future__ import annotations
 
@@ -20,14 +24,15 @@ from carvelab.carve_models.config import ModelConfig
 from carvelab.carve_models.init import init_weights
 from carvelab.carve_models.mixers import mixer_class
 from carvelab.carve_models.mlp import SwiGLU
-from carvelab.carve_models.norm import RMSNorm
+from carvelab.carve_models.norm import RMSNorm, matmul_dtype
 from carvelab.kernels.dispatch import resolve_backend
 
 logger = logging.getLogger(__name__)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: mixer then SwiGLU. x [B, T, d] -> [B, T, d]."""
+    """Pre-norm residual block: mixer then SwiGLU. x [B, T, d] -> [B, T, d]. (``HybridLM``
+    runs the same maps itself where its residual adds are fused into the norms.)"""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, kind: str) -> None:
         super().__init__()
@@ -64,9 +69,22 @@ class HybridLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T]; got shape {tuple(input_ids.shape)}")
         h = self.embed(input_ids)
+        if self.norm._fused(h):
+            return self._fused_residual(h)
         for layer in self.layers:
             h = layer(h)
         return self.norm(h)
+
+    def _fused_residual(self, h: torch.Tensor) -> torch.Tensor:
+        """The layers' loop of ``Block.forward`` with each residual add fused into the next norm."""
+        from carvelab.kernels.triton_norm import add_rms_norm
+
+        steps = [s for m in self.layers for s in ((m.mixer_norm, m.mixer), (m.mlp_norm, m.mlp)) if s[1] is not None]
+        norms = [norm for norm, _ in steps[1:]] + [self.norm]
+        n = steps[0][0](h)
+        for (_, f), norm in zip(steps, norms):
+            h, n = add_rms_norm(h, f(n), norm.weight, norm.eps, matmul_dtype(h))
+        return n
 
     def head_weight(self) -> torch.Tensor:
         """The LM head's weight [vocab_size, d_model]: the embedding's when tied."""

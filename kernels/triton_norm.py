@@ -47,7 +47,8 @@ def _gate_offsets(r, c, D, ZH, SZ):
 
 
 @triton.jit
-def _norm_fwd_kernel(x, z, w, y, rstd, N, D, EPS, ZH, SZ, BR: tl.constexpr, BD: tl.constexpr, GATE: tl.constexpr):
+def _norm_fwd_kernel(x, z, w, y, rstd, d, h, N, D, EPS, ZH, SZ, BR: tl.constexpr, BD: tl.constexpr,
+                     GATE: tl.constexpr, RESID: tl.constexpr):
     i_p, n_p = tl.program_id(0), tl.num_programs(0)
     c = tl.arange(0, BD)
     cm = c < D
@@ -57,6 +58,10 @@ def _norm_fwd_kernel(x, z, w, y, rstd, N, D, EPS, ZH, SZ, BR: tl.constexpr, BD: 
         m = (r < N)[:, None] & cm[None, :]
         off = r[:, None] * D + c[None, :]
         xv = tl.load(x + off, mask=m, other=0.0).to(tl.float32)
+        if RESID:  # h = x + d, the residual stream in x's dtype, is what is normalised
+            xv = (xv + tl.load(d + off, mask=m, other=0.0).to(tl.float32)).to(h.dtype.element_ty)
+            tl.store(h + off, xv, mask=m)
+            xv = xv.to(tl.float32)
         rs = tl.rsqrt(tl.sum(xv * xv, axis=1) / D + EPS)
         out = xv * rs[:, None] * wv[None, :]
         if GATE:
@@ -67,8 +72,8 @@ def _norm_fwd_kernel(x, z, w, y, rstd, N, D, EPS, ZH, SZ, BR: tl.constexpr, BD: 
 
 
 @triton.jit
-def _norm_bwd_kernel(x, z, w, rstd, dy, dx, dz, dw_part, N, D, ZH, SZ, BR: tl.constexpr, BD: tl.constexpr,
-                     GATE: tl.constexpr):
+def _norm_bwd_kernel(x, z, w, rstd, dy, dx, dz, dw_part, dh, dd, N, D, ZH, SZ, BR: tl.constexpr, BD: tl.constexpr,
+                     GATE: tl.constexpr, RESID: tl.constexpr, DH: tl.constexpr):
     i_p, n_p = tl.program_id(0), tl.num_programs(0)
     c = tl.arange(0, BD)
     cm = c < D
@@ -91,7 +96,11 @@ def _norm_bwd_kernel(x, z, w, rstd, dy, dx, dz, dw_part, N, D, ZH, SZ, BR: tl.co
         dw_acc += tl.sum(g * n, axis=0)
         dn = g * wv[None, :]
         dxv = rs[:, None] * (dn - n * (tl.sum(dn * n, axis=1) / D)[:, None])
+        if DH:  # the residual stream's own gradient joins the norm's
+            dxv += tl.load(dh + off, mask=m, other=0.0).to(tl.float32)
         tl.store(dx + off, dxv.to(dx.dtype.element_ty), mask=m)
+        if RESID:
+            tl.store(dd + off, dxv.to(dd.dtype.element_ty), mask=m)
     tl.store(dw_part + i_p * D + c, dw_acc, mask=cm)
 
 
@@ -111,7 +120,8 @@ class RMSNormFn(torch.autograd.Function):
         BR, BD, P = _launch(N, D)
         y = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
         rstd = torch.empty(N, device=x.device, dtype=torch.float32)
-        _norm_fwd_kernel[(P,)](x2, z, w, y, rstd, N, D, eps, ZH, SZ, BR=BR, BD=BD, GATE=gate is not None)
+        _norm_fwd_kernel[(P,)](x2, z, w, y, rstd, x2, x2, N, D, eps, ZH, SZ, BR=BR, BD=BD, GATE=gate is not None,
+                               RESID=False)
         ctx.save_for_backward(x2, z if gate is not None else None, w, rstd)
         ctx.shape, ctx.gate_layout = shape, (ZH, SZ)
         return y.view(shape)
@@ -125,10 +135,45 @@ class RMSNormFn(torch.autograd.Function):
         dz = torch.empty(N, D, device=x2.device, dtype=z.dtype) if z is not None else None
         dw_part = torch.empty(P, D, device=x2.device, dtype=torch.float32)
         _norm_bwd_kernel[(P,)](x2, z if z is not None else x2, w, rstd, dy.reshape(-1, D).contiguous(), dx,
-                               dz if dz is not None else dx, dw_part, N, D, *ctx.gate_layout, BR=BR, BD=BD,
-                               GATE=z is not None)
+                               dz if dz is not None else dx, dw_part, dx, dx, N, D, *ctx.gate_layout, BR=BR, BD=BD,
+                               GATE=z is not None, RESID=False, DH=False)
         dw = dw_part.sum(0).to(w.dtype)
         return dx.view(ctx.shape), dw, (dz.view(ctx.shape) if dz is not None else None), None, None
+
+
+class AddRMSNormFn(torch.autograd.Function):
+    """(h, y) = (x + d, RMSNorm(x + d)): the residual add and the next norm in one pass."""
+
+    @staticmethod
+    def forward(ctx, x, d, weight, eps: float, out_dtype):
+        shape, D = x.shape, x.shape[-1]
+        x2, d2 = x.reshape(-1, D).contiguous(), d.reshape(-1, D).contiguous()
+        w = weight.contiguous()
+        N = x2.shape[0]
+        BR, BD, P = _launch(N, D)
+        h = torch.empty_like(x2)
+        y = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
+        rstd = torch.empty(N, device=x.device, dtype=torch.float32)
+        _norm_fwd_kernel[(P,)](x2, x2, w, y, rstd, d2, h, N, D, eps, 1, D, BR=BR, BD=BD, GATE=False, RESID=True)
+        ctx.save_for_backward(h, w, rstd)
+        ctx.shape, ctx.d_dtype = shape, d.dtype
+        ctx.set_materialize_grads(False)  # h read by nothing but its norm (the last add): no zeros to add
+        return h.view(shape), y.view(shape)
+
+    @staticmethod
+    def backward(ctx, dh, dy):
+        h, w, rstd = ctx.saved_tensors
+        N, D = h.shape
+        BR, BD, P = _launch(N, D)
+        dx = torch.empty_like(h)
+        dd = torch.empty(N, D, device=h.device, dtype=ctx.d_dtype)
+        dw_part = torch.empty(P, D, device=h.device, dtype=torch.float32)
+        if dy is None:
+            dy = torch.zeros_like(h)
+        dh2 = dh.reshape(-1, D).contiguous() if dh is not None else dx
+        _norm_bwd_kernel[(P,)](h, h, w, rstd, dy.reshape(-1, D).contiguous(), dx, dx, dw_part, dh2, dd, N, D, 1, D,
+                               BR=BR, BD=BD, GATE=False, RESID=True, DH=dh is not None)
+        return dx.view(ctx.shape), dd.view(ctx.shape), dw_part.sum(0).to(w.dtype), None, None
 
 
 def _gate_layout(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -155,3 +200,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: tor
     if gate is not None and gate.shape != x.shape:
         raise ValueError(f"rms_norm: gate of shape {tuple(gate.shape)} does not match x's {tuple(x.shape)}")
     return RMSNormFn.apply(x, weight, gate, eps, x.dtype if out_dtype is None else out_dtype)
+
+
+def add_rms_norm(x: torch.Tensor, d: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                 out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, RMSNorm(h)) with h = x + d (x's dtype; d of any float dtype, same shape): a block's
+    residual add and the norm that reads its result, one launch each way. The norm's output
+    in ``out_dtype`` (default x's dtype); the backward adds h's own gradient to the norm's."""
+    D = x.shape[-1]
+    if d.shape != x.shape:
+        raise ValueError(f"add_rms_norm: d of shape {tuple(d.shape)} does not match x's {tuple(x.shape)}")
+    if weight.shape != (D,):
+        raise ValueError(f"add_rms_norm: weight of shape {tuple(weight.shape)} does not match x's last axis {D}")
+    return AddRMSNormFn.apply(x, d, weight, eps, x.dtype if out_dtype is None else out_dtype)

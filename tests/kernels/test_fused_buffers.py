@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from carvelab.kernels.fused import PIECES, cross_entropy, decay_gate, rms_norm, short_conv, swiglu
+from carvelab.kernels.triton_norm import add_rms_norm
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
@@ -26,6 +27,7 @@ CASES = {
     "short_conv, heads": lambda: (lambda x, w: short_conv(x, w, heads=2), _inputs((2, 37, 48), (48, 1, 4))),
     "short_conv": lambda: (short_conv, _inputs((2, 37, 100), (100, 1, 4))),
     "rms_norm, gated": lambda: (lambda x, w, z: rms_norm(x, w, 1e-6, z), _inputs((3, 7, 24), (24,), (3, 7, 24))),
+    "add_rms_norm": lambda: (lambda x, d, w: sum(t.sum() for t in add_rms_norm(x, d, w)), _inputs((3, 7, 24), (3, 7, 24), (24,))),
     "swiglu": lambda: (swiglu, _inputs((3, 5, 2 * 130))),
     "decay_gate": lambda: (decay_gate, _inputs((2, 9, 24), (24,), (3,))),
     "cross_entropy": lambda: (lambda x: cross_entropy(x, torch.tensor([3, -100, 4100, 0, 7]).to(DEVICE), -100),

@@ -86,11 +86,58 @@ def test_a_gate_sliced_from_a_wider_tensor_is_read_in_place():
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_dh", [True, False])  # the last add's h may be read by nothing but its norm
+def test_the_residual_add_fused_into_the_norm_equals_add_then_norm(with_dh):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 9, 40, generator=gen).to(DEVICE).requires_grad_()
+    d = torch.randn(2, 9, 40, generator=gen).to(DEVICE).requires_grad_()
+    w = (1 + 0.3 * torch.randn(40, generator=gen)).to(DEVICE).requires_grad_()
+    h, y = triton_norm.add_rms_norm(x, d, w, 1e-6)
+    h_want = x + d
+    y_want = torch_norm(h_want, w, 1e-6)
+    torch.testing.assert_close(h, h_want, rtol=0, atol=0)
+    torch.testing.assert_close(y, y_want, rtol=1e-5, atol=1e-6)
+    dh, dy = (torch.randn(2, 9, 40, generator=gen).to(DEVICE) for _ in range(2))
+    got = torch.autograd.grad((y * dy).sum() + ((h * dh).sum() if with_dh else 0), (x, d, w))
+    want = torch.autograd.grad((y_want * dy).sum() + ((h_want * dh).sum() if with_dh else 0), (x, d, w))
+    for name, g, r in zip(("dx", "dd", "dw"), got, want):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_the_fused_residual_keeps_the_streams_dtype_and_casts_the_branch_gradient():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 24, generator=gen).to(DEVICE).requires_grad_()
+    d = torch.randn(4, 24, generator=gen).to(DEVICE).bfloat16().requires_grad_()
+    h, y = triton_norm.add_rms_norm(x, d, torch.ones(24).to(DEVICE), 1e-6, torch.bfloat16)
+    assert h.dtype == torch.float32 and y.dtype == torch.bfloat16
+    torch.testing.assert_close(h, x + d, rtol=0, atol=0)  # bf16 + fp32 in fp32, as torch adds them
+    dx, dd = torch.autograd.grad(y.float().sum() + h.sum(), (x, d))
+    assert dx.dtype == torch.float32 and dd.dtype == torch.bfloat16
+    torch.testing.assert_close(dd.float(), dx, rtol=8e-3, atol=0)  # the same gradient, rounded once
+
+
+def test_the_model_fuses_its_residual_adds_where_its_norms_are_fused(monkeypatch):
+    from carvelab.carve_models.lm import HybridLM
+
+    calls = []
+    real = triton_norm.AddRMSNormFn.apply
+    monkeypatch.setattr(triton_norm.AddRMSNormFn, "apply", lambda *a: calls.append(a) or real(*a))
+    ids = torch.randint(0, 16, (2, 8)).to(DEVICE)
+    for backend, switch, adds in (("triton", True, 4), ("triton", False, 0), ("torch", True, 0)):
+        cfg = preset_config("gdn2", d_model=32, n_layers=2, n_heads=2, vocab_size=16, chunk_size=16, backend=backend)
+        calls.clear()
+        with fused_norm(switch):
+            HybridLM(cfg).to(DEVICE)(ids)
+        assert len(calls) == adds, (backend, switch)  # two adds per layer, each into the next norm
+
+
 def test_bad_shapes_are_refused_with_what_was_given():
     with pytest.raises(ValueError, match=r"weight of shape \(8,\) does not match x's last axis 16"):
         rms_norm(torch.zeros(2, 16), torch.ones(8))
     with pytest.raises(ValueError, match=r"gate of shape \(2, 8\) does not match x's \(2, 16\)"):
         rms_norm(torch.zeros(2, 16), torch.ones(16), gate=torch.zeros(2, 8))
+    with pytest.raises(ValueError, match=r"add_rms_norm: d of shape \(2, 8\) does not match x's \(2, 16\)"):
+        triton_norm.add_rms_norm(torch.zeros(2, 16), torch.zeros(2, 8), torch.ones(16))
 
 
 def test_norms_fuse_only_when_on_with_a_recurrence_on_triton(monkeypatch):
