@@ -26,6 +26,7 @@ from carvelab.carve_models.mixers import mixer_class
 from carvelab.carve_models.mlp import SwiGLU
 from carvelab.carve_models.norm import RMSNorm, matmul_dtype
 from carvelab.kernels.dispatch import resolve_backend
+from carvelab.kernels.fused import cast_all, cast_once_enabled, on_triton
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,29 @@ class HybridLM(nn.Module):
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, T] (int) -> the final norm's output [B, T, d_model], what the head reads."""
+        return self._with_cast_weights(self._hidden, input_ids, head=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] (int) -> logits [B, T, vocab_size]."""
+        return self._with_cast_weights(self._forward, input_ids, head=True)
+
+    def _with_cast_weights(self, fn, input_ids: torch.Tensor, head: bool) -> torch.Tensor:
+        """``fn(input_ids)``, where ``CARVELAB_CAST_ONCE=1`` under autocast with the recurrence on
+        Triton with every projection weight (the head's only when ``head``) cast at once
+        (``kernels.fused.cast_all``): the projections then find their weights in the autocast
+        dtype and cast nothing."""
+        device = self.embed.weight.device
+        if not (cast_once_enabled() and torch.is_autocast_enabled(device.type)
+                and on_triton(self.cfg.recurrence, device)):
+            return fn(input_ids)
+        names = [f"{name}.weight" for name, m in self.named_modules()
+                 if isinstance(m, nn.Linear) and (head or m is not self.lm_head)]
+        params = dict(self.named_parameters())
+        cast = cast_all([params[n] for n in names], torch.get_autocast_dtype(device.type))
+        with torch.nn.utils.stateless._reparametrize_module(self, dict(zip(names, cast))):
+            return fn(input_ids)
+
+    def _hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T]; got shape {tuple(input_ids.shape)}")
         h = self.embed(input_ids)
@@ -90,9 +114,8 @@ class HybridLM(nn.Module):
         """The LM head's weight [vocab_size, d_model]: the embedding's when tied."""
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T] (int) -> logits [B, T, vocab_size]."""
-        h = self.hidden(input_ids)
+    def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self._hidden(input_ids)
         if self.lm_head is None:
             return h @ self.embed.weight.t().to(h.dtype)
         return self.lm_head(h)

@@ -13,12 +13,14 @@ switches that turn them on (``_switch.Switch``: an environment variable, 1 or 0,
                                               CARVELAB_FUSED_GATES, default 0
     cross_entropy  the training loss on the logits (``triton_ce``)
                                               CARVELAB_FUSED_CE, default 0
+    cast_all     not a kernel: under autocast, every projection weight cast to bf16 in one
+                 pass each way (``weight_cast``)  CARVELAB_CAST_ONCE, default 0
 
 A model piece uses its kernel where its switch is on and ``on_triton(options, device)``: the
 model's recurrence runs on the Triton kernels there, so every fused piece moves with it (and
 on the torch path a model stays on torch ops). Each kernel computes the same map as the torch
 ops it replaces, in fp32; the tests compare them forward and backward. ``PIECES`` names the
-five for tools: a trial's backend tag, the step benchmark's variants.
+six for tools: a trial's backend tag, the step benchmark's variants.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from carvelab.kernels._switch import Switch
 from carvelab.kernels.dispatch import resolve_backend
 from carvelab.kernels.options import RecurrenceOptions
 
-__all__ = ["PIECES", "cross_entropy", "decay_gate", "fused_ce", "fused_ce_enabled", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
+__all__ = ["PIECES", "cast_all", "cast_once", "cast_once_enabled", "cross_entropy", "decay_gate", "fused_ce", "fused_ce_enabled", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
            "fused_norm_enabled", "joint_proj", "joint_proj_enabled", "on_triton", "rms_norm", "short_conv", "swiglu"]
 
 
@@ -162,6 +164,29 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     return fn(logits, targets, ignore_index)
 
 
+_CAST_ONCE = Switch("CARVELAB_CAST_ONCE", on="every projection weight cast to bf16 at once (kernels/weight_cast.py)",
+                    off="each projection casts its own weight", default="0")
+
+
+def cast_once_enabled() -> bool:
+    """``CARVELAB_CAST_ONCE`` (default 0), or the innermost ``cast_once(...)`` block: whether a
+    model under autocast casts all its projection weights at once (where its recurrence is on
+    Triton)."""
+    return _CAST_ONCE.enabled()
+
+
+def cast_once(enabled: bool):
+    """Within this block the projection weights are cast at once (True) or one by one (False)."""
+    return _CAST_ONCE.override(enabled)
+
+
+def cast_all(weights: list, dtype: torch.dtype) -> list:
+    """``[w.to(dtype) for w in weights]`` in one pass each way (``weight_cast``)."""
+    from carvelab.kernels.weight_cast import cast_all as fn
+
+    return fn(weights, dtype)
+
+
 class Piece(NamedTuple):
     """One fused piece: its switch (``enabled()``, ``override(on)``: a ``with`` block), the tag a
     trial's backend carries while it is on, and whether only the recurrent mixer has it (the
@@ -178,4 +203,5 @@ PIECES = {
     "joint": Piece(joint_proj_enabled, joint_proj, "+joint_proj", False),
     "gates": Piece(fused_gates_enabled, fused_gates, "+fused_gates", True),
     "ce": Piece(fused_ce_enabled, fused_ce, "+fused_ce", False),
+    "cast": Piece(cast_once_enabled, cast_once, "+cast_once", False),
 }

@@ -35,7 +35,8 @@ against the one before it in one run:
              (``CARVELAB_FUSED_GATES=1``, kernels/triton_gates.py)
     graph_xent  graph_fused, with the loss on the fused Triton cross-entropy
              (``CARVELAB_FUSED_CE=1``, kernels/triton_ce.py)
-    graph_all   every fused piece: graph_gates with the fused cross-entropy
+    graph_all   every fused piece: graph_gates with the fused cross-entropy and the
+             projection weights cast at once (``CARVELAB_CAST_ONCE=1``, kernels/weight_cast.py)
 
 ``carve`` (GDN-2 with CARVE's content gate) has no fla model; its rows carry ``x_gdn2``,
 the step time over gdn2's in the same variant (the content gate's throughput cost).
@@ -94,7 +95,7 @@ VARIANTS = ("before", "fast", "after", "graph", "graph_loop", "graph_ce", "graph
 VARIANT_PIECES = {
     "graph_conv": ("conv",), "graph_norm": ("norm",), "graph_fused": ("conv", "norm"),
     "graph_joint": ("conv", "norm", "joint"), "graph_gates": ("conv", "norm", "joint", "gates"),
-    "graph_xent": ("conv", "norm", "ce"), "graph_all": ("conv", "norm", "joint", "gates", "ce"),
+    "graph_xent": ("conv", "norm", "ce"), "graph_all": ("conv", "norm", "joint", "gates", "ce", "cast"),
 }
 CE_CHUNK = 4096  # tokens per piece of the chunked cross-entropy in graph_ce
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense, SXM

@@ -105,7 +105,8 @@ def kernel_backend(model_cfg, device: torch.device) -> str:
     short convolutions run on their Triton kernels (``CARVELAB_FUSED_CONV=1``), ``+fused_norm``
     where the norms do (``CARVELAB_FUSED_NORM=1``), ``+joint_proj`` where the input projections
     run joint (``CARVELAB_JOINT_PROJ=1``), ``+fused_gates`` where the decay gates run fused
-    (``CARVELAB_FUSED_GATES=1``), ``+fused_ce`` where the loss does (``CARVELAB_FUSED_CE=1``). A model without a recurrent layer is ``none``, with the tags
+    (``CARVELAB_FUSED_GATES=1``), ``+fused_ce`` where the loss does (``CARVELAB_FUSED_CE=1``), ``+cast_once`` where the
+    projection weights are cast at once (``CARVELAB_CAST_ONCE=1``). A model without a recurrent layer is ``none``, with the tags
     of the pieces it still has (norms, MLPs) where they follow its backend onto Triton."""
     recurrent = "recurrent" in model_cfg.layer_kinds() and model_cfg.sequence_mixing
     impl = resolve_backend(model_cfg.backend, device, model_cfg.erase_axis, model_cfg.chunk_size) if recurrent else "none"

@@ -52,7 +52,8 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 # trials/timing_slot.py).
 WORKER_ENV_VARS = ("TRITON_CACHE_DIR", "CARVELAB_AUTOTUNE", "CARVELAB_FUSED_CONTENT", "CARVELAB_CUDA_GRAPHS",
                    "CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ",
-                   "CARVELAB_FUSED_GATES", "CARVELAB_FUSED_CE", "CARVELAB_SLOT_DIR")
+                   "CARVELAB_FUSED_GATES", "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE",
+                   "CARVELAB_SLOT_DIR")
 
 
 def worker_runtime_env() -> dict:
