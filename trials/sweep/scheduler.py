@@ -48,7 +48,8 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 # CARVELAB_FUSED_CONV=0 (the short convolutions on torch ops, not their Triton kernels) and
 # CARVELAB_FUSED_NORM=0 (the norms likewise) and CARVELAB_JOINT_PROJ=1 (one matmul for the
 # projections that read the same input) and CARVELAB_FUSED_GATES=1 (the decay gates on their
-# Triton kernels) and CARVELAB_SLOT_DIR (where the timing slots live,
+# Triton kernels) and CARVELAB_FUSED_CE=1 (the loss likewise) and CARVELAB_CAST_ONCE=1 (the
+# projection weights cast at once) and CARVELAB_SLOT_DIR (where the timing slots live,
 # trials/timing_slot.py).
 WORKER_ENV_VARS = ("TRITON_CACHE_DIR", "CARVELAB_AUTOTUNE", "CARVELAB_FUSED_CONTENT", "CARVELAB_CUDA_GRAPHS",
                    "CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ",
