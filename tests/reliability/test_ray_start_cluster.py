@@ -69,9 +69,11 @@ def test_a_killed_worker_raylet_and_an_added_worker_lose_nothing(tmp_path):
     ran_on = {r.data.tags["node"] for r in runs}
     nodes, killed = report["nodes"], report["killed"]
     assert {nodes["w1"], nodes["w2"]} <= ran_on  # trials spread over the nodes
-    # nothing finished on the killed node after its raylet died: the trial it ran was retried elsewhere
+    # nothing started on the killed node after its raylet died. A trial it was running may still
+    # finish there (a Ray worker outlives its raylet by a moment, and its result reaches the
+    # driver directly) or be retried elsewhere: recorded once either way (the audit above)
     results = [json.loads(f.read_text()) for f in (tmp_path / "scenario" / "root" / "raystart-nodes" / "results").glob("*.json")]
-    late = [r for r in results if r.get("node") == killed["node"] and r["finished_at"] > killed["at"]]
+    late = [r for r in results if r.get("node") == killed["node"] and r["started_at"] > killed["at"]]
     assert not late, late
     assert any(r.get("node") != killed["node"] and r["started_at"] > killed["at"] for r in results)
     assert nodes["w3"] in ran_on, "the worker added mid-sweep got no trial"
