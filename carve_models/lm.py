@@ -26,7 +26,7 @@ from carvelab.carve_models.mixers import mixer_class
 from carvelab.carve_models.mlp import SwiGLU
 from carvelab.carve_models.norm import RMSNorm, matmul_dtype
 from carvelab.kernels.dispatch import resolve_backend
-from carvelab.kernels.fused import cast_all, cast_once_enabled, on_triton
+from carvelab.kernels.fused import add_rms_norm, cast_all, cast_once_enabled, on_triton
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,6 @@ class HybridLM(nn.Module):
 
     def _fused_residual(self, h: torch.Tensor) -> torch.Tensor:
         """The layers' loop of ``Block.forward`` with each residual add fused into the next norm."""
-        from carvelab.kernels.triton_norm import add_rms_norm
-
         steps = [s for m in self.layers for s in ((m.mixer_norm, m.mixer), (m.mlp_norm, m.mlp)) if s[1] is not None]
         norms = [norm for norm, _ in steps[1:]] + [self.norm]
         n = steps[0][0](h)

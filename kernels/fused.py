@@ -4,7 +4,8 @@ switches that turn them on (``_switch.Switch``: an environment variable, 1 or 0,
 
     short_conv   the mixer's short convolution + SiLU (+ q, k's per-head l2norm) on [B, T, C]
                  (``triton_conv``)            CARVELAB_FUSED_CONV, default 1
-    rms_norm     RMSNorm, times silu(gate) for the mixer's output norm (``triton_norm``)
+    rms_norm     RMSNorm, times silu(gate) for the mixer's output norm, and ``add_rms_norm``,
+                 a residual add with the norm that reads its result (``triton_norm``)
                                               CARVELAB_FUSED_NORM, default 1
     swiglu       SwiGLU's gating of a joint [gate | up] projection (``triton_swiglu``); the
                  switch also makes the mixer project q, k, v, z as one matmul
@@ -32,7 +33,7 @@ from carvelab.kernels._switch import Switch
 from carvelab.kernels.dispatch import resolve_backend
 from carvelab.kernels.options import RecurrenceOptions
 
-__all__ = ["PIECES", "cast_all", "cast_once", "cast_once_enabled", "cross_entropy", "decay_gate", "fused_ce", "fused_ce_enabled", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
+__all__ = ["PIECES", "add_rms_norm", "cast_all", "cast_once", "cast_once_enabled", "cross_entropy", "decay_gate", "fused_ce", "fused_ce_enabled", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
            "fused_norm_enabled", "joint_proj", "joint_proj_enabled", "on_triton", "rms_norm", "short_conv", "swiglu"]
 
 
@@ -93,6 +94,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gate: tor
     from carvelab.kernels.triton_norm import rms_norm as fn
 
     return fn(x, weight, eps, gate, out_dtype)
+
+
+def add_rms_norm(x: torch.Tensor, d: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                 out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, RMSNorm(h)) with h = x + d on the Triton kernels of ``triton_norm``: a residual add
+    and the norm that reads its result in one launch each way."""
+    from carvelab.kernels.triton_norm import add_rms_norm as fn
+
+    return fn(x, d, weight, eps, out_dtype)
 
 
 _JOINT_PROJ = Switch("CARVELAB_JOINT_PROJ", on="one matmul for the mixer's q, k, v, z and one for the MLP's gate, up "

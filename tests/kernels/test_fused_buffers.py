@@ -12,8 +12,7 @@ import os
 import pytest
 import torch
 
-from carvelab.kernels.fused import PIECES, cross_entropy, decay_gate, rms_norm, short_conv, swiglu
-from carvelab.kernels.triton_norm import add_rms_norm
+from carvelab.kernels.fused import PIECES, add_rms_norm, cross_entropy, decay_gate, rms_norm, short_conv, swiglu
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
