@@ -123,8 +123,11 @@ def count_step(model: str, size: Size, variant: str, vocab: int, tokens: int, de
             "by_op": dict(mode.ops.most_common()), "by_kernel": dict(kernels.most_common())}
 
 
-def run(args) -> dict:
-    rows = []
+def run(args, save=lambda result: None) -> dict:
+    """Every (size, model, variant) of ``args``; ``save(result)`` after each row."""
+    rows: list = []
+    result = {"torch": torch.__version__, "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+              "tokens": args.tokens, "vocab": args.vocab, "rows": rows}
     for size_name in args.sizes:
         size = SIZES[size_name]
         for model in args.models:
@@ -132,10 +135,10 @@ def run(args) -> dict:
                 row = {"size": size_name, "model": model, "variant": variant}
                 row.update(count_step(model, size, variant, args.vocab, args.tokens, args.device))
                 rows.append(row)
+                save(result)
                 print(f"{size_name:7s} {model:5s} {variant:12s} torch ops {row['torch_ops']:5d}   "
                       f"Triton launches {row['triton_launches']:4d}   total {row['total']:5d}", flush=True)
-    return {"torch": torch.__version__, "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
-            "tokens": args.tokens, "vocab": args.vocab, "rows": rows}
+    return result
 
 
 def print_table(result: dict) -> None:
@@ -178,11 +181,12 @@ def main(argv: Optional[list] = None) -> int:
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         print("on a CPU the Triton kernels need TRITON_INTERPRET=1", file=sys.stderr)
         return 2
-    result = run(args)
-    print_table(result)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    def save(result: dict) -> None:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+
+    print_table(run(args, save))
     return 0
 
 
