@@ -41,7 +41,8 @@ from carvelab.search_space.sweep_loading import load_sweep
 VARIANTS = {
     "before": {"precision": "exact", "cuda_graph": False,
                "env": {"CARVELAB_FUSED_CONTENT": "0", "CARVELAB_FUSED_CONV": "0", "CARVELAB_FUSED_NORM": "0",
-                       "CARVELAB_JOINT_PROJ": "0", "CARVELAB_FUSED_GATES": "0"}},
+                       "CARVELAB_JOINT_PROJ": "0", "CARVELAB_FUSED_GATES": "0", "CARVELAB_FUSED_CE": "0",
+                       "CARVELAB_CAST_ONCE": "0"}},
     "after": {"precision": None, "cuda_graph": True,
               "env": {"CARVELAB_FUSED_CONTENT": "1", "CARVELAB_FUSED_CONV": "1", "CARVELAB_FUSED_NORM": "1"}},
 }
