@@ -34,7 +34,7 @@ from carvelab.carve_models.gates import ContentParams, DeltaGates, content_targe
 from carvelab.carve_models.norm import GatedRMSNorm
 from carvelab.kernels import ContentGate
 from carvelab.kernels.dispatch import gated_delta
-from carvelab.kernels.fused import fused_conv_enabled, joint_proj_enabled, on_triton, short_conv
+from carvelab.kernels.fused import fused_conv_enabled, joint_proj_enabled, on_triton, short_convs
 
 L2_EPS = 1e-6
 
@@ -95,9 +95,9 @@ class GatedDeltaMixer(nn.Module):
         B, T, _ = xq.shape
         H = self.cfg.n_heads
         if self._fused_conv(xq):  # kernels/triton_conv.py: the same maps, contiguous, fp32 inside
-            q = short_conv(xq, self.q_conv.weight, H, L2_EPS).view(B, T, H, -1)
-            k = short_conv(xk, self.k_conv.weight, H, L2_EPS).view(B, T, H, -1)
-            return q, k, short_conv(xv, self.v_conv.weight).view(B, T, H, -1)
+            q, k, v = short_convs([(xq, self.q_conv.weight, H), (xk, self.k_conv.weight, H),
+                                   (xv, self.v_conv.weight, 0)], L2_EPS)
+            return q.view(B, T, H, -1), k.view(B, T, H, -1), v.view(B, T, H, -1)
         q = l2norm(self.q_conv(xq).view(B, T, H, -1))
         k = l2norm(self.k_conv(xk).view(B, T, H, -1))
         v = self.v_conv(xv).view(B, T, H, -1)

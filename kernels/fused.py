@@ -3,6 +3,7 @@ switches that turn them on (``_switch.Switch``: an environment variable, 1 or 0,
 ``with piece(enabled):`` block):
 
     short_conv   the mixer's short convolution + SiLU (+ q, k's per-head l2norm) on [B, T, C]
+                 (``short_convs``: q, k and v in one launch each way)
                  (``triton_conv``)            CARVELAB_FUSED_CONV, default 1
     rms_norm     RMSNorm, times silu(gate) for the mixer's output norm, and ``add_rms_norm``,
                  a residual add with the norm that reads its result (``triton_norm``)
@@ -34,7 +35,7 @@ from carvelab.kernels.dispatch import resolve_backend
 from carvelab.kernels.options import RecurrenceOptions
 
 __all__ = ["PIECES", "add_rms_norm", "cast_all", "cast_once", "cast_once_enabled", "cross_entropy", "decay_gate", "fused_ce", "fused_ce_enabled", "fused_conv", "fused_conv_enabled", "fused_gates", "fused_gates_enabled", "fused_norm",
-           "fused_norm_enabled", "joint_proj", "joint_proj_enabled", "on_triton", "rms_norm", "short_conv", "swiglu"]
+           "fused_norm_enabled", "joint_proj", "joint_proj_enabled", "on_triton", "rms_norm", "short_conv", "short_convs", "swiglu"]
 
 
 _FUSED_CONV = Switch("CARVELAB_FUSED_CONV", on="the fused Triton short convolution (kernels/triton_conv.py)",
@@ -58,6 +59,14 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, heads: int = 0, eps: float
     from carvelab.kernels.triton_conv import short_conv as fn
 
     return fn(x, weight, heads, eps)
+
+
+def short_convs(items: list, eps: float = 1e-6) -> tuple:
+    """``short_conv`` of one to three (x, weight, heads) of one batch and length (the mixer's
+    q, k and v) in one launch forward and two backward (``triton_conv.short_convs``)."""
+    from carvelab.kernels.triton_conv import short_convs as fn
+
+    return fn(items, eps)
 
 
 _FUSED_NORM = Switch("CARVELAB_FUSED_NORM", on="the fused Triton RMSNorms (kernels/triton_norm.py)",

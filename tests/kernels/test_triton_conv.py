@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from carvelab.carve_models.mixer import GatedDeltaMixer, l2norm
 from carvelab.carve_models.presets import preset_config
-from carvelab.kernels.fused import fused_conv, short_conv
+from carvelab.kernels.fused import fused_conv, short_conv, short_convs
 from tests.kernels.fused_step import assert_step_unchanged
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
@@ -64,6 +64,37 @@ def test_a_column_slice_is_read_in_place_as_if_it_were_contiguous():
     (dx,) = torch.autograd.grad(torch_conv(x, w, heads=2), x, dy)
     torch.testing.assert_close(dh[..., 32:64], dx, rtol=1e-5, atol=1e-5)
     assert not dh[..., :32].any() and not dh[..., 64:].any()
+
+
+@pytest.mark.parametrize("dk, dv, heads, T", [(16, 32, 2, 37), (24, 24, 3, 5)])
+def test_q_k_v_in_one_launch_equal_three_calls(dk, dv, heads, T):
+    """short_convs over (q, k, v), column slices of one joint projection as in the mixer, gives
+    exactly what three short_conv calls give, outputs and every gradient."""
+    gen = torch.Generator().manual_seed(dk + T)
+    Ck, Cv = heads * dk, heads * dv
+    h = torch.randn(2, T, 2 * Ck + Cv + 8, generator=gen).to(DEVICE).requires_grad_()
+    ws = [torch.randn(C, 1, 4, generator=gen).to(DEVICE).requires_grad_() for C in (Ck, Ck, Cv)]
+    xs = h[..., :Ck], h[..., Ck:2 * Ck], h[..., 2 * Ck:2 * Ck + Cv]
+    got = short_convs([(xs[0], ws[0], heads), (xs[1], ws[1], heads), (xs[2], ws[2], 0)])
+    want = [short_conv(x, w, hd) for x, w, hd in zip(xs, ws, (heads, heads, 0))]
+    for g, r in zip(got, want):
+        assert g.dtype == r.dtype and g.is_contiguous() and torch.equal(g, r)
+    dys = [torch.randn(r.shape, generator=gen).to(DEVICE) for r in want]
+    got_grads = torch.autograd.grad(got, (h, *ws), dys)
+    want_grads = torch.autograd.grad(want, (h, *ws), dys)
+    for name, g, r in zip(("dh", "dw_q", "dw_k", "dw_v"), got_grads, want_grads):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert not got_grads[0][..., 2 * Ck + Cv:].any()
+
+
+def test_short_convs_refuses_mismatched_inputs():
+    x, w = torch.zeros(1, 4, 8), torch.zeros(8, 1, 4)
+    with pytest.raises(ValueError, match="one to three"):
+        short_convs([(x, w, 0)] * 4)
+    with pytest.raises(ValueError, match="of one B and T"):
+        short_convs([(x, w, 0), (torch.zeros(1, 5, 8), w, 0)])
+    with pytest.raises(ValueError, match="of one\nW|of one W"):
+        short_convs([(x, w, 0), (x, torch.zeros(8, 1, 3), 0)])
 
 
 def test_short_conv_is_causal():
