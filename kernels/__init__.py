@@ -11,14 +11,15 @@ The public surface, what the model layers and tools use:
 - ``options``: the vocabulary (every axis's allowed values, the gate forms, the kernels'
   chunk sizes).
 - ``short_conv``, ``short_convs``, ``fused_conv_enabled``, ``fused_conv``: the mixer's short
-  convolution as Triton kernels (``short_convs``: q, k and v in one launch) and its switch (``CARVELAB_FUSED_CONV``, default on; ``fused``).
+  convolution as Triton kernels (``short_convs``: q, k and v in one launch) and its switch
+  (``CARVELAB_FUSED_CONV``, default on; ``fused``).
 - ``rms_norm``, ``fused_norm_enabled``, ``fused_norm``: RMSNorm (and the gated one) as Triton
   kernels and their switch (``CARVELAB_FUSED_NORM``, default on; ``fused``).
 - ``swiglu``, ``joint_proj_enabled``, ``joint_proj``: SwiGLU's gating of a joint [gate | up]
   projection as Triton kernels, and the switch of the joint input projections
-  (``CARVELAB_JOINT_PROJ``, default off; ``fused``).
+  (``CARVELAB_JOINT_PROJ``, default on; ``fused``).
 - ``decay_gate``, ``fused_gates_enabled``, ``fused_gates``: the log-decay gate as Triton kernels
-  and its switch (``CARVELAB_FUSED_GATES``, default off; ``fused``).
+  and its switch (``CARVELAB_FUSED_GATES``, default on; ``fused``).
 
 Everything else here (``_args``, ``chunk``, ``triton_*``, ``_triton_common``, ``tuning``,
 ``cuda_graph``) is internal; calls go one way: dispatch -> triton_ops (autograd

@@ -1,9 +1,9 @@
 """An on/off setting of the kernels: an environment variable (1 or 0; unset, the switch's
 default) that a ``with switch.override(enabled):`` block overrides for the code inside it
 (the innermost block wins): ``CARVELAB_CUDA_GRAPHS`` (``cuda_graph``), ``CARVELAB_FUSED_CONTENT``
-(``triton_ops``), ``CARVELAB_FUSED_CONV``, ``CARVELAB_FUSED_NORM`` (``fused``), on by default,
-and ``CARVELAB_JOINT_PROJ``, ``CARVELAB_FUSED_GATES``, ``CARVELAB_FUSED_CE``,
-``CARVELAB_CAST_ONCE`` (``fused``), off by default."""
+(``triton_ops``), ``CARVELAB_FUSED_CONV``, ``CARVELAB_FUSED_NORM``, ``CARVELAB_JOINT_PROJ``,
+``CARVELAB_FUSED_GATES``, ``CARVELAB_FUSED_CE`` and ``CARVELAB_CAST_ONCE`` (``fused``), all on by
+default."""
 from __future__ import annotations
 
 import contextlib

@@ -10,13 +10,13 @@ switches that turn them on (``_switch.Switch``: an environment variable, 1 or 0,
                                               CARVELAB_FUSED_NORM, default 1
     swiglu       SwiGLU's gating of a joint [gate | up] projection (``triton_swiglu``); the
                  switch also makes the mixer project q, k, v, z as one matmul
-                                              CARVELAB_JOINT_PROJ, default 0
+                                              CARVELAB_JOINT_PROJ, default 1
     decay_gate   -exp(A_log) softplus(f + dt_bias) (``triton_gates``)
-                                              CARVELAB_FUSED_GATES, default 0
+                                              CARVELAB_FUSED_GATES, default 1
     cross_entropy  the training loss on the logits (``triton_ce``)
-                                              CARVELAB_FUSED_CE, default 0
+                                              CARVELAB_FUSED_CE, default 1
     cast_all     not a kernel: under autocast, every projection weight cast to bf16 in one
-                 pass each way (``weight_cast``)  CARVELAB_CAST_ONCE, default 0
+                 pass each way (``weight_cast``)  CARVELAB_CAST_ONCE, default 1
 
 A model piece uses its kernel where its switch is on and ``on_triton(options, device)``: the
 model's recurrence runs on the Triton kernels there, so every fused piece moves with it (and
@@ -115,11 +115,11 @@ def add_rms_norm(x: torch.Tensor, d: torch.Tensor, weight: torch.Tensor, eps: fl
 
 
 _JOINT_PROJ = Switch("CARVELAB_JOINT_PROJ", on="one matmul for the mixer's q, k, v, z and one for the MLP's gate, up "
-                     "(with the fused SwiGLU, kernels/triton_swiglu.py)", off="one matmul per projection", default="0")
+                     "(with the fused SwiGLU, kernels/triton_swiglu.py)", off="one matmul per projection")
 
 
 def joint_proj_enabled() -> bool:
-    """``CARVELAB_JOINT_PROJ`` (default 0), or the innermost ``joint_proj(...)`` block: whether the
+    """``CARVELAB_JOINT_PROJ`` (default 1), or the innermost ``joint_proj(...)`` block: whether the
     mixers and MLPs project their input once for all the maps that read it (where the
     recurrence is on Triton)."""
     return _JOINT_PROJ.enabled()
@@ -138,11 +138,11 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
 
 
 _FUSED_GATES = Switch("CARVELAB_FUSED_GATES", on="the fused Triton decay gate (kernels/triton_gates.py)",
-                      off="torch's elementwise gate activations", default="0")
+                      off="torch's elementwise gate activations")
 
 
 def fused_gates_enabled() -> bool:
-    """``CARVELAB_FUSED_GATES`` (default 0), or the innermost ``fused_gates(...)`` block: whether the
+    """``CARVELAB_FUSED_GATES`` (default 1), or the innermost ``fused_gates(...)`` block: whether the
     decay gates run on ``decay_gate`` (where the recurrence is on Triton)."""
     return _FUSED_GATES.enabled()
 
@@ -161,11 +161,11 @@ def decay_gate(f: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor) -> t
 
 
 _FUSED_CE = Switch("CARVELAB_FUSED_CE", on="the fused Triton cross-entropy (kernels/triton_ce.py)",
-                   off="torch's cross-entropy on fp32 logits", default="0")
+                   off="torch's cross-entropy on fp32 logits")
 
 
 def fused_ce_enabled() -> bool:
-    """``CARVELAB_FUSED_CE`` (default 0), or the innermost ``fused_ce(...)`` block: whether the
+    """``CARVELAB_FUSED_CE`` (default 1), or the innermost ``fused_ce(...)`` block: whether the
     training loss runs on ``cross_entropy`` (where the model's recurrence is on Triton)."""
     return _FUSED_CE.enabled()
 
@@ -184,11 +184,11 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 
 
 _CAST_ONCE = Switch("CARVELAB_CAST_ONCE", on="every projection weight cast to bf16 at once (kernels/weight_cast.py)",
-                    off="each projection casts its own weight", default="0")
+                    off="each projection casts its own weight")
 
 
 def cast_once_enabled() -> bool:
-    """``CARVELAB_CAST_ONCE`` (default 0), or the innermost ``cast_once(...)`` block: whether a
+    """``CARVELAB_CAST_ONCE`` (default 1), or the innermost ``cast_once(...)`` block: whether a
     model under autocast casts all its projection weights at once (where its recurrence is on
     Triton)."""
     return _CAST_ONCE.enabled()

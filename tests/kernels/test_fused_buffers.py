@@ -53,8 +53,8 @@ def test_no_allocated_entry_is_left_unwritten(monkeypatch, case):
 
 @pytest.mark.parametrize("name, env, default", [
     ("conv", "CARVELAB_FUSED_CONV", True), ("norm", "CARVELAB_FUSED_NORM", True),
-    ("joint", "CARVELAB_JOINT_PROJ", False), ("gates", "CARVELAB_FUSED_GATES", False), ("ce", "CARVELAB_FUSED_CE", False),
-    ("cast", "CARVELAB_CAST_ONCE", False),
+    ("joint", "CARVELAB_JOINT_PROJ", True), ("gates", "CARVELAB_FUSED_GATES", True), ("ce", "CARVELAB_FUSED_CE", True),
+    ("cast", "CARVELAB_CAST_ONCE", True),
 ])
 def test_each_switch_has_its_default_an_override_and_names_its_variable(monkeypatch, name, env, default):
     piece = PIECES[name]

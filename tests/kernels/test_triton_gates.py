@@ -80,9 +80,9 @@ def test_a_bf16_projection_gets_a_bf16_gradient_and_bad_shapes_are_refused():
         decay_gate(torch.zeros(1, 1, 8), torch.zeros(8), torch.zeros(3))
 
 
-def test_the_switch_is_off_by_default_and_the_gate_uses_it_only_on_triton_and_not_for_a_content_target(monkeypatch):
+def test_the_switch_is_on_by_default_and_the_gate_uses_it_only_on_triton_and_not_for_a_content_target(monkeypatch):
     monkeypatch.delenv("CARVELAB_FUSED_GATES", raising=False)
-    assert not fused_gates_enabled()
+    assert fused_gates_enabled()
     calls = []
     real = triton_gates.DecayGateFn.apply
     monkeypatch.setattr(triton_gates.DecayGateFn, "apply", lambda *a: calls.append(a) or real(*a))

@@ -182,22 +182,23 @@ def test_trials_record_how_the_content_gate_runs(monkeypatch, preset, device, fu
 
     monkeypatch.setenv("CARVELAB_FUSED_CONTENT", fused)
     monkeypatch.setenv("CARVELAB_CUDA_GRAPHS", graphs)
-    monkeypatch.setenv("CARVELAB_FUSED_CONV", "0")  # the convolution's and norms' tags: the next test
-    monkeypatch.setenv("CARVELAB_FUSED_NORM", "0")
+    for env in ("CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES",
+                "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE"):
+        monkeypatch.setenv(env, "0")  # the fused pieces' tags: the next test
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config(preset, d_model=32, n_layers=2, n_heads=2, vocab_size=32, erase_axis=axis)
     assert kernel_backend(cfg, torch.device(device)) == expected
 
 
-@pytest.mark.parametrize("device, conv, norm, off_by_default, expected", [
+@pytest.mark.parametrize("device, conv, norm, others, expected", [
     ("cuda", "1", "0", "0", "triton_chunk+fused_content+fused_conv"),
     ("cuda", "0", "0", "0", "triton_chunk+fused_content"),
     ("cuda", "1", "1", "0", "triton_chunk+fused_content+fused_conv+fused_norm"),
     ("cuda", "0", "1", "0", "triton_chunk+fused_content+fused_norm"),
-    ("cuda", "1", "1", "1", "triton_chunk+fused_content+fused_conv+fused_norm+joint_proj+fused_gates"),
+    ("cuda", "1", "1", "1", "triton_chunk+fused_content+fused_conv+fused_norm+joint_proj+fused_gates+fused_ce+cast_once"),
     ("cpu", "1", "1", "1", "torch_chunk"),  # the torch path keeps torch's convolution, norms and projections
 ])
-def test_trials_record_the_fused_pieces(monkeypatch, device, conv, norm, off_by_default, expected):
+def test_trials_record_the_fused_pieces(monkeypatch, device, conv, norm, others, expected):
     import torch
 
     from carvelab.carve_models.presets import preset_config
@@ -205,8 +206,8 @@ def test_trials_record_the_fused_pieces(monkeypatch, device, conv, norm, off_by_
 
     monkeypatch.setenv("CARVELAB_FUSED_CONV", conv)
     monkeypatch.setenv("CARVELAB_FUSED_NORM", norm)
-    monkeypatch.setenv("CARVELAB_JOINT_PROJ", off_by_default)
-    monkeypatch.setenv("CARVELAB_FUSED_GATES", off_by_default)
+    for env in ("CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES", "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE"):
+        monkeypatch.setenv(env, others)
     monkeypatch.delenv("CARVELAB_FUSED_CONTENT", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config("carve", d_model=32, n_layers=2, n_heads=2, vocab_size=32)
@@ -214,8 +215,8 @@ def test_trials_record_the_fused_pieces(monkeypatch, device, conv, norm, off_by_
 
 
 @pytest.mark.parametrize("ratio, mixing, device, expected", [
-    ("0:1", True, "cuda", "none+fused_norm+joint_proj"),  # attention only: its norms and MLPs
-    ("1:0", False, "cuda", "none+fused_norm+joint_proj"),  # no sequence mixing
+    ("0:1", True, "cuda", "none+fused_norm+joint_proj+fused_ce+cast_once"),  # attention only: its norms and MLPs
+    ("1:0", False, "cuda", "none+fused_norm+joint_proj+fused_ce+cast_once"),  # no sequence mixing
     ("0:1", True, "cpu", "none"),
 ])
 def test_models_without_a_recurrence_record_the_fused_pieces_they_have(monkeypatch, ratio, mixing, device, expected):
@@ -224,7 +225,8 @@ def test_models_without_a_recurrence_record_the_fused_pieces_they_have(monkeypat
     from carvelab.carve_models.presets import preset_config
     from carvelab.trials.trial import kernel_backend
 
-    for env in ("CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES"):
+    for env in ("CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES",
+                "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE"):
         monkeypatch.setenv(env, "1")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config("gdn2", d_model=32, n_layers=2, n_heads=2, vocab_size=32, hybrid_ratio=ratio,
