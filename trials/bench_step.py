@@ -213,6 +213,7 @@ def profile_step(step: Callable[[], None], steps: int) -> dict:
 
 KERNEL_GROUPS = (  # (group, pattern on the kernel's name): the first that matches names its group
     ("conv / norm (ours)", r"^_(conv|norm)_[a-z0-9_]*kernel"),  # kernels/triton_conv.py, triton_norm.py
+    ("gates / swiglu / loss (ours)", r"^_(decay|swiglu|ce)_(fwd|bwd)_kernel"),  # triton_gates, _swiglu, _ce.py
     ("recurrence (ours)", r"^_[a-z0-9_]+_kernel"),  # carvelab's Triton kernels are all named _..._kernel
     ("matmul", r"gemm|nvjet|xmma|cutlass|gemv|splitK|cublas"),
     ("optimizer", r"multi_tensor|[Aa]dam"),

@@ -60,6 +60,10 @@ def test_the_content_gate_cost_is_carve_over_gdn2_in_the_same_variant():
     ("_content_bwd_kernel", "recurrence (ours)"),
     ("_conv_bwd_pre_kernel", "conv / norm (ours)"),
     ("_norm_fwd_kernel", "conv / norm (ours)"),
+    ("_decay_bwd_kernel", "gates / swiglu / loss (ours)"),
+    ("_swiglu_fwd_kernel", "gates / swiglu / loss (ours)"),
+    ("_ce_fwd_kernel", "gates / swiglu / loss (ours)"),
+    ("_decay_grad_kernel", "recurrence (ours)"),  # the recurrence's own decay gradient
     ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", "matmul"),
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
