@@ -186,7 +186,8 @@ def _seg(C: int, heads: int) -> _Seg:
 
 
 def _three(items: list) -> list:
-    """Up to three segments' items, the last repeated to fill three (its N then counts 0)."""
+    """Up to three segments' items, the last repeated to fill three (``_seg_args`` gives the
+    repeats no programs)."""
     return items + [items[-1]] * (3 - len(items))
 
 
@@ -234,8 +235,7 @@ class ShortConvFn(torch.autograd.Function):
         W = ws[0].shape[1]
         NT = triton.cdiv(T, BT)
         grid = (B, NT, sum(s.N for s in segs))
-        dys = [torch.zeros(B, T, s.C, device=x.device, dtype=torch.float32 if s.norm else x.dtype) if dy is None
-               else dy.contiguous() for dy, x, s in zip(dys, xs, segs)]
+        dys = [dy.contiguous() for dy in dys]  # an unused output's gradient arrives as zeros
         dpres = [torch.empty(B, T, s.C, device=x.device, dtype=torch.float32) for x, s in zip(xs, segs)]
         # every segment's partial dw in one buffer (every entry written), summed once
         dw_part = torch.empty(B * NT, sum(s.C for s in segs), W, device=xs[0].device, dtype=torch.float32)
