@@ -99,3 +99,18 @@ def test_each_variant_turns_on_exactly_its_fused_pieces(variant, on):
         got = {name for name, piece in PIECES.items() if piece.enabled()}
     assert got == on
     assert set(bench_step.VARIANT_PIECES) <= set(bench_step.VARIANTS)
+
+
+def test_the_table_shows_both_busy_measures_and_error_rows(capsys):
+    row = {"size": "small", "model": "kda", "who": "ours:graph_all", "ms_per_step": 2.0, "tokens_per_s": 4.0e6,
+           "mfu": 0.04, "gpu_busy_pct": 80.0, "gpu_busy_timed_pct": 95.0, "kernels_per_step": 241.0,
+           "peak_mem_mb": 590.0, "kernel_ms_by_group": {"matmul": 0.4}}
+    failed = {"size": "small", "model": "kda", "who": "fla", "error": "RuntimeError: out of memory"}
+    bench_step.print_table({"device": "GPU", "torch": "t", "triton": "tr", "fla": None, "rows": [row, failed]})
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("size"))
+    line = next(line for line in out.splitlines() if "ours:graph_all" in line and "matmul" not in line)
+    cols = header.split()
+    assert cols[cols.index("busy%") + 1:cols.index("busy%") + 3] == ["busy%t", "kern/step"]
+    assert line.split()[-4:] == ["80.0", "95.0", "241", "590"]
+    assert "fla              ERROR RuntimeError: out of memory" in out
