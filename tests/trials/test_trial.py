@@ -166,6 +166,11 @@ def test_time_budget_excludes_the_first_step(tmp_path, monkeypatch):
     assert result.metrics["wall_s"] >= 1.5  # 1 s compiling + 0.5 s of training
 
 
+# the fused pieces' switches, in PIECES' order (kernels/fused.py)
+PIECE_ENVS = ("CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES",
+              "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE")
+
+
 @pytest.mark.parametrize("preset, device, fused, graphs, axis, expected", [
     ("carve", "cuda", "1", "1", "key", "triton_chunk+fused_content"),
     ("carve", "cuda", "1", "1", "value", "triton_recurrent+cuda_graphs"),  # no fused kernel on the value axis
@@ -182,8 +187,7 @@ def test_trials_record_how_the_content_gate_runs(monkeypatch, preset, device, fu
 
     monkeypatch.setenv("CARVELAB_FUSED_CONTENT", fused)
     monkeypatch.setenv("CARVELAB_CUDA_GRAPHS", graphs)
-    for env in ("CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES",
-                "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE"):
+    for env in PIECE_ENVS:
         monkeypatch.setenv(env, "0")  # the fused pieces' tags: the next test
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config(preset, d_model=32, n_layers=2, n_heads=2, vocab_size=32, erase_axis=axis)
@@ -206,7 +210,7 @@ def test_trials_record_the_fused_pieces(monkeypatch, device, conv, norm, others,
 
     monkeypatch.setenv("CARVELAB_FUSED_CONV", conv)
     monkeypatch.setenv("CARVELAB_FUSED_NORM", norm)
-    for env in ("CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES", "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE"):
+    for env in PIECE_ENVS[2:]:  # the pieces after the convolution and the norms
         monkeypatch.setenv(env, others)
     monkeypatch.delenv("CARVELAB_FUSED_CONTENT", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -225,8 +229,7 @@ def test_models_without_a_recurrence_record_the_fused_pieces_they_have(monkeypat
     from carvelab.carve_models.presets import preset_config
     from carvelab.trials.trial import kernel_backend
 
-    for env in ("CARVELAB_FUSED_CONV", "CARVELAB_FUSED_NORM", "CARVELAB_JOINT_PROJ", "CARVELAB_FUSED_GATES",
-                "CARVELAB_FUSED_CE", "CARVELAB_CAST_ONCE"):
+    for env in PIECE_ENVS:
         monkeypatch.setenv(env, "1")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = preset_config("gdn2", d_model=32, n_layers=2, n_heads=2, vocab_size=32, hybrid_ratio=ratio,
