@@ -14,6 +14,9 @@ sweep's first seed) are trained twice, ``--workers`` at a time in processes shar
              ``CARVELAB_FUSED_NORM=0``)
     after    the trial as configured now (the sweep's precision, whole-step CUDA graph, the
              fused content-gate, convolution and norm kernels)
+    after_mps  after, with the trials' processes as clients of an MPS daemon started for the
+             variant (``trials/mps.py``): their kernels run side by side instead of taking
+             turns. Not in the default list; ``--variants after,after_mps`` is its A/B.
 
 Per variant: wall time from the first trial's start to the last one's end, trials per hour,
 aggregate training tokens per second (every trial's trained steps x batch x sequence length,
@@ -46,6 +49,7 @@ VARIANTS = {
     "after": {"precision": None, "cuda_graph": True,
               "env": {"CARVELAB_FUSED_CONTENT": "1", "CARVELAB_FUSED_CONV": "1", "CARVELAB_FUSED_NORM": "1"}},
 }
+VARIANTS["after_mps"] = {**VARIANTS["after"], "mps": True}
 
 
 def sample_points(spec, trials: int, sample_seed: int) -> list[dict]:
@@ -113,9 +117,15 @@ def run_variant(configs: list[dict], variant: str, workers: int, sampler_cls=Non
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: list[Optional[dict]] = [None] * len(configs)
-    with (sampler_cls() if sampler_cls else contextlib.nullcontext()) as sampler, \
-            ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                initializer=_set_env, initargs=(VARIANTS[variant]["env"],)) as pool:
+    env = dict(VARIANTS[variant]["env"])
+    with contextlib.ExitStack() as stack:
+        if VARIANTS[variant].get("mps"):
+            from carvelab.trials.mps import mps_daemon
+
+            env.update(stack.enter_context(mps_daemon()))
+        sampler = stack.enter_context(sampler_cls()) if sampler_cls else None
+        pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                                       initializer=_set_env, initargs=(env,)))
         futures = {pool.submit(_train, c, threads): i for i, c in enumerate(configs)}
         for future in as_completed(futures):
             i = futures[future]
@@ -126,20 +136,21 @@ def run_variant(configs: list[dict], variant: str, workers: int, sampler_cls=Non
                 results[i] = {"status": "failed", "reason": type(exc).__name__, "error": str(exc)[:300],
                               "metrics": {}, "started_at": now, "finished_at": now}
             r = results[i]
-            print(f"{variant:6s} trial {i:2d}: {r['status']:9s} steps {r.get('metrics', {}).get('step')} "
+            print(f"{variant:9s} trial {i:2d}: {r['status']:9s} steps {r.get('metrics', {}).get('step')} "
                   f"in {r.get('seconds', 0) or 0:.0f} s", flush=True)
     return summarise(configs, results, sampler.samples if sampler else [])
 
 
 def print_summary(out: dict) -> None:
     print(f"\n{out['sweep']}: {out['trials']} trials, {out['workers']} at a time on {out.get('device')}")
-    print(f"{'variant':8s} {'wall s':>8s} {'done':>5s} {'trials/h':>9s} {'tokens/s':>11s} {'x before':>8s} "
-          f"{'GPU util %':>10s} {'mem MB':>8s}")
-    base = out["variants"].get("before", {}).get("tokens_per_s")
+    print(f"{'variant':10s} {'wall s':>8s} {'done':>5s} {'trials/h':>9s} {'tokens/s':>11s} {'x before':>8s} "
+          f"{'x after':>7s} {'GPU util %':>10s} {'mem MB':>8s}")
+    base, after = (out["variants"].get(v, {}).get("tokens_per_s") for v in ("before", "after"))
     for name, v in out["variants"].items():
         util = v["gpu_util_mean_pct"]
-        print(f"{name:8s} {v['wall_s']:8.1f} {v['completed']:5d} {v['trials_per_hour']:9.1f} {v['tokens_per_s']:11.0f} "
+        print(f"{name:10s} {v['wall_s']:8.1f} {v['completed']:5d} {v['trials_per_hour']:9.1f} {v['tokens_per_s']:11.0f} "
               f"{(v['tokens_per_s'] / base) if base else float('nan'):8.2f} "
+              f"{(v['tokens_per_s'] / after) if after else float('nan'):7.2f} "
               f"{util if util is not None else float('nan'):10.1f} {v['gpu_mem_peak_mb'] or float('nan'):8.0f}")
 
 
