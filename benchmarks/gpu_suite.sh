@@ -35,3 +35,5 @@ python -m carvelab.trials.bench_step --sizes small,medium,large --models gdn2,kd
     --no-fla --out "$OUT/step_conv.json" 2>&1 | tee "$OUT/step_conv.log"
 # 8. trials per hour and aggregate tokens/s of quickstart_gpu's trials sharing the GPU, before vs after
 python -m carvelab.trials.bench_aggregate --trials 8 --out "$OUT/aggregate.json" 2>&1 | tee "$OUT/aggregate.log"
+# 9. the same trials sharing the GPU with and without an MPS daemon (trials/mps.py; needs nvidia-cuda-mps-control)
+python -m carvelab.trials.bench_aggregate --trials 8 --variants after,after_mps --out "$OUT/aggregate_mps.json" 2>&1 | tee "$OUT/aggregate_mps.log"
