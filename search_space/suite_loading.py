@@ -2,6 +2,7 @@
 
     suite: mad                                # every setting (``settings: all``)
     suite: {name: state_tracking, settings: baseline}
+    suite: {name: mad, settings: [mad_fuzzy_recall, "mad_noisy_recall:frac_noise=0.8"]}   # these settings
 
 The suite (``carvelab.trials.tasks.suites``) decides the task of every trial: each point of
 the sweep is trained at each setting of the suite. The points carry one categorical
@@ -79,9 +80,17 @@ def _name_and_which(value: Any, where: str) -> tuple[str, str]:
             raise ConfigError(f"{where}: suite: unknown key {extra[0]!r}; allowed: name, settings")
         name, which = value.get("name"), value.get("settings", "all")
     else:
-        raise ConfigError(f"{where}: suite={value!r} must be a suite name or {{name: ..., settings: all|baseline}}")
+        raise ConfigError(f"{where}: suite={value!r} must be a suite name or "
+                          "{name: ..., settings: all|baseline|[labels]}")
     if not isinstance(name, str) or name not in SUITES:
         raise ConfigError(f"{where}: suite.name={name!r} is not a registered suite; registered: {sorted(SUITES)}")
+    if isinstance(which, (list, tuple)):
+        bad = [x for x in which if not isinstance(x, str)]
+        if bad:
+            raise ConfigError(f"{where}: suite.settings: {bad[0]!r} is not a setting label (a string such as "
+                              f"'mad_noisy_recall:frac_noise=0.8'; `carvelab suites {name}` lists them)")
+        return name, list(which)
     if which not in WHICH:
-        raise ConfigError(f"{where}: suite.settings={which!r} is not allowed; choose one of {list(WHICH)}")
+        raise ConfigError(f"{where}: suite.settings={which!r} is not allowed; choose one of {list(WHICH)} or a list "
+                          f"of setting labels (`carvelab suites {name}`)")
     return name, which

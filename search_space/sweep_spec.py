@@ -11,7 +11,8 @@ A sweep file::
       train.lr: {type: log_float, low: 1.0e-3, high: 1.0e-2}
     ablation: {changes: [{erase_axis: value}, {content_gate: on}]}   # mode: ablation
     tune: {train.lr: [1.0e-3, 3.0e-3, 1.0e-2]}   # nuisance values trained at every point (optional)
-    suite: {name: mad, settings: all}         # every point at every setting of a task suite (optional)
+    suite: {name: mad, settings: all}         # every point at every setting of a task suite (optional;
+                                              # settings: all | baseline | [setting labels])
     objectives: [{metric: val_accuracy, direction: maximize}, {metric: params, direction: minimize}]
     sampler: {name: tpe, seed: 0}
     pruner: {name: pareto, metric: val_accuracy, warmup_steps: 20}

@@ -27,6 +27,16 @@ def test_a_grid_crosses_every_setting_with_the_other_axes_and_the_seeds():
     assert [p["suite"] for p in grid_points(baseline)][::2] == list(MAD_SETTINGS)
 
 
+def test_a_list_of_labels_selects_those_settings_in_its_order():
+    labels = ["mad_noisy_recall:frac_noise=0.8", "mad_fuzzy_recall", "mad_memorization:vocab_size=8192"]
+    spec = load_sweep(sweep({"name": "mad", "settings": labels}))
+    assert spec.params[0].choices == labels and list(spec.suite_settings) == labels
+    assert len(grid_points(spec)) == 3 * 2
+    noisy = point_config(spec, {"suite": labels[0], "content_gate": False}, 0).task
+    assert (noisy.name, noisy.frac_noise, noisy.seq_len) == ("mad_noisy_recall", 0.8, type(noisy)().seq_len)
+    assert spec.base["task"]["name"] == "mad_noisy_recall"             # the first listed is the base's task
+
+
 def test_a_setting_sets_its_keys_and_leaves_the_rest_at_its_tasks_defaults():
     spec = load_sweep(sweep("mad"))
     task = point_config(spec, {"suite": "mad_selective_copying:num_tokens_to_copy=64", "content_gate": True}, 1).task
@@ -64,6 +74,14 @@ def test_every_bundled_suite_loads_in_grid_and_search_mode():
     ({"suite": {"name": "mad", "settings": "some"}}, "suite.settings='some' is not allowed"),
     ({"suite": {"name": "mad", "extra": 1}}, "unknown key 'extra'"),
     ({"suite": 3}, "must be a suite name"),
+    ({"suite": {"name": "mad", "settings": ["mad_fuzzy_recall:seq_len=999"]}},
+     "suite: settings: 'mad_fuzzy_recall:seq_len=999' is not a setting of the suite 'mad'; its labels are listed by "
+     "`carvelab suites mad`"),
+    ({"suite": {"name": "mad", "settings": ["mad_fuzzy_recall", "mad_fuzzy_recall"]}},
+     "settings: 'mad_fuzzy_recall' is listed twice"),
+    ({"suite": {"name": "mad", "settings": []}}, "settings=[]: name at least one setting"),
+    ({"suite": {"name": "mad", "settings": [{"name": "mad_fuzzy_recall"}]}},
+     "suite.settings: {'name': 'mad_fuzzy_recall'} is not a setting label"),
     ({"space": {"task.vocab_size": [16, 32]}}, "space.task.vocab_size: the suite 'mad' sets the task"),
     ({"tune": {"task.train_examples": [100, 200]}}, "tune.task.train_examples: the suite 'mad' sets the task"),
     ({"base": {"preset": "gdn2", "task": {"name": "mqar"}}}, "base.task.name='mqar': the suite 'mad' names the tasks"),

@@ -41,6 +41,22 @@ def test_bundled_quickstart_is_valid():
     assert len(spec.objectives) >= 2 and spec.pruner.name == "pareto"
 
 
+def test_every_bundled_sweep_loads():
+    names = bundled_sweeps()
+    assert {"quickstart", "mad_suite_gpu", "mad_hard_gpu"} <= set(names)
+    for name in names:
+        assert load_sweep(name).name == name
+
+
+def test_the_hard_mad_sweep_takes_one_non_baseline_setting_of_each_mad_task():
+    from carvelab.trials.tasks.mad import MAD_SETTINGS
+
+    spec = load_sweep("mad_hard_gpu")
+    assert [s["name"] for s in spec.suite_settings.values()] == list(MAD_SETTINGS)
+    assert all(":" in label for label in spec.suite_settings)          # none of them a baseline
+    assert spec.base["model"] == load_sweep("mad_suite_gpu").base["model"]
+
+
 def test_bundled_gpu_quickstart_shares_one_gpu_four_ways():
     spec = load_sweep("quickstart_gpu")
     assert {p.name for p in spec.params} == {p.name for p in load_sweep("quickstart").params}

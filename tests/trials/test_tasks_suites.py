@@ -18,6 +18,9 @@ def test_the_mad_suite_is_mads_grid_of_66_settings_with_six_baselines():
     assert mad.selected("all")["mad_noisy_recall:frac_noise=0.8"] == {"name": "mad_noisy_recall", "frac_noise": 0.8}
     with pytest.raises(ValueError, match="settings='some' is not allowed"):
         mad.selected("some")
+    picked = mad.selected(("mad_memorization:vocab_size=512", "mad_in_context_recall"))
+    assert picked == {"mad_memorization:vocab_size=512": {"name": "mad_memorization", "vocab_size": 512},
+                      "mad_in_context_recall": {"name": "mad_in_context_recall"}}
 
 
 def test_every_bundled_suite_lists_each_tasks_baseline_first():

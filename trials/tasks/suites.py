@@ -2,6 +2,7 @@
 
     suite: mad                                # every setting of MAD's grid (66)
     suite: {name: mad, settings: baseline}    # each task's baseline only (6)
+    suite: {name: mad, settings: [mad_fuzzy_recall, "mad_noisy_recall:frac_noise=0.8"]}   # these labels
 
 A *setting* is a ``task:`` mapping: the task's ``name`` and the keys where the setting
 departs from that task's defaults. Its *label* names it in the sweep's points, in MLflow
@@ -46,10 +47,14 @@ class Suite:
         """The suite's task names, in order of first appearance."""
         return list(dict.fromkeys(s["name"] for s in self.settings))
 
-    def selected(self, which: str = "all") -> dict[str, dict]:
-        """``{label: task mapping}`` of every setting (``all``) or each task's first (``baseline``)."""
+    def selected(self, which: Any = "all") -> dict[str, dict]:
+        """``{label: task mapping}`` of every setting (``all``), each task's first (``baseline``)
+        or the settings of a list of labels (in the list's order)."""
+        if isinstance(which, (list, tuple)):
+            return self._labelled(which)
         if which not in WHICH:
-            raise ValueError(f"settings={which!r} is not allowed; choose one of {list(WHICH)}")
+            raise ValueError(f"settings={which!r} is not allowed; choose one of {list(WHICH)} or a list of "
+                             f"the suite's setting labels")
         out: dict[str, dict] = {}
         seen: set[str] = set()
         for setting in self.settings:
@@ -57,6 +62,20 @@ class Suite:
                 continue
             seen.add(setting["name"])
             out[setting_label(setting)] = dict(setting)
+        return out
+
+    def _labelled(self, labels) -> dict[str, dict]:
+        every = self.selected("all")
+        if not labels:
+            raise ValueError("settings=[]: name at least one setting")
+        out: dict[str, dict] = {}
+        for label in labels:
+            if label not in every:
+                raise ValueError(f"settings: {label!r} is not a setting of the suite {self.name!r}; its labels are "
+                                 f"listed by `carvelab suites {self.name}`")
+            if label in out:
+                raise ValueError(f"settings: {label!r} is listed twice")
+            out[label] = every[label]
         return out
 
 
