@@ -12,7 +12,10 @@ metric give a mean effect and a 95% Student-t interval (``ablation.paired_stats`
                       supported if the interval lies inside [R - T, R + T], contradicted
                       if it lies wholly outside, inconclusive if it straddles an edge
 
-Fewer than two pairs give no interval: inconclusive, saying so. Each verdict is at 95% on
+Fewer than two pairs give no interval: inconclusive, saying so. Each row also keeps the
+paired values seed by seed, and an inconclusive verdict says when an arm's seeds spread over
+more than the effect: whether that is seed noise around a null or seeds that fail to learn
+(some near chance, others near 1) shows in the per-seed values. Each verdict is at 95% on
 its own; with several claims the table says how many verdicts chance alone could flip.
 The table goes to the terminal, to ``claims/claims.md`` and ``claims/claims.json`` on the
 sweep's parent run, and its verdicts to the parent run's tags ``claim.<i>.verdict`` and
@@ -83,19 +86,22 @@ def claim_rows(spec: SweepSpec, df: pl.DataFrame) -> list[dict]:
     for i, claim in enumerate(spec.claims):
         change, against = change_label(claim.change), change_label(claim.against)
         column = _column(done, claim.metric) if len(done) else None
-        diffs, relatives, base, mine = [], [], [], []
+        diffs, relatives, base, mine, seeds = [], [], [], [], []
         if column is not None:
             by_seed = {r["seed"]: r[column] for r in done.filter(pl.col("label") == against).iter_rows(named=True)}
-            for r in done.filter(pl.col("label") == change).iter_rows(named=True):
+            for r in sorted(done.filter(pl.col("label") == change).iter_rows(named=True), key=lambda r: r["seed"]):
                 a, b = by_seed.get(r["seed"]), r[column]
                 if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
                     continue
+                seeds.append(r["seed"])
                 diffs.append(b - a)
                 base.append(a)
                 mine.append(b)
                 if a != 0:
                     relatives.append((b - a) / abs(a))
         result, stats, why = verdict(claim, diffs, relatives)
+        if result == "inconclusive" and len(seeds) >= 2 and claim.expect != "relative":
+            why += seed_spread_note(mine, base, stats["mean"])
         if claim.metric == "peak_mem_mb" and column is not None and not _per_trial_memory(done, change, against):
             result, why = "inconclusive", ("peak_mem_mb was not measured per trial (on a CPU it is the worker "
                                            "process's resident-set high-water mark, which earlier trials of "
@@ -103,12 +109,22 @@ def claim_rows(spec: SweepSpec, df: pl.DataFrame) -> list[dict]:
         rows.append({"index": i, "name": claim.name, "source": claim.source, "change": change,
                      "against": against, "metric": claim.metric, "expect": _expected(claim),
                      "scale": "relative" if claim.expect == "relative" else "absolute",
+                     "seeds": seeds, "change_by_seed": mine, "against_by_seed": base,
                      "change_mean": sum(mine) / len(mine) if mine else math.nan,
                      "against_mean": sum(base) / len(base) if base else math.nan,
                      **{k: stats[k] for k in ("n", "mean", "std", "ci_low", "ci_high")},
                      "verdict": result, "why": why if column is not None else
                      f"no run logged {claim.metric!r}"})
     return rows
+
+
+def seed_spread_note(change: list[float], against: list[float], effect: float) -> str:
+    """``""``, or why an inconclusive claim is undecided when its arms' seeds spread over a
+    range wider than the effect: the seeds disagree with each other more than the arms do."""
+    spread = max(max(change) - min(change), max(against) - min(against))
+    if not spread > abs(effect):
+        return ""
+    return f"; the seeds of an arm spread over {spread:.3g}, more than the effect ({abs(effect):.3g})"
 
 
 def _per_trial_memory(done: pl.DataFrame, *labels: str) -> bool:
@@ -142,8 +158,14 @@ def claims_markdown(rows: list[dict]) -> str:
     lines.append("")
     for r in rows:
         source = f" Source: {r['source']}." if r["source"] else ""
+        per_seed = ""
+        if r.get("seeds"):
+            per_seed = (f" Per seed ({', '.join(str(x) for x in r['seeds'])}): change "
+                        f"{', '.join(_num(x, False) for x in r['change_by_seed'])}; against "
+                        f"{', '.join(_num(x, False) for x in r['against_by_seed'])}.")
         lines.append(f"- {r['index']}: {r['verdict']}: {r['why']}; {r['metric']} means: change "
-                     f"{_num(r.get('change_mean'), False)}, against {_num(r['against_mean'], False)}.{source}")
+                     f"{_num(r.get('change_mean'), False)}, against {_num(r['against_mean'], False)}."
+                     f"{per_seed}{source}")
     k = len(rows)
     lines.append("")
     lines.append(f"Verdicts: {summary_line(rows)}. Each is at 95% on its own"

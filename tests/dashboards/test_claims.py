@@ -165,3 +165,37 @@ def test_memory_claims_need_per_trial_peaks():
     assert claim_rows(spec, frame(1.0))[0]["verdict"] == "supported"
     cpu = claim_rows(spec, frame(0.0))[0]
     assert cpu["verdict"] == "inconclusive" and "not measured per trial" in cpu["why"]
+
+
+def _accuracy_frame(change_by_seed, against_by_seed):
+    import json
+
+    import polars as pl
+
+    rows = []
+    for label, point, values in (("baseline", {}, against_by_seed),
+                                 ("eigen_range=[-1,1]", {"eigen_range": "[-1,1]"}, change_by_seed)):
+        for seed, value in reversed(list(enumerate(values))):          # rows out of seed order
+            rows.append({"number": len(rows), "state": "COMPLETE", "seed": seed, "label": label,
+                         "point": json.dumps(point), "tune": "{}", "val_accuracy": value,
+                         "m.test_accuracy": value})
+    return pl.DataFrame(rows)
+
+
+def test_rows_keep_the_paired_values_seed_by_seed_and_say_when_seeds_spread_more_than_the_effect():
+    from carvelab.dashboards.claims import claim_rows
+
+    spec = load_sweep(_study(seeds=[0, 1, 2]))
+    split = claim_rows(spec, _accuracy_frame([0.99, 0.99, 0.13], [0.85, 0.94, 0.89]))[0]
+    assert split["verdict"] == "inconclusive"
+    assert split["seeds"] == [0, 1, 2] and split["change_by_seed"] == [0.99, 0.99, 0.13]
+    assert split["against_by_seed"] == [0.85, 0.94, 0.89]
+    assert "the seeds of an arm spread over 0.86, more than the effect (0.19)" in split["why"]
+    text = claims_markdown([split])
+    assert "Per seed (0, 1, 2): change 0.99, 0.99, 0.13; against 0.85, 0.94, 0.89." in text
+    tight = claim_rows(spec, _accuracy_frame([0.505, 0.5, 0.503], [0.50, 0.51, 0.49]))[0]
+    assert tight["verdict"] == "inconclusive" and "spread over 0.02, more than the effect (0.00267)" in tight["why"]
+    flat = claim_rows(spec, _accuracy_frame([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]))[0]            # both at a ceiling
+    assert flat["verdict"] == "inconclusive" and "spread" not in flat["why"]
+    clear = claim_rows(spec, _accuracy_frame([0.95, 0.97, 0.96], [0.50, 0.52, 0.49]))[0]
+    assert clear["verdict"] == "supported" and "spread" not in clear["why"]
