@@ -100,7 +100,7 @@ def run_planned(spec, out: Path, workers: int) -> None:
                 f.write(json.dumps(row) + "\n")
             m = result.get("metrics", {})
             name = label or ",".join(f"{k}={v}" for k, v in point.items())
-            print(f"{name[:60]:60s} seed {seed} {tune} -> {result['status']} val {m.get('val_accuracy', math.nan):.3f} "
+            print(f"{name:60s} seed {seed} {tune} -> {result['status']} val {m.get('val_accuracy', math.nan):.3f} "
                   f"test {m.get('test_accuracy', math.nan):.3f} ({result.get('seconds', 0):.0f} s)", flush=True)
 
 
