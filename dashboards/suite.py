@@ -13,7 +13,10 @@ has runs yet; with task axes, the settings that appear among the runs. For each 
     per task      the mean over the task's settings
     overall       the mean over the tasks
 
-as MAD (Poli et al. 2024) aggregates. Uncertainty comes from the seeds: each seed's task and
+as MAD (Poli et al. 2024) aggregates. Below the table, for each task and the overall score,
+the pairs of architectures whose 95% intervals do not overlap (a conservative reading: it
+ignores the pairing by seed), and the tasks where no pair separates, which therefore cannot
+rank the architectures at this size (a saturated task shows up here). Uncertainty comes from the seeds: each seed's task and
 overall scores are computed from that seed's runs, and the table shows their mean with a
 95% Student-t interval over seeds. An architecture enters a task's score only for seeds
 where every setting of that task completed, and the overall score only for seeds where
@@ -101,7 +104,31 @@ def suite_markdown(metric: str, rows: list[dict]) -> str:
     for arch in order:
         cells = [_cell(by_arch[arch].get(t)) for t in tasks + [OVERALL]]
         lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    apart = separated_pairs(rows)
+    lines.append("")
+    for task in tasks + [OVERALL]:
+        if apart.get(task):
+            pairs = "; ".join(f"{hi} above {lo}" for hi, lo in apart[task])
+            lines.append(f"- {task}: disjoint 95% intervals: {pairs}.")
+    tied = [t for t in tasks + [OVERALL] if not apart.get(t)]
+    if tied:
+        lines.append(f"- No two architectures have disjoint 95% intervals on: {', '.join(tied)}.")
     return "\n".join(lines) + "\n"
+
+
+def separated_pairs(rows: list[dict]) -> dict[str, list[tuple[str, str]]]:
+    """{task: [(architecture above, architecture below)]} for the pairs whose intervals over
+    seeds (two or more seeds each) do not overlap, the higher first, by descending mean."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    by_task: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["n"] >= 2 and math.isfinite(r["lo"]) and math.isfinite(r["hi"]):
+            by_task.setdefault(r["task"], []).append(r)
+    for task, rs in by_task.items():
+        rs = sorted(rs, key=lambda r: -r["mean"])
+        out[task] = [(a["architecture"], b["architecture"]) for i, a in enumerate(rs) for b in rs[i + 1:]
+                     if a["lo"] > b["hi"]]
+    return out
 
 
 def _finite(x) -> float:

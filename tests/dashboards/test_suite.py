@@ -42,6 +42,27 @@ def test_task_scores_average_settings_and_the_overall_averages_tasks():
     text = suite_markdown("test_accuracy", list(rows.values()))
     assert text.index('"key"') < text.index('"value"')             # ranked by the overall score
     assert "mqar" in text and "parity" in text and "(n 3)" in text
+    key, value = (next(r["architecture"] for r in rows.values() if json.loads(r["architecture"])["erase_axis"] == a)
+                  for a in ("key", "value"))
+    assert f"- parity: disjoint 95% intervals: {key} above {value}." in text
+    assert "No two architectures" not in text
+
+
+def test_tasks_where_every_interval_overlaps_are_named():
+    from carvelab.dashboards.suite import separated_pairs
+
+    values = {}
+    for seed, jitter in zip((0, 1, 2), (-0.05, 0.0, 0.05)):
+        values[("mqar", (), "key", seed)] = 0.95 + jitter           # overlapping: [0.83, 1.07] both
+        values[("mqar", (), "value", seed)] = 0.94 + jitter
+        values[("parity", (), "key", seed)] = 0.9 + jitter / 10     # apart: key far above value
+        values[("parity", (), "value", seed)] = 0.5 + jitter / 10
+    rows = suite_rows(SPEC, frame(values), "test_accuracy")
+    apart = separated_pairs(rows)
+    assert apart["mqar"] == [] and len(apart["parity"]) == 1
+    assert json.loads(apart["parity"][0][0])["erase_axis"] == "key"
+    text = suite_markdown("test_accuracy", rows)
+    assert "- No two architectures have disjoint 95% intervals on: mqar." in text
 
 
 def test_a_seed_missing_a_setting_is_left_out_of_that_task_and_of_the_overall():
