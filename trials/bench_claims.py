@@ -12,7 +12,9 @@ seeds and tune values decide which runs are complete).
 ``run`` trains every planned run of the study (``points.planned`` + ``points.point_config``:
 the configs ``carvelab claims run`` trains), ``--workers`` at a time in processes sharing
 the machine (``bench_tuning.run_planned``); each finished run is appended to the JSON-lines
-file at once, and a rerun skips what is there. It serves machines without Ray or MLflow.
+file at once with its trial config, and a rerun skips what is there; a file whose runs were
+trained with other configs (another ``--size``, other overrides) is refused with exit code 2,
+naming the key. It serves machines without Ray or MLflow.
 ``verdict`` reads the file as the sweep's trial table and applies the same selection and
 verdicts as ``carvelab claims verdict`` (``dashboards/claims.py``); ``suite`` the same
 scoring as ``carvelab suite`` (``dashboards/suite.py``: best tuned run per setting, mean per
@@ -140,7 +142,11 @@ def main(argv=None) -> int:
     args.overrides = list(args.overrides) + extra
     if args.mode == "run":
         os.environ.setdefault("CARVELAB_AUTOTUNE", "0")
-        run_planned(load_sweep(args.name, args.overrides, size=args.size), args.out, args.workers)
+        try:
+            run_planned(load_sweep(args.name, args.overrides, size=args.size), args.out, args.workers)
+        except ValueError as exc:  # a results file of other configs: refused, nothing trained
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.mode == "suite":
         from carvelab.dashboards.suite import suite_markdown

@@ -47,15 +47,48 @@ def _key(label: str, point: dict, seed: int, tune: dict) -> str:
 
 
 def pending_runs(spec, out: Path) -> dict:
-    """{key: (point, seed, label, tune)} of the sweep's planned runs not yet in ``out``."""
+    """{key: (point, seed, label, tune)} of the sweep's planned runs not yet in ``out``.
+
+    A run already in ``out`` counts as done only if it was trained with the config the sweep
+    gives it now: each row keeps its trial config (``config``), and a value that differs (say
+    the file was written at another ``--size`` or with other overrides) is refused, naming the
+    key and both values, rather than mixed into the results. Keys only one side has (a field
+    added to the configs since) are not compared, nor are rows written before rows kept it."""
     from carvelab.search_space.points import planned
 
+    runs = {_key(label, point, seed, tune): (point, seed, label, tune) for point, seed, label, tune in planned(spec)}
     done = set()
     if out.exists():
-        done = {_key(r["label"], r["point"], r["seed"], r["tune"])
-                for r in map(json.loads, out.read_text().splitlines()) if r}
-    runs = {_key(label, point, seed, tune): (point, seed, label, tune) for point, seed, label, tune in planned(spec)}
+        for line_no, line in enumerate(out.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = _key(r["label"], r["point"], r["seed"], r["tune"])
+            if key in runs and "config" in r:
+                point, seed, _, tune = runs[key]
+                now = json.loads(json.dumps(dataclasses.asdict(point_config(spec, point, seed, tune))))  # as stored
+                differs = config_difference(r["config"], now)
+                if differs:
+                    path, then, wanted = differs
+                    raise ValueError(f"{out}, line {line_no}: this run ({r['label'] or r['point']}, seed {r['seed']}, "
+                                     f"{r['tune']}) was trained with {path}={then!r}; the sweep now gives it {wanted!r}. "
+                                     f"Write to another --out, or remove that file's rows to retrain them")
+            done.add(key)
     return {key: run for key, run in runs.items() if key not in done}
+
+
+def config_difference(then: dict, now: dict, prefix: str = ""):
+    """The first (dotted key, value then, value now) where two trial configs differ, over the
+    keys both have; None where they agree."""
+    for key in sorted(then.keys() & now.keys()):
+        a, b = then[key], now[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = config_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return None
 
 
 def train_config(config_dict: dict, threads: int = 2) -> dict:
@@ -90,12 +123,12 @@ def run_planned(spec, out: Path, workers: int) -> None:
         threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscription of the cores
         futures = {pool.submit(train_config, job[4], threads): job for job in jobs.values()}
         for future in as_completed(futures):
-            point, seed, label, tune, _ = futures[future]
+            point, seed, label, tune, config = futures[future]
             try:
                 result = future.result()
             except Exception as exc:  # recorded, as a sweep records a failed trial
                 result = {"status": "failed", "reason": type(exc).__name__, "metrics": {}, "error": str(exc)[:500]}
-            row = {"label": label, "point": point, "seed": seed, "tune": tune, **result}
+            row = {"label": label, "point": point, "seed": seed, "tune": tune, **result, "config": config}
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             m = result.get("metrics", {})
@@ -232,7 +265,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "run":
         os.environ.setdefault("CARVELAB_AUTOTUNE", "0")
-        run(args.sweep, args.out, args.workers, args.steps)
+        try:
+            run(args.sweep, args.out, args.workers, args.steps)
+        except ValueError as exc:  # a results file of other configs: refused, nothing trained
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     report = analyse(args.path, args.sweep)
     print(markdown(report))

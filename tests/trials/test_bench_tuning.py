@@ -127,3 +127,62 @@ def test_planning_and_training_runs_outside_a_sweep_needs_no_optuna():
             "n = len(bench_tuning.pending_runs(load_sweep('claim_carve'), Path('absent.jsonl'))); "
             "assert n > 0 and 'optuna' not in sys.modules, sorted(m for m in sys.modules if 'optuna' in m)[:3]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_resumed_file_must_hold_the_runs_as_the_sweep_configures_them_now(tmp_path):
+    """Rows keep their trial config; resuming from a file written at another size or with other
+    overrides is refused, naming the key, instead of mixing its runs into the results."""
+    import dataclasses
+
+    from carvelab.search_space.points import point_config
+    from carvelab.search_space.sweep_loading import load_sweep
+
+    data = {"name": "g", "mode": "grid", "seeds": [0, 1],
+            "base": {"preset": "gdn2", "model": {"d_model": 16, "n_heads": 2}, "task": {"name": "mqar"},
+                     "train": {"steps": 50}},
+            "space": {"erase_axis": ["key", "value"]}}
+    spec = load_sweep(data)
+    out = tmp_path / "runs.jsonl"
+    rows = []
+    for point, seed, label, tune in list(bench_tuning.pending_runs(spec, out).values())[:2]:
+        config = json.loads(json.dumps(dataclasses.asdict(point_config(spec, point, seed, tune))))
+        config["model"]["a_field_of_an_older_version"] = 1                   # keys one side lacks are not compared
+        rows.append({"label": label, "point": point, "seed": seed, "tune": tune, "status": "completed",
+                     "metrics": {}, "config": config})
+    rows.append({**rows[0], "seed": 1, "point": {"erase_axis": "value"}, "config": None})
+    del rows[-1]["config"]                                                   # a row from before configs were kept
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(bench_tuning.pending_runs(spec, out)) == 4 - 3
+    longer = load_sweep({**data, "base": {**data["base"], "train": {"steps": 500}}})
+    with pytest.raises(ValueError, match=r"runs.jsonl, line 1: this run .* was trained with train.steps=50; the sweep "
+                                         r"now gives it 500\. Write to another --out"):
+        bench_tuning.pending_runs(longer, out)
+    assert bench_tuning.config_difference({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 0}) == ("a.c", 2, 3)
+    assert bench_tuning.config_difference({"a": 1}, {"a": 1, "b": 2}) is None
+
+
+def test_bench_claims_refuses_a_results_file_of_other_configs_with_exit_code_2(tmp_path, capsys):
+    import dataclasses
+
+    import yaml
+
+    from carvelab.search_space.points import point_config
+    from carvelab.search_space.sweep_loading import load_sweep
+    from carvelab.trials import bench_claims
+
+    data = {"name": "g", "mode": "grid", "seeds": [0],
+            "base": {"preset": "gdn2", "model": {"d_model": 16, "n_heads": 2}, "task": {"name": "mqar"},
+                     "train": {"steps": 50, "device": "cpu"}},
+            "space": {"erase_axis": ["key"]}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = load_sweep(str(path))
+    point, seed, label, tune = next(iter(bench_tuning.pending_runs(spec, tmp_path / "none.jsonl").values()))
+    config = json.loads(json.dumps(dataclasses.asdict(point_config(spec, point, seed, tune))))
+    config["train"]["steps"] = 7
+    out = tmp_path / "runs.jsonl"
+    out.write_text(json.dumps({"label": label, "point": point, "seed": seed, "tune": tune, "status": "completed",
+                               "metrics": {}, "config": config}) + "\n")
+    assert bench_claims.main(["run", str(path), "--out", str(out)]) == 2
+    assert "was trained with train.steps=7; the sweep now gives it 50" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 1                            # nothing trained, nothing appended
