@@ -110,7 +110,7 @@ def suite_markdown(metric: str, rows: list[dict]) -> str:
         if apart.get(task):
             pairs = "; ".join(f"{hi} above {lo}" for hi, lo in apart[task])
             lines.append(f"- {task}: disjoint 95% intervals: {pairs}.")
-    tied = [t for t in tasks + [OVERALL] if not apart.get(t)]
+    tied = [t for t in tasks + [OVERALL] if t in apart and not apart[t]]
     if tied:
         lines.append(f"- No two architectures have disjoint 95% intervals on: {', '.join(tied)}.")
     return "\n".join(lines) + "\n"
@@ -118,13 +118,16 @@ def suite_markdown(metric: str, rows: list[dict]) -> str:
 
 def separated_pairs(rows: list[dict]) -> dict[str, list[tuple[str, str]]]:
     """{task: [(architecture above, architecture below)]} for the pairs whose intervals over
-    seeds (two or more seeds each) do not overlap, the higher first, by descending mean."""
+    seeds (two or more seeds each) do not overlap, the higher first, by descending mean; only
+    tasks with two or more such architectures appear."""
     out: dict[str, list[tuple[str, str]]] = {}
     by_task: dict[str, list[dict]] = {}
     for r in rows:
         if r["n"] >= 2 and math.isfinite(r["lo"]) and math.isfinite(r["hi"]):
             by_task.setdefault(r["task"], []).append(r)
     for task, rs in by_task.items():
+        if len(rs) < 2:
+            continue
         rs = sorted(rs, key=lambda r: -r["mean"])
         out[task] = [(a["architecture"], b["architecture"]) for i, a in enumerate(rs) for b in rs[i + 1:]
                      if a["lo"] > b["hi"]]

@@ -63,6 +63,8 @@ def test_tasks_where_every_interval_overlaps_are_named():
     assert json.loads(apart["parity"][0][0])["erase_axis"] == "key"
     text = suite_markdown("test_accuracy", rows)
     assert "- No two architectures have disjoint 95% intervals on: mqar." in text
+    alone = [r for r in rows if json.loads(r["architecture"])["erase_axis"] == "key"]
+    assert separated_pairs(alone) == {} and "disjoint" not in suite_markdown("test_accuracy", alone)
 
 
 def test_a_seed_missing_a_setting_is_left_out_of_that_task_and_of_the_overall():
