@@ -33,7 +33,7 @@ from pathlib import Path
 
 from carvelab.search_space.points import planned
 from carvelab.search_space.sweep_loading import load_sweep
-from carvelab.trials.bench_tuning import run_planned, runs_frame
+from carvelab.trials.bench_tuning import OtherConfigs, run_planned, runs_frame
 
 
 def _sweep_and_runs(path: Path, name: str, size: str | None, overrides):
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("CARVELAB_AUTOTUNE", "0")
         try:
             run_planned(load_sweep(args.name, args.overrides, size=args.size), args.out, args.workers)
-        except ValueError as exc:  # a results file of other configs: refused, nothing trained
+        except OtherConfigs as exc:  # a results file of other configs: refused, nothing trained
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0

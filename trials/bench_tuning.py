@@ -46,6 +46,15 @@ def _key(label: str, point: dict, seed: int, tune: dict) -> str:
     return json.dumps({"label": label, "point": point, "seed": seed, "tune": tune}, sort_keys=True)
 
 
+class OtherConfigs(ValueError):
+    """A results file holds a run trained with another config than the sweep gives it now."""
+
+
+def run_config(spec, point: dict, seed: int, tune: dict) -> dict:
+    """The trial config of one planned run as a plain mapping, as a results row stores it."""
+    return json.loads(json.dumps(dataclasses.asdict(point_config(spec, point, seed, tune))))
+
+
 def pending_runs(spec, out: Path) -> dict:
     """{key: (point, seed, label, tune)} of the sweep's planned runs not yet in ``out``.
 
@@ -66,11 +75,10 @@ def pending_runs(spec, out: Path) -> dict:
             key = _key(r["label"], r["point"], r["seed"], r["tune"])
             if key in runs and "config" in r:
                 point, seed, _, tune = runs[key]
-                now = json.loads(json.dumps(dataclasses.asdict(point_config(spec, point, seed, tune))))  # as stored
-                differs = config_difference(r["config"], now)
+                differs = config_difference(r["config"], run_config(spec, point, seed, tune))
                 if differs:
                     path, then, wanted = differs
-                    raise ValueError(f"{out}, line {line_no}: this run ({r['label'] or r['point']}, seed {r['seed']}, "
+                    raise OtherConfigs(f"{out}, line {line_no}: this run ({r['label'] or r['point']}, seed {r['seed']}, "
                                      f"{r['tune']}) was trained with {path}={then!r}; the sweep now gives it {wanted!r}. "
                                      f"Write to another --out, or remove that file's rows to retrain them")
             done.add(key)
@@ -114,7 +122,7 @@ def run(sweep: str, out: Path, workers: int, steps: int | None, size: str | None
 
 def run_planned(spec, out: Path, workers: int) -> None:
     """Train every planned run of the sweep ``spec`` not yet in ``out``, appending each to it."""
-    jobs = {key: (point, seed, label, tune, dataclasses.asdict(point_config(spec, point, seed, tune)))
+    jobs = {key: (point, seed, label, tune, run_config(spec, point, seed, tune))
             for key, (point, seed, label, tune) in pending_runs(spec, out).items()}
     print(f"{len(jobs)} runs to train (the rest already in {out}), {workers} at a time", flush=True)
     import multiprocessing as mp
@@ -267,7 +275,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("CARVELAB_AUTOTUNE", "0")
         try:
             run(args.sweep, args.out, args.workers, args.steps)
-        except ValueError as exc:  # a results file of other configs: refused, nothing trained
+        except OtherConfigs as exc:  # refused, nothing trained
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0

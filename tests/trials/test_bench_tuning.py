@@ -132,9 +132,6 @@ def test_planning_and_training_runs_outside_a_sweep_needs_no_optuna():
 def test_a_resumed_file_must_hold_the_runs_as_the_sweep_configures_them_now(tmp_path):
     """Rows keep their trial config; resuming from a file written at another size or with other
     overrides is refused, naming the key, instead of mixing its runs into the results."""
-    import dataclasses
-
-    from carvelab.search_space.points import point_config
     from carvelab.search_space.sweep_loading import load_sweep
 
     data = {"name": "g", "mode": "grid", "seeds": [0, 1],
@@ -145,7 +142,7 @@ def test_a_resumed_file_must_hold_the_runs_as_the_sweep_configures_them_now(tmp_
     out = tmp_path / "runs.jsonl"
     rows = []
     for point, seed, label, tune in list(bench_tuning.pending_runs(spec, out).values())[:2]:
-        config = json.loads(json.dumps(dataclasses.asdict(point_config(spec, point, seed, tune))))
+        config = bench_tuning.run_config(spec, point, seed, tune)
         config["model"]["a_field_of_an_older_version"] = 1                   # keys one side lacks are not compared
         rows.append({"label": label, "point": point, "seed": seed, "tune": tune, "status": "completed",
                      "metrics": {}, "config": config})
@@ -162,11 +159,8 @@ def test_a_resumed_file_must_hold_the_runs_as_the_sweep_configures_them_now(tmp_
 
 
 def test_bench_claims_refuses_a_results_file_of_other_configs_with_exit_code_2(tmp_path, capsys):
-    import dataclasses
-
     import yaml
 
-    from carvelab.search_space.points import point_config
     from carvelab.search_space.sweep_loading import load_sweep
     from carvelab.trials import bench_claims
 
@@ -178,7 +172,7 @@ def test_bench_claims_refuses_a_results_file_of_other_configs_with_exit_code_2(t
     path.write_text(yaml.safe_dump(data))
     spec = load_sweep(str(path))
     point, seed, label, tune = next(iter(bench_tuning.pending_runs(spec, tmp_path / "none.jsonl").values()))
-    config = json.loads(json.dumps(dataclasses.asdict(point_config(spec, point, seed, tune))))
+    config = bench_tuning.run_config(spec, point, seed, tune)
     config["train"]["steps"] = 7
     out = tmp_path / "runs.jsonl"
     out.write_text(json.dumps({"label": label, "point": point, "seed": seed, "tune": tune, "status": "completed",
