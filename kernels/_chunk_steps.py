@@ -6,7 +6,10 @@ kernels of ``triton_content`` call them chunk after chunk in one program. Sharin
 keeps a chunk's arithmetic the same, bit for bit, on both paths.
 
 Layout helpers: ``_tile`` / ``_put`` / ``_row`` load and store [R, D] tiles of a
-[B, TP, H, D] tensor. Stages, forward: ``_intra_block`` (M and Q of two sub-chunks),
+[B, TP, H, D] tensor; ``_gate_tile`` forms the read direction a = b ⊙ k on load (b of width
+KB = dk, or KB = 1: one erase gate per head and token, broadcast over the keys), so ``a``
+is never written to memory and its gradient leaves as dk = da ⊙ b and db = da ⊙ k (summed
+over the keys when KB = 1). Stages, forward: ``_intra_block`` (M and Q of two sub-chunks),
 ``_solve_chunk`` (the WY inverse A, W = A Ã, A X), ``_state_step`` (Δ, S_C), ``_output_tile``
 (o); backward: ``_state_bwd_step`` (dΔ, dS_0), ``_pairs_bwd_chunk`` (dR, dQ, dM),
 ``_state_terms_chunk`` (the S_0 / dS_C terms of dq, da, du), ``_intra_bwd_sub`` (dq, da, du
@@ -49,9 +52,20 @@ def _row(base, i_b, t, i_h, TP, H, D: tl.constexpr, c0, BD: tl.constexpr):
 
 
 @triton.jit
+def _gate_tile(b, k, i_b, t0, i_h, TP, H, K: tl.constexpr, KB: tl.constexpr, c0, R: tl.constexpr,
+               BD: tl.constexpr):
+    """Rows t0..t0+R, columns c0..c0+BD of a = b ⊙ k (fp32); b is [B, TP, H, KB]."""
+    kt = _tile(k, i_b, t0, i_h, TP, H, K, c0, R, BD)
+    if KB == 1:
+        return kt * _tile(b, i_b, t0, i_h, TP, H, 1, 0, R, 1)
+    return kt * _tile(b, i_b, t0, i_h, TP, H, K, c0, R, BD)
+
+
+@triton.jit
 def _intra_block(
-    q, a, u, G, M, Qm, i_c, i_i, i_j, i_b, i_h, TP,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    q, b, k, u, G, M, Qm, i_c, i_i, i_j, i_b, i_h, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Block (i, j) of sub-chunks of M and Q of chunk i_c (zero above the diagonal)."""
     t_i, t_j = i_c * BT + i_i * BC, i_c * BT + i_j * BC
@@ -63,10 +77,10 @@ def _intra_block(
         up = tl.exp(_tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
         down = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
         down = tl.trans(down)
-        Mb = _mm(_tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, PREC)
+        Mb = _mm(_gate_tile(b, k, i_b, t_i, i_h, TP, H, K, KB, 0, BC, BK) * up, down, PREC)
         Qb = _mm(_tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, PREC)
     elif i_i == i_j:
-        a_i = _tile(a, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+        a_i = _gate_tile(b, k, i_b, t_i, i_h, TP, H, K, KB, 0, BC, BK)
         q_i = _tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
         G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
         ok = tl.arange(0, BK)
@@ -108,14 +122,14 @@ def _inverse_diag_blocks(M, A, i_b, t0, i_h, TP, H, BT: tl.constexpr, BC: tl.con
 
 @triton.jit
 def _solve_chunk(
-    a, x, G, M, A, W, XA, i_c, i_b, i_h, TP,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    b, k, x, G, M, A, W, XA, i_c, i_b, i_h, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
 ):
     """A = (I + M)^{-1} by blocks; W = A (e^G ⊙ a), XA = A X, for chunk i_c.
 
     Diagonal [BC, BC] blocks by forward substitution, then for block row i and column
-    j < i: A_ij = −A_ii Σ_{j<=k<i} M_ik A_kj (blocks of A round-trip through the output,
+    j < i: A_ij = −A_ii Σ_{j<=m<i} M_im A_mj (blocks of A round-trip through the output,
     which stays in cache)."""
     t0 = i_c * BT
     zero = tl.zeros([BC, BC], dtype=tl.float32)
@@ -128,13 +142,13 @@ def _solve_chunk(
         for j in tl.static_range(i):
             tl.debug_barrier()  # blocks A_kj written above are visible to every thread
             acc = tl.zeros([BC, BC], dtype=tl.float32)
-            for k in tl.static_range(j, i):
-                acc += _mm(_tile(M, i_b, t0 + i * BC, i_h, TP, H, BT, k * BC, BC, BC),
-                           _tile(A, i_b, t0 + k * BC, i_h, TP, H, BT, j * BC, BC, BC), PREC)
+            for m in tl.static_range(j, i):
+                acc += _mm(_tile(M, i_b, t0 + i * BC, i_h, TP, H, BT, m * BC, BC, BC),
+                           _tile(A, i_b, t0 + m * BC, i_h, TP, H, BT, j * BC, BC, BC), PREC)
             _put(A, -_mm(Aii, acc, PREC), i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
     tl.debug_barrier()
     Ai = _tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-    at = _tile(a, i_b, t0, i_h, TP, H, K, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
+    at = _gate_tile(b, k, i_b, t0, i_h, TP, H, K, KB, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
     _put(W, _mm(Ai, at, PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
     for i_v in range(NV):
         xt = _tile(x, i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
@@ -280,7 +294,7 @@ def _pairs_as_rows(
 
 @triton.jit
 def _pairs_as_cols(
-    dQm, dM, q, a, G, du, i_b, t_i, i_h, TP, H, K: tl.constexpr, BT: tl.constexpr,
+    dQm, dM, q, b, k, G, du, i_b, t_i, i_h, TP, H, K: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, i_i, NC: tl.constexpr, c_t0, PREC: tl.constexpr,
 ):
     """Σ_{t>=s} e^{G_t−G_s}(dQ[t,s] q_t + dM[t,s] a_t) for the columns s of sub-chunk i."""
@@ -293,12 +307,16 @@ def _pairs_as_cols(
         dQb = tl.trans(_tile(dQm, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
         dMb = tl.trans(_tile(dM, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
         acc += _mm(dQb, _tile(q, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, PREC)
-        acc += _mm(dMb, _tile(a, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, PREC)
+        acc += _mm(dMb, _gate_tile(b, k, i_b, t_j, i_h, TP, H, K, KB, 0, BC, BK) * f, PREC)
     du += tl.exp(ref[None, :] - G_i) * acc
     rr = tl.arange(0, BC)
     ok = tl.arange(0, BK)
     row = ((i_b * TP + t_i) * H + i_h) * K + ok
-    p_q, p_a, p_g = q + row, a + row, G + row
+    p_q, p_k, p_g = q + row, k + row, G + row
+    if KB == 1:  # one gate per token: every key channel reads the same address
+        p_b = b + ((i_b * TP + t_i) * H + i_h) + ok * 0
+    else:
+        p_b = b + row
     mrow = ((i_b * TP + t_i) * H + i_h) * BT + i_i * BC + rr
     p_rq, p_rm = dQm + mrow, dM + mrow
     for tt in range(BC):  # pairs (t, s) inside the sub-chunk, one row t at a time
@@ -306,35 +324,48 @@ def _pairs_as_cols(
         G_t = tl.load(p_g, mask=ok < K, other=0.0)
         f = tl.where(keep, tl.exp(tl.where(keep, G_t[None, :] - G_i, 0.0)), 0.0)
         qa = tl.load(p_rq)[:, None] * tl.load(p_q, mask=ok < K, other=0.0).to(tl.float32)[None, :]
-        qa += tl.load(p_rm)[:, None] * tl.load(p_a, mask=ok < K, other=0.0).to(tl.float32)[None, :]
+        a_t = tl.load(p_k, mask=ok < K, other=0.0).to(tl.float32) * tl.load(p_b, mask=ok < K, other=0.0).to(tl.float32)
+        qa += tl.load(p_rm)[:, None] * a_t[None, :]
         du += qa * f
-        p_q, p_a, p_g, p_rq, p_rm = p_q + H * K, p_a + H * K, p_g + H * K, p_rq + H * BT, p_rm + H * BT
+        p_q, p_k, p_b, p_g = p_q + H * K, p_k + H * K, p_b + H * KB, p_g + H * K
+        p_rq, p_rm = p_rq + H * BT, p_rm + H * BT
     return du
 
 
 @triton.jit
 def _intra_bwd_sub(
-    q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, i_c, i_i, i_b, i_h, TP,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
+    q, b, k, u, G, dQm, dM, dq0, da0, du0, dq, dk, db, du, i_c, i_i, i_b, i_h, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
     BK: tl.constexpr, PREC: tl.constexpr,
 ):
+    """dq, du and the gradient da of a = b ⊙ k, passed on as dk = da ⊙ b (the part of k's
+    gradient through a) and db = da ⊙ k (summed over the keys when KB = 1), for the rows of
+    sub-chunk i."""
     c_t0 = i_c * BT
     t_i = c_t0 + i_i * BC
     dqt = _tile(dq0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
     dat = _tile(da0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
     dqt, dat = _pairs_as_rows(dQm, dM, u, G, dqt, dat, i_b, t_i, i_h, TP, H, K, BT, BC, BK, i_i, c_t0, PREC)
     dut = _tile(du0, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    dut = _pairs_as_cols(dQm, dM, q, a, G, dut, i_b, t_i, i_h, TP, H, K, BT, BC, BK, i_i, NC, c_t0, PREC)
+    dut = _pairs_as_cols(dQm, dM, q, b, k, G, dut, i_b, t_i, i_h, TP, H, K, KB, BT, BC, BK, i_i, NC, c_t0, PREC)
     _put(dq, dqt, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-    _put(da, dat, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
     _put(du, dut, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    kt = _tile(k, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+    if KB == 1:
+        _put(dk, dat * _tile(b, i_b, t_i, i_h, TP, H, 1, 0, BC, 1), i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+        _put(db, tl.sum(dat * kt, 1)[:, None], i_b, t_i, i_h, TP, H, 1, 0, BC, 1)
+    else:
+        _put(dk, dat * _tile(b, i_b, t_i, i_h, TP, H, K, 0, BC, BK), i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+        _put(db, dat * kt, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
 
 
 @triton.jit
 def _decay_grad_chunk(
-    q, dq, a, da, u, du, h, dh, s_out, dg, i_k, i_c, i_b, i_h, TP, NT,
+    q, dq, k, dk, u, du, h, dh, s_out, dg, i_k, i_c, i_b, i_h, TP, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr,
 ):
+    """dg of chunk i_c, key slice i_k (derivation: ``triton_chunk``). The a ⊙ da term is
+    taken as k ⊙ dk, dk = da ⊙ b being what ``_intra_bwd_sub`` stores: the same product."""
     i_next = tl.minimum(i_c + 1, NT - 1)  # the last chunk ends in S_T, not in an h
     carry = tl.zeros([BKS], dtype=tl.float32)
     for c0 in range(0, V, BV):
@@ -345,6 +376,6 @@ def _decay_grad_chunk(
         carry += tl.sum(s_end * tl.load(p_d, mask=m, other=0.0), 1)
     t0 = i_c * BT
     acc = _tile(q, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(dq, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
-    acc += _tile(a, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(da, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
+    acc += _tile(k, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(dk, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
     acc -= _tile(u, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS) * _tile(du, i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)
     _put(dg, tl.cumsum(acc, 0, reverse=True) + carry[None, :], i_b, t0, i_h, TP, H, K, i_k * BKS, BT, BKS)

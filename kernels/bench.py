@@ -146,11 +146,11 @@ def bench_gpu(args: argparse.Namespace) -> int:
     """Our Triton kernels against flash-linear-attention on the GPU (kernels/bench_gpu.py)."""
     from carvelab.kernels.bench_gpu import main as gpu_main, warm_only
 
+    only = tuple(p for p in args.points.split(",") if p)
     if args.warm_only:
-        warm_only(args.shapes.split(","), args.warm_jobs or 1, fla=not args.no_fla)
+        warm_only(args.shapes.split(","), args.warm_jobs or 1, fla=not args.no_fla, only=only)
         return 0
-    result = gpu_main(args.shapes.split(","), args.out, fla=not args.no_fla, warm_jobs=args.warm_jobs,
-                      only=tuple(p for p in args.points.split(",") if p))
+    result = gpu_main(args.shapes.split(","), args.out, fla=not args.no_fla, warm_jobs=args.warm_jobs, only=only)
     return 0 if result["reference_check"]["passed"] else 1
 
 

@@ -498,18 +498,21 @@ def print_table(result: dict) -> None:
                   + (f"  ERROR {o['error']}" if "error" in o else "") + (f"  fla ERROR {f['error']}" if "error" in f else ""))
 
 
-def warm_only(shapes: list[str], jobs: int, fla: bool = True) -> dict:
-    global USE_FLA
-    USE_FLA = fla
+def _select(fla: bool, only: tuple) -> None:
+    global USE_FLA, SELECTED
+    unknown = sorted(set(only) - set(POINTS))
+    if unknown:
+        raise SystemExit(f"--points: {unknown} are not points; choose from {list(POINTS)}")
+    USE_FLA, SELECTED = fla, tuple(only)
+
+
+def warm_only(shapes: list[str], jobs: int, fla: bool = True, only: tuple = ()) -> dict:
+    _select(fla, only)
     return warm_cache(shapes, jobs)
 
 
 def main(shapes: list[str], out: str | None, fla: bool = True, warm_jobs: int = 0, only: tuple = ()) -> dict:
-    global USE_FLA, SELECTED
-    USE_FLA, SELECTED = fla, tuple(only)
-    unknown = sorted(set(SELECTED) - set(POINTS))
-    if unknown:
-        raise SystemExit(f"--points: {unknown} are not points; choose from {list(POINTS)}")
+    _select(fla, only)
     def save(result: dict) -> None:
         if out:
             with open(out, "w") as fh:

@@ -1,7 +1,7 @@
 """Chunked WY Triton kernels for the key-axis recurrence with asymmetric factors.
 
-Recurrence (per batch, head; a = b⊙k the read direction, u the write direction,
-x = w⊙v)::
+Recurrence (per batch, head; a = b⊙k the read direction, formed on load from b and k and
+never stored, u the write direction, x = w⊙v)::
 
     S_t = D_t S_{t−1} + u_t (x_t − (D_t S_{t−1})ᵀ a_t)ᵀ,   o_t = scale · S_tᵀ q_t
 
@@ -78,30 +78,31 @@ MAX_BLOCK_V = 64
 # ----------------------------------------------------------------------------- forward
 
 
-@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
+@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT", "KB"])
 @triton.jit
 def _intra_fwd_kernel(
-    q, a, u, G, M, Qm, TP,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
+    q, b, k, u, G, M, Qm, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
     BK: tl.constexpr, PREC: tl.constexpr,
 ):
     """Block (i, j) of sub-chunks of M and Q for one chunk."""
     i_c, i_ij, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    _intra_block(q, a, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_bh // H, i_bh % H, TP, H, K, BT, BC, BK, PREC)
+    _intra_block(q, b, k, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_bh // H, i_bh % H, TP, H, K, KB, BT, BC, BK,
+                 PREC)
 
 
 # 4 warps only: the count its batched diagonal inverse (3-D tiles) was checked with compiled
 # on an H100, and the one the autotuner chose for it at every benchmarked shape before.
-@autotune(configs=autotune_configs(warps=(4,)), key=["BK", "BT", "BV"])
+@autotune(configs=autotune_configs(warps=(4,)), key=["BK", "BT", "BV", "KB"])
 @triton.jit
 def _solve_fwd_kernel(
-    a, x, G, M, A, W, XA, TP,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    b, k, x, G, M, A, W, XA, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
 ):
     """``_solve_chunk`` of one (chunk, batch·head)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    _solve_chunk(a, x, G, M, A, W, XA, i_c, i_bh // H, i_bh % H, TP, H, K, V, BT, BC, BK, BV, NV, PREC)
+    _solve_chunk(b, k, x, G, M, A, W, XA, i_c, i_bh // H, i_bh % H, TP, H, K, KB, V, BT, BC, BK, BV, NV, PREC)
 
 
 # The sequential kernels run one program per (value tile, batch·head): the value tile is
@@ -205,34 +206,35 @@ def _state_terms_bwd_kernel(
                        H, K, V, BT, BKS, BV, NV, PREC)
 
 
-@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT"])
+@autotune(configs=autotune_configs(warps=(1, 2, 4)), key=["BK", "BT", "KB"])
 @triton.jit
 def _intra_bwd_kernel(
-    q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, TP,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
+    q, b, k, u, G, dQm, dM, dq0, da0, du0, dq, dk, db, du, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, NC: tl.constexpr,
     BK: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dq, da (rows t) and du (columns s) of sub-chunk i: the in-chunk pair sums."""
+    """dq, da (rows t; stored as dk = da ⊙ b and db) and du (columns s) of sub-chunk i:
+    the in-chunk pair sums."""
     i_ci, i_bh = tl.program_id(0), tl.program_id(1)
-    _intra_bwd_sub(q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, i_ci // NC, i_ci % NC, i_bh // H, i_bh % H,
-                   TP, H, K, BT, BC, NC, BK, PREC)
+    _intra_bwd_sub(q, b, k, u, G, dQm, dM, dq0, da0, du0, dq, dk, db, du, i_ci // NC, i_ci % NC, i_bh // H,
+                   i_bh % H, TP, H, K, KB, BT, BC, NC, BK, PREC)
 
 
 # ----------------------------------------------------------------------------- launchers
 @triton.jit
 def _decay_grad_kernel(
-    q, dq, a, da, u, du, h, dh, s_out, dg, TP, NT,
+    q, dq, k, dk, u, du, h, dh, s_out, dg, TP, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr,
 ):
     """dg of one (key slice, chunk, batch·head): the suffix sum inside the chunk of
-    q⊙dq + a⊙da − u⊙du, plus rowsum(S_end ⊙ dS_end) of the chunk's end state.
+    q⊙dq + a⊙da − u⊙du (a⊙da as k⊙dk), plus rowsum(S_end ⊙ dS_end) of the chunk's end state.
 
     The scaling identity holds for any span whose end state and its gradient are known, so
     each chunk closes its own sum with its end state (h of the next chunk, S_T for the last)
     and dS_end (dh): no sum runs across chunks, and the rounding of the products (bf16
     with precision="fast") accumulates over one chunk only, not over the whole sequence."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    _decay_grad_chunk(q, dq, a, da, u, du, h, dh, s_out, dg, i_k, i_c, i_bh // H, i_bh % H, TP, NT,
+    _decay_grad_chunk(q, dq, k, dk, u, du, h, dh, s_out, dg, i_k, i_c, i_bh // H, i_bh % H, TP, NT,
                       H, K, V, BT, BKS, BV)
 
 
@@ -277,26 +279,37 @@ def _dims(q, x, BT):
     return B, T, H, K, V, NT, NT * BT, key_block(K), BV, triton.cdiv(V, BV)
 
 
-def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int, precision: str = "exact"):
-    """q, a, u, g [B, T, H, dk]; x [B, T, H, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64};
-    precision one of options.PRECISIONS (``_triton_common.dot_precisions``).
+def gate_width(b: torch.Tensor, K: int) -> int:
+    """KB of an erase gate b [B, T, H, KB]: K (a gate per key channel) or 1 (one per token
+    and head, broadcast over the keys)."""
+    if b.shape[-1] not in (1, K):
+        raise ValueError(f"the erase gate b has {b.shape[-1]} channels; expected {K} (dk) or 1")
+    return b.shape[-1]
+
+
+def chunk_forward(q, k, b, u, x, g, s0, scale: float, BT: int, precision: str = "exact"):
+    """q, k, u, g [B, T, H, dk]; b [B, T, H, dk or 1] (the erase gate: a = b ⊙ k is formed in
+    the kernels); x [B, T, H, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}; precision one
+    of options.PRECISIONS (``_triton_common.dot_precisions``).
 
     Returns o [B, T, H, dv] fp32, S_T [B, H, dk, dv] fp32 and the tensors the backward
     needs: (G, A, Q, h, Δ, W), padded to a multiple of BT tokens."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, x, BT)
-    q, a, u, x = (_pad_time(t, TP) for t in (q, a, u, x))
+    KB = gate_width(b, K)
+    q, k, b, u, x = (_pad_time(t, TP) for t in (q, k, b, u, x))
     G = _chunk_cumsum(_pad_time(g, TP), BT)
-    (prec, solve_prec), NC = dot_precisions(precision, q, a, u, x), BT // BC
+    (prec, solve_prec), NC = dot_precisions(precision, q, k, u, x), BT // BC
     M, XA = _empty_f32(q.device, (B, TP, H, BT), (B, TP, H, V))  # freed on return
     Qm, A, h, dlt, W = _empty_f32(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V), (B, TP, H, V),
                                   (B, TP, H, K))  # saved
     s_out = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     o = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
-    _intra_fwd_kernel[(NT, NC * NC, B * H)](q, a, u, G, M, Qm, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec)
-    _solve_fwd_kernel[(NT, B * H)](a, x, G, M, A, W, XA, TP, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV,
-                                   PREC=solve_prec)
+    _intra_fwd_kernel[(NT, NC * NC, B * H)](q, b, k, u, G, M, Qm, TP, H=H, K=K, KB=KB, BT=BT, BC=BC, NC=NC, BK=BK,
+                                            PREC=prec)
+    _solve_fwd_kernel[(NT, B * H)](b, k, x, G, M, A, W, XA, TP, H=H, K=K, KB=KB, V=V, BT=BT, BC=BC, BK=BK, BV=BV,
+                                   NV=NV, PREC=solve_prec)
     _state_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec)
     _output_fwd_kernel[(NV, NT, B * H)](q, G, Qm, h, dlt, o, TP, NT, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
@@ -304,19 +317,23 @@ def chunk_forward(q, a, u, x, g, s0, scale: float, BT: int, precision: str = "ex
     return o[:, :T], s_out, (G, A, Qm, h, dlt, W)
 
 
-def chunk_backward(q, a, u, saved, s_out, do, ds_out, scale: float, BT: int, precision: str = "exact"):
-    """Gradients (dq, da, du, dx, dg, dS_0) of ``chunk_forward``; s_out its S_T; do and ds_out
-    fp32. dg [B, T, H, dk] by the scaling identity, closed chunk by chunk (``_decay_grad_kernel``)."""
+def chunk_backward(q, k, b, u, saved, s_out, do, ds_out, scale: float, BT: int, precision: str = "exact"):
+    """Gradients (dq, dk, db, du, dx, dg, dS_0) of ``chunk_forward``; s_out its S_T; do and
+    ds_out fp32. dk is the part through a = b ⊙ k only (the caller adds du where u is k); db
+    has b's shape. dg [B, T, H, dk] by the scaling identity, closed chunk by chunk
+    (``_decay_grad_kernel``)."""
     G, A, Qm, h, dlt, W = saved
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, do, BT)
-    q, a, u, do = (_pad_time(t, TP) for t in (q, a, u, do))
-    (prec, _), NC = dot_precisions(precision, q, a, u), BT // BC
+    KB = gate_width(b, K)
+    q, k, b, u, do = (_pad_time(t, TP) for t in (q, k, b, u, do))
+    (prec, _), NC = dot_precisions(precision, q, k, u), BT // BC
     dh, dQm, dM, dq0, da0, du0 = _empty_f32(  # freed on return
         q.device, (B, NT, H, K, V), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3)
     # the returned gradients get their own allocations: one may become a leaf's .grad
     dx = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
     ds0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
-    dq, da, du = (torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32) for _ in range(3))
+    dq, dk, du = (torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32) for _ in range(3))
+    db = torch.empty(B, TP, H, KB, device=q.device, dtype=torch.float32)
     _state_bwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         q, u, G, Qm, W, do, ds_out, dh, dx, ds0, TP, NT, scale,
         H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec,
@@ -328,12 +345,13 @@ def chunk_backward(q, a, u, saved, s_out, do, ds_out, scale: float, BT: int, pre
         H=H, K=K, V=V, BT=BT, BKS=BKS, BV=BV, NV=NV, PREC=prec,
     )
     _intra_bwd_kernel[(NT * NC, B * H)](
-        q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, TP, H=H, K=K, BT=BT, BC=BC, NC=NC, BK=BK, PREC=prec,
+        q, b, k, u, G, dQm, dM, dq0, da0, du0, dq, dk, db, du, TP, H=H, K=K, KB=KB, BT=BT, BC=BC, NC=NC, BK=BK,
+        PREC=prec,
     )
     dg = torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32)
     BKS = min(32, BK)
     _decay_grad_kernel[(triton.cdiv(K, BKS), NT, B * H)](
-        q, dq, a, da, u, du, h, dh, s_out, dg, TP, NT, H=H, K=K, V=V, BT=BT, BKS=BKS, BV=min(BV, 32),
+        q, dq, k, dk, u, du, h, dh, s_out, dg, TP, NT, H=H, K=K, V=V, BT=BT, BKS=BKS, BV=min(BV, 32),
     )
     LAUNCHES["chunk_bwd"] += 1
-    return dq[:, :T], da[:, :T], du[:, :T], dx[:, :T], dg[:, :T], ds0
+    return dq[:, :T], dk[:, :T], db[:, :T], du[:, :T], dx[:, :T], dg[:, :T], ds0

@@ -11,16 +11,18 @@ parallel kernels of ``triton_chunk`` (``_chunk_steps``: ``_intra_block``, ``_sol
 arithmetic is the parallel path's, bit for bit, whenever its gate is:
 
 forward, chunk c (``_content_fwd_kernel``):
-    1. δ_c = U (V m_c) (m_0 = 0); b = erase_scale · σ(pre + δ_c), a = b ⊙ k (stored: the
-       backward needs both), G = the chunk's cumulative log-decay;
+    1. δ_c = U (V m_c) (m_0 = 0); b = erase_scale · σ(pre + δ_c) (stored: the stages
+       below form a = b ⊙ k from it, and the backward needs it), G = the chunk's cumulative
+       log-decay;
     2. the pair matrices M, Q of its sub-chunks; 3. the WY inverse A, W = A Ã, A X;
     4. per value tile: Δ = A X − W S_0, S_C, o; the column means of o are m_{c+1}.
 
 backward, chunk c from the last (``_content_bwd_kernel``):
     1. dO_c += dm_{c+1} / C (the mean's gradient; chunk c is full when c+1 exists);
     2. the reverse state step (dΔ, dS_0 of the chunk), the pair gradients, the S_0 / dS_C
-       terms, the in-chunk pair sums (dq, da, du), dg by the scaling identity;
-    3. dpre = da ⊙ k ⊙ b(1 − b/erase_scale); dδ_c = Σ_t dpre_t; dU += dδ_c (V m_c)ᵀ,
+       terms, the in-chunk pair sums (dq, du, and da as dk = da ⊙ b and db = da ⊙ k), dg by
+       the scaling identity;
+    3. dpre = db ⊙ b(1 − b/erase_scale); dδ_c = Σ_t dpre_t; dU += dδ_c (V m_c)ᵀ,
        dV += (Uᵀ dδ_c) m_cᵀ, dm_c = Vᵀ Uᵀ dδ_c, which step 1 of chunk c−1 adds.
 
 A chunk's intermediate tiles make a round trip through global memory (as in the parallel
@@ -96,7 +98,7 @@ def _u_tile(Um, i_h, K: tl.constexpr, R: tl.constexpr, BK: tl.constexpr, BR: tl.
 @triton.jit
 def _content_fwd_kernel(
     q, k, u, x, g, pre, b0, Um, Vm, s0,
-    G, a, bb, M, Qm, A, W, XA, h, dlt, mbuf, o, s_out, TP, NT, scale, erase_scale,
+    G, bb, M, Qm, A, W, XA, h, dlt, mbuf, o, s_out, TP, NT, scale, erase_scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr,
     SOLVE_PREC: tl.constexpr,
@@ -112,7 +114,7 @@ def _content_fwd_kernel(
     Ut = _u_tile(Um, i_h, K, R, BK, BR)
     for i_c in range(NT):
         t0 = i_c * BT
-        # 1. the gate of this chunk, a = b ⊙ k, and the cumulative decay
+        # 1. the gate of this chunk and the cumulative decay
         if i_c > 0:
             low = _low_rank(Vm, mbuf, (i_b * NT + i_c) * H + i_h, i_h, R, V, BR, BV, NV)
             delta = tl.sum(Ut * low[None, :], 1)
@@ -122,15 +124,14 @@ def _content_fwd_kernel(
         bt = tl.where(delta[None, :] == 0.0, _tile(b0, i_b, t0, i_h, TP, H, K, 0, BT, BK),
                       erase_scale * tl.sigmoid(xg))
         _put(bb, bt, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        _put(a, bt * _tile(k, i_b, t0, i_h, TP, H, K, 0, BT, BK), i_b, t0, i_h, TP, H, K, 0, BT, BK)
         _put(G, tl.cumsum(_tile(g, i_b, t0, i_h, TP, H, K, 0, BT, BK), 0), i_b, t0, i_h, TP, H, K, 0, BT, BK)
         tl.debug_barrier()
         # 2. M and Q, block by block of sub-chunks
         for i_ij in tl.static_range(NC * NC):
-            _intra_block(q, a, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_b, i_h, TP, H, K, BT, BC, BK, PREC)
+            _intra_block(q, bb, k, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_b, i_h, TP, H, K, K, BT, BC, BK, PREC)
         tl.debug_barrier()
         # 3. the WY inverse
-        _solve_chunk(a, x, G, M, A, W, XA, i_c, i_b, i_h, TP, H, K, V, BT, BC, BK, BV, NV, SOLVE_PREC)
+        _solve_chunk(bb, k, x, G, M, A, W, XA, i_c, i_b, i_h, TP, H, K, K, V, BT, BC, BK, BV, NV, SOLVE_PREC)
         tl.debug_barrier()
         # 4. state, outputs and their column means, value tile by value tile
         for i_v in range(NV):
@@ -153,8 +154,8 @@ def _content_fwd_kernel(
 @autotune(configs=autotune_configs(warps=(4, 8), stages=(1, 2)), key=["BK", "BT", "V", "BR"], restore_value=("dV",))
 @triton.jit
 def _content_bwd_kernel(
-    q, k, u, G, a, bb, Qm, A, W, h, dlt, mbuf, Um, Vm, s_out, do, ds_out,
-    dob, dh, dx, dQm, dM, dq0, da0, du0, dq, da, du, dg, dpre, dmb, dU, dV, ds0,
+    q, k, u, G, bb, Qm, A, W, h, dlt, mbuf, Um, Vm, s_out, do, ds_out,
+    dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dg, dpre, dmb, dU, dV, ds0,
     TP, NT, scale, erase_scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, BR: tl.constexpr,
@@ -204,16 +205,15 @@ def _content_bwd_kernel(
                                H, K, V, BT, BKS, BV, NV, PREC)
         tl.debug_barrier()
         for i_i in tl.static_range(NC):
-            _intra_bwd_sub(q, a, u, G, dQm, dM, dq0, da0, du0, dq, da, du, i_c, i_i, i_b, i_h, TP,
-                           H, K, BT, BC, NC, BK, PREC)
+            _intra_bwd_sub(q, bb, k, u, G, dQm, dM, dq0, da0, du0, dq, dk, db, du, i_c, i_i, i_b, i_h, TP,
+                           H, K, K, BT, BC, NC, BK, PREC)
         tl.debug_barrier()
         for i_k in tl.static_range(NK):
-            _decay_grad_chunk(q, dq, a, da, u, du, h, dh, s_out, dg, i_k, i_c, i_b, i_h, TP, NT,
+            _decay_grad_chunk(q, dq, k, dk, u, du, h, dh, s_out, dg, i_k, i_c, i_b, i_h, TP, NT,
                               H, K, V, BT, BKS, BV)
         # 3. the gate's gradient, and what it sends to the previous chunk's outputs
         bt = _tile(bb, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        dp = _tile(da, i_b, t0, i_h, TP, H, K, 0, BT, BK) * _tile(k, i_b, t0, i_h, TP, H, K, 0, BT, BK)
-        dp = dp * bt * (1.0 - bt / erase_scale)
+        dp = _tile(db, i_b, t0, i_h, TP, H, K, 0, BT, BK) * bt * (1.0 - bt / erase_scale)
         _put(dpre, dp, i_b, t0, i_h, TP, H, K, 0, BT, BK)
         if i_c > 0:
             i_m = (i_b * NT + i_c) * H + i_h
@@ -248,7 +248,7 @@ def content_forward(q, k, u, x, g, pre, b0, U, V, s0, scale: float, erase_scale:
     s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}, the WY chunk and the content chunk.
 
     Returns o [B, T, H, dv] fp32, S_T fp32 and what the backward needs (padded to a
-    multiple of BT tokens): (G, a, b, Q, A, W, h, Δ, m)."""
+    multiple of BT tokens): (G, b, Q, A, W, h, Δ, m)."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
     B, T, H, K, Vd, R, NT, TP, BK, BV, NV, BR = _dims(q, x, U, BT)
@@ -256,18 +256,18 @@ def content_forward(q, k, u, x, g, pre, b0, U, V, s0, scale: float, erase_scale:
     prec, solve_prec = dot_precisions(precision, q, k, u, x)
     dev = q.device
     M, XA = _empty_f32(dev, (B, TP, H, BT), (B, TP, H, Vd))  # freed on return
-    G, a, bb, Qm, A, W, h, dlt, mbuf = _empty_f32(  # saved
-        dev, *[(B, TP, H, K)] * 3, *[(B, TP, H, BT)] * 2, (B, TP, H, K), (B, NT, H, K, Vd), (B, TP, H, Vd),
+    G, bb, Qm, A, W, h, dlt, mbuf = _empty_f32(  # saved
+        dev, *[(B, TP, H, K)] * 2, *[(B, TP, H, BT)] * 2, (B, TP, H, K), (B, NT, H, K, Vd), (B, TP, H, Vd),
         (B, NT, H, Vd))
     s_out = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
     o = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
     _content_fwd_kernel[(B * H,)](
-        q, k, u, x, g, pre, b0, U, V, s0, G, a, bb, M, Qm, A, W, XA, h, dlt, mbuf, o, s_out, TP, NT, scale,
+        q, k, u, x, g, pre, b0, U, V, s0, G, bb, M, Qm, A, W, XA, h, dlt, mbuf, o, s_out, TP, NT, scale,
         float(erase_scale), H=H, K=K, V=Vd, R=R, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV, BR=BR, PREC=prec,
         SOLVE_PREC=solve_prec,
     )
     LAUNCHES["content_fwd"] += 1
-    return o[:, :T], s_out, (G, a, bb, Qm, A, W, h, dlt, mbuf)
+    return o[:, :T], s_out, (G, bb, Qm, A, W, h, dlt, mbuf)
 
 
 def content_backward(q, k, u, U, V, saved, s_out, do, ds_out, scale: float, erase_scale: float, BT: int,
@@ -275,7 +275,7 @@ def content_backward(q, k, u, U, V, saved, s_out, do, ds_out, scale: float, eras
     """Gradients (dq, dk, du, dx, dg, dpre, dU, dV, dS_0) of ``content_forward``; do and
     ds_out fp32. dk is the part through a = b ⊙ k only (u = k adds du where the caller
     passed the same tensor)."""
-    G, a, bb, Qm, A, W, h, dlt, mbuf = saved
+    G, bb, Qm, A, W, h, dlt, mbuf = saved
     B, T, H, K, Vd, R, NT, TP, BK, BV, NV, BR = _dims(q, do, U, BT)
     q, k, u, do = (_pad_time(t, TP) for t in (q, k, u, do))
     prec, _ = dot_precisions(precision, q, k, u)
@@ -284,15 +284,15 @@ def content_backward(q, k, u, U, V, saved, s_out, do, ds_out, scale: float, eras
         dev, (B, TP, H, Vd), (B, NT, H, K, Vd), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3, (B, H, Vd))
     dx = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
     ds0 = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
-    dq, da, du, dg, dpre = (torch.empty(B, TP, H, K, device=dev, dtype=torch.float32) for _ in range(5))
+    dq, dk, du, dg, dpre = (torch.empty(B, TP, H, K, device=dev, dtype=torch.float32) for _ in range(5))
+    db = _empty_f32(dev, (B, TP, H, K))[0]  # freed on return (dpre carries the gate's gradient)
     dU = torch.empty(B, H, K, R, device=dev, dtype=torch.float32)
     dV = torch.zeros(B, H, R, Vd, device=dev, dtype=torch.float32)
     _content_bwd_kernel[(B * H,)](
-        q, k, u, G, a, bb, Qm, A, W, h, dlt, mbuf, U, V, s_out, do, ds_out,
-        dob, dh, dx, dQm, dM, dq0, da0, du0, dq, da, du, dg, dpre, dmb, dU, dV, ds0,
+        q, k, u, G, bb, Qm, A, W, h, dlt, mbuf, U, V, s_out, do, ds_out,
+        dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dg, dpre, dmb, dU, dV, ds0,
         TP, NT, scale, float(erase_scale),
         H=H, K=K, V=Vd, R=R, BT=BT, BC=BC, BK=BK, BKS=min(BK, 64), BV=BV, NV=NV, BR=BR, PREC=prec,
     )
     LAUNCHES["content_bwd"] += 1
-    dk = da[:, :T] * bb[:, :T]
-    return dq[:, :T], dk, du[:, :T], dx[:, :T], dg[:, :T], dpre[:, :T], dU.sum(0), dV.sum(0), ds0
+    return dq[:, :T], dk[:, :T], du[:, :T], dx[:, :T], dg[:, :T], dpre[:, :T], dU.sum(0), dV.sum(0), ds0

@@ -4,8 +4,8 @@ Four Functions, each a pure recurrence with hand-written backward kernels:
 
 - ``RecurrentFn``  (q, a, u, x, g, β, S_0) -> (o, S_T): the fused recurrent kernels of
   ``triton_recurrent`` (key axis with β = None, value axis with β = b).
-- ``KeyChunkFn``   (q, a, u, x, g, S_0) -> (o, S_T): the chunked WY kernels of
-  ``triton_chunk`` (key axis only).
+- ``KeyChunkFn``   (q, k, b, u, x, g, S_0) -> (o, S_T): the chunked WY kernels of
+  ``triton_chunk`` (key axis only), which form a = b⊙k as they load it.
 - ``ContentChunkFn`` (q, k, u, x, g, pre, b0, U, V, S_0) -> (o, S_T): the content gate on
   the erase gate, key axis, as one sequential-over-chunks kernel each way
   (``triton_content``).
@@ -13,8 +13,9 @@ Four Functions, each a pure recurrence with hand-written backward kernels:
   ``triton_covariance``.
 
 ``triton_gated_delta`` activates nothing itself except the content gate: it forms
-``a = b⊙k`` (key axis) and ``x = w⊙v`` in torch, so autograd carries the gradients of
-the gates, k and v through those products.
+``x = w⊙v`` in torch (and ``a = b⊙k`` for the recurrent kernels), so autograd carries the
+gradients of the gates, k and v through those products; the chunked kernels take b and k
+and return their gradients themselves.
 
 Content gate. The gate of chunk c depends on the outputs of chunk c−1, so chunk c cannot
 be set up before chunk c−1 has run. Two paths compute the same recurrence:
@@ -112,25 +113,27 @@ class RecurrentFn(torch.autograd.Function):
 
 
 class KeyChunkFn(torch.autograd.Function):
-    """(q, a, u, x, g, s0) -> (o fp32 [B,T,H,dv], S_T fp32); see ``triton_chunk``."""
+    """(q, k, b, u, x, g, s0) -> (o fp32 [B,T,H,dv], S_T fp32); see ``triton_chunk``. b is
+    [B,T,H,dk] or [B,T,H,1] (``gate_arg``)."""
 
     @staticmethod
-    def forward(ctx, q, a, u, x, g, s0, scale, block_t, precision):
-        q, a, u, x, g = map(_c, (q, a, u, x, g))
-        o, s_out, saved = _chunk.chunk_forward(q, a, u, x, g, s0.float().contiguous(), scale, block_t, precision)
-        ctx.save_for_backward(q, a, u, s_out, *saved)
+    def forward(ctx, q, k, b, u, x, g, s0, scale, block_t, precision):
+        q, k, b, u, x, g = map(_c, (q, k, b, u, x, g))
+        o, s_out, saved = _chunk.chunk_forward(q, k, b, u, x, g, s0.float().contiguous(), scale, block_t,
+                                               precision)
+        ctx.save_for_backward(q, k, b, u, s_out, *saved)
         ctx.scale, ctx.block_t, ctx.dv, ctx.precision = scale, block_t, x.shape[-1], precision
         return o, s_out
 
     @staticmethod
     def backward(ctx, do, ds_out):
-        q, a, u, s_out, *saved = ctx.saved_tensors
+        q, k, b, u, s_out, *saved = ctx.saved_tensors
         B, T, H, _ = q.shape
         do = _zeros_if_none(do, q.new_empty(B, T, H, ctx.dv))
         ds_out = _zeros_if_none(ds_out, s_out)
-        dq, da, du, dx, dg, ds0 = _chunk.chunk_backward(q, a, u, saved, s_out, do, ds_out, ctx.scale,
-                                                        ctx.block_t, ctx.precision)
-        return dq, da, du, dx, dg, ds0, None, None, None
+        dq, dk, db, du, dx, dg, ds0 = _chunk.chunk_backward(q, k, b, u, saved, s_out, do, ds_out, ctx.scale,
+                                                            ctx.block_t, ctx.precision)
+        return dq, dk, db, du, dx, dg, ds0, None, None, None
 
 
 class ContentChunkFn(torch.autograd.Function):
@@ -187,13 +190,19 @@ def chunk_block(chunk_size: int) -> int:
     return chunk_size if chunk_size in TRITON_CHUNK_SIZES else max(TRITON_CHUNK_SIZES)
 
 
+def gate_arg(b: torch.Tensor) -> torch.Tensor:
+    """The erase gate as the chunked kernels take it: a gate broadcast over the keys (last
+    stride 0, as ``canonicalize`` expands a per-token gate) as its one column [.., 1], so the
+    kernels read one value per token instead of a materialised copy; any other b as it is."""
+    return b[..., :1] if b.shape[-1] > 1 and b.stride(-1) == 0 else b
+
+
 def _recurrence(c: Canonical, kernel, precision, q, k, u, x, g, b, s0):
     """One recurrence call over [B, L, H, *] tensors (gates activated); returns (o, S_L)."""
     if c.erase_axis == "key":
-        a = b * k
         if kernel == "chunk":
-            return KeyChunkFn.apply(q, a, u, x, g, s0, c.scale, chunk_block(c.chunk_size), precision)
-        return RecurrentFn.apply(q, a, u, x, g, None, s0, c.scale, c.chunk_size)
+            return KeyChunkFn.apply(q, k, gate_arg(b), u, x, g, s0, c.scale, chunk_block(c.chunk_size), precision)
+        return RecurrentFn.apply(q, b * k, u, x, g, None, s0, c.scale, c.chunk_size)
     return RecurrentFn.apply(q, k, u, x, g, b, s0, c.scale, c.chunk_size)
 
 

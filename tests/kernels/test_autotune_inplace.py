@@ -111,9 +111,9 @@ WRITTEN_BEFORE_READ = {
     # the fused content gate's per-chunk stages hand tiles over through these buffers: each
     # chunk's stage writes them before the next stage (or chunk) reads them; h[0] = S_0 and
     # dh[NT−1] = dS_T are written first, m_0 and the last chunk's dm are never read
-    ("triton_content", "_content_fwd_kernel"): {"A", "G", "M", "Qm", "W", "XA", "a", "h", "mbuf"},
-    ("triton_content", "_content_bwd_kernel"): {"dM", "dQm", "da", "da0", "dh", "dmb", "dob", "dq", "dq0", "du",
-                                                "du0", "dx"},  # dx: dΔ, then dR in place, within the chunk
+    ("triton_content", "_content_fwd_kernel"): {"A", "G", "M", "Qm", "W", "XA", "bb", "h", "mbuf"},
+    ("triton_content", "_content_bwd_kernel"): {"dM", "dQm", "da0", "db", "dh", "dk", "dmb", "dob", "dq", "dq0",
+                                                "du", "du0", "dx"},  # dx: dΔ, then dR in place, within the chunk
 }
 
 
