@@ -9,7 +9,9 @@ Layout helpers: ``_tile`` / ``_put`` / ``_row`` load and store [R, D] tiles of a
 [B, TP, H, D] tensor; ``_gate_tile`` forms the read direction a = b ⊙ k on load (b of width
 KB = dk, or KB = 1: one erase gate per head and token, broadcast over the keys), so ``a``
 is never written to memory and its gradient leaves as dk = da ⊙ b and db = da ⊙ k (summed
-over the keys when KB = 1). Stages, forward: ``_intra_block`` (M and Q of two sub-chunks),
+over the keys when KB = 1). Likewise ``_write_tile`` forms x = w ⊙ v (w of width KW = dv or
+1; KW = 0: no gate, v is x itself), and ``_pairs_bwd_chunk`` hands dx on as dv = dx ⊙ w
+and dw = dx ⊙ v. Stages, forward: ``_intra_block`` (M and Q of two sub-chunks),
 ``_solve_chunk`` (the WY inverse A, W = A Ã, A X), ``_state_step`` (Δ, S_C), ``_output_tile``
 (o); backward: ``_state_bwd_step`` (dΔ, dS_0), ``_pairs_bwd_chunk`` (dR, dQ, dM),
 ``_state_terms_chunk`` (the S_0 / dS_C terms of dq, da, du), ``_intra_bwd_sub`` (dq, da, du
@@ -59,6 +61,19 @@ def _gate_tile(b, k, i_b, t0, i_h, TP, H, K: tl.constexpr, KB: tl.constexpr, c0,
     if KB == 1:
         return kt * _tile(b, i_b, t0, i_h, TP, H, 1, 0, R, 1)
     return kt * _tile(b, i_b, t0, i_h, TP, H, K, c0, R, BD)
+
+
+@triton.jit
+def _write_tile(w, v, i_b, t0, i_h, TP, H, V: tl.constexpr, KW: tl.constexpr, c0, R: tl.constexpr,
+                BD: tl.constexpr):
+    """Rows t0..t0+R, columns c0..c0+BD of x = w ⊙ v (fp32); w is [B, TP, H, KW], KW = 0:
+    v is x (w unused)."""
+    vt = _tile(v, i_b, t0, i_h, TP, H, V, c0, R, BD)
+    if KW == 0:
+        return vt
+    if KW == 1:
+        return vt * _tile(w, i_b, t0, i_h, TP, H, 1, 0, R, 1)
+    return vt * _tile(w, i_b, t0, i_h, TP, H, V, c0, R, BD)
 
 
 @triton.jit
@@ -122,9 +137,9 @@ def _inverse_diag_blocks(M, A, i_b, t0, i_h, TP, H, BT: tl.constexpr, BC: tl.con
 
 @triton.jit
 def _solve_chunk(
-    b, k, x, G, M, A, W, XA, i_c, i_b, i_h, TP,
-    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+    b, k, w, v, G, M, A, W, XA, i_c, i_b, i_h, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, V: tl.constexpr, KW: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
 ):
     """A = (I + M)^{-1} by blocks; W = A (e^G ⊙ a), XA = A X, for chunk i_c.
 
@@ -151,7 +166,7 @@ def _solve_chunk(
     at = _gate_tile(b, k, i_b, t0, i_h, TP, H, K, KB, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
     _put(W, _mm(Ai, at, PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
     for i_v in range(NV):
-        xt = _tile(x, i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
+        xt = _write_tile(w, v, i_b, t0, i_h, TP, H, V, KW, i_v * BV, BT, BV)
         _put(XA, _mm(Ai, xt, PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
 
 
@@ -211,20 +226,34 @@ def _state_bwd_step(
 
 @triton.jit
 def _pairs_bwd_chunk(
-    dlt, do, A, dx, dQm, dM, i_c, i_b, i_h, TP, scale,
-    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+    dlt, do, A, dx, dQm, dM, w, v, dw, dv, i_c, i_b, i_h, TP, scale,
+    H: tl.constexpr, V: tl.constexpr, KW: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+    PREC: tl.constexpr,
 ):
+    """dR = Aᵀ dΔ (= dx, in place), dQ, dM of chunk i_c; with a write gate (KW > 0) also
+    dv = dx ⊙ w and dw = dx ⊙ v (summed over the values when KW = 1)."""
     t0 = i_c * BT
     At = tl.trans(_tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT))
     dQ = tl.zeros([BT, BT], dtype=tl.float32)
     dMt = tl.zeros([BT, BT], dtype=tl.float32)
+    dw_sum = tl.zeros([BT, 1], dtype=tl.float32)
     for i_v in range(NV):
         c0 = i_v * BV
         dR = _mm(At, _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), PREC)
         _put(dx, dR, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+        if KW > 0:
+            vt = _tile(v, i_b, t0, i_h, TP, H, V, c0, BT, BV)
+            if KW == 1:
+                _put(dv, dR * _tile(w, i_b, t0, i_h, TP, H, 1, 0, BT, 1), i_b, t0, i_h, TP, H, V, c0, BT, BV)
+                dw_sum += tl.sum(dR * vt, 1)[:, None]
+            else:
+                _put(dv, dR * _tile(w, i_b, t0, i_h, TP, H, V, c0, BT, BV), i_b, t0, i_h, TP, H, V, c0, BT, BV)
+                _put(dw, dR * vt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
         dlT = tl.trans(_tile(dlt, i_b, t0, i_h, TP, H, V, c0, BT, BV))
         dQ += _mm(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, PREC)
         dMt -= _mm(dR, dlT, PREC)
+    if KW == 1:
+        _put(dw, dw_sum, i_b, t0, i_h, TP, H, 1, 0, BT, 1)
     rr = tl.arange(0, BT)
     _put(dQm, tl.where(rr[:, None] >= rr[None, :], scale * dQ, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     _put(dM, tl.where(rr[:, None] > rr[None, :], dMt, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)

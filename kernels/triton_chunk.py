@@ -1,7 +1,7 @@
 """Chunked WY Triton kernels for the key-axis recurrence with asymmetric factors.
 
-Recurrence (per batch, head; a = b⊙k the read direction, formed on load from b and k and
-never stored, u the write direction, x = w⊙v)::
+Recurrence (per batch, head; a = b⊙k the read direction, u the write direction, x = w⊙v;
+a and x are formed on load from b, k and w, v and never stored)::
 
     S_t = D_t S_{t−1} + u_t (x_t − (D_t S_{t−1})ᵀ a_t)ᵀ,   o_t = scale · S_tᵀ q_t
 
@@ -93,16 +93,17 @@ def _intra_fwd_kernel(
 
 # 4 warps only: the count its batched diagonal inverse (3-D tiles) was checked with compiled
 # on an H100, and the one the autotuner chose for it at every benchmarked shape before.
-@autotune(configs=autotune_configs(warps=(4,)), key=["BK", "BT", "BV", "KB"])
+@autotune(configs=autotune_configs(warps=(4,)), key=["BK", "BT", "BV", "KB", "KW"])
 @triton.jit
 def _solve_fwd_kernel(
-    b, k, x, G, M, A, W, XA, TP,
-    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
+    b, k, w, v, G, M, A, W, XA, TP,
+    H: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, V: tl.constexpr, KW: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr,
 ):
     """``_solve_chunk`` of one (chunk, batch·head)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    _solve_chunk(b, k, x, G, M, A, W, XA, i_c, i_bh // H, i_bh % H, TP, H, K, KB, V, BT, BC, BK, BV, NV, PREC)
+    _solve_chunk(b, k, w, v, G, M, A, W, XA, i_c, i_bh // H, i_bh % H, TP, H, K, KB, V, KW, BT, BC, BK, BV, NV,
+                 PREC)
 
 
 # The sequential kernels run one program per (value tile, batch·head): the value tile is
@@ -177,18 +178,19 @@ def _state_bwd_kernel(
     tl.store(p_0, dS, mask=m_0)
 
 
-@autotune(configs=autotune_configs(), key=["BT", "BV"], restore_value=("dx",))
+@autotune(configs=autotune_configs(), key=["BT", "BV", "KW"], restore_value=("dx",))
 @triton.jit
 def _pairs_bwd_kernel(
-    dlt, do, A, dx, dQm, dM, TP, scale,
-    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+    dlt, do, A, dx, dQm, dM, w, v, dw, dv, TP, scale,
+    H: tl.constexpr, V: tl.constexpr, KW: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """One chunk, over value tiles: dR = Aᵀ dΔ in place (dx holds dΔ on entry, dR on exit;
     each program reads and writes only its own tiles), dQ = scale·dO Δᵀ (lower part),
-    dM = −dR Δᵀ (strictly lower)."""
+    dM = −dR Δᵀ (strictly lower), and dv, dw of x = w ⊙ v (KW > 0)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    _pairs_bwd_chunk(dlt, do, A, dx, dQm, dM, i_c, i_bh // H, i_bh % H, TP, scale, H, V, BT, BV, NV, PREC)
+    _pairs_bwd_chunk(dlt, do, A, dx, dQm, dM, w, v, dw, dv, i_c, i_bh // H, i_bh % H, TP, scale, H, V, KW, BT, BV,
+                     NV, PREC)
 
 
 @autotune(configs=autotune_configs(), key=["BKS", "BT", "BV"])
@@ -287,20 +289,33 @@ def gate_width(b: torch.Tensor, K: int) -> int:
     return b.shape[-1]
 
 
-def chunk_forward(q, k, b, u, x, g, s0, scale: float, BT: int, precision: str = "exact"):
+def write_width(w, V: int) -> int:
+    """KW of a write gate w [B, T, H, KW]: V (a gate per value channel), 1 (one per token and
+    head) or 0 (w is None: v is already x)."""
+    if w is None:
+        return 0
+    if w.shape[-1] not in (1, V):
+        raise ValueError(f"the write gate w has {w.shape[-1]} channels; expected {V} (dv) or 1")
+    return w.shape[-1]
+
+
+def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str = "exact"):
     """q, k, u, g [B, T, H, dk]; b [B, T, H, dk or 1] (the erase gate: a = b ⊙ k is formed in
-    the kernels); x [B, T, H, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}; precision one
-    of options.PRECISIONS (``_triton_common.dot_precisions``).
+    the kernels); v [B, T, H, dv] and w [B, T, H, dv or 1] or None (x = w ⊙ v is formed in the
+    kernels; None: x = v); s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}; precision one of
+    options.PRECISIONS (``_triton_common.dot_precisions``).
 
     Returns o [B, T, H, dv] fp32, S_T [B, H, dk, dv] fp32 and the tensors the backward
     needs: (G, A, Q, h, Δ, W), padded to a multiple of BT tokens."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
-    B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, x, BT)
-    KB = gate_width(b, K)
-    q, k, b, u, x = (_pad_time(t, TP) for t in (q, k, b, u, x))
+    B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, v, BT)
+    KB, KW = gate_width(b, K), write_width(w, V)
+    q, k, b, u, v = (_pad_time(t, TP) for t in (q, k, b, u, v))
+    w = v if w is None else _pad_time(w, TP)  # KW = 0: never read
     G = _chunk_cumsum(_pad_time(g, TP), BT)
-    (prec, solve_prec), NC = dot_precisions(precision, q, k, u, x), BT // BC
+    # exact: fp32 products for fp32 q and u; a and x are products with fp32 gates
+    (prec, solve_prec), NC = dot_precisions(precision, q, u), BT // BC
     M, XA = _empty_f32(q.device, (B, TP, H, BT), (B, TP, H, V))  # freed on return
     Qm, A, h, dlt, W = _empty_f32(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V), (B, TP, H, V),
                                   (B, TP, H, K))  # saved
@@ -308,8 +323,8 @@ def chunk_forward(q, k, b, u, x, g, s0, scale: float, BT: int, precision: str = 
     o = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
     _intra_fwd_kernel[(NT, NC * NC, B * H)](q, b, k, u, G, M, Qm, TP, H=H, K=K, KB=KB, BT=BT, BC=BC, NC=NC, BK=BK,
                                             PREC=prec)
-    _solve_fwd_kernel[(NT, B * H)](b, k, x, G, M, A, W, XA, TP, H=H, K=K, KB=KB, V=V, BT=BT, BC=BC, BK=BK, BV=BV,
-                                   NV=NV, PREC=solve_prec)
+    _solve_fwd_kernel[(NT, B * H)](b, k, w, v, G, M, A, W, XA, TP, H=H, K=K, KB=KB, V=V, KW=KW, BT=BT, BC=BC,
+                                   BK=BK, BV=BV, NV=NV, PREC=solve_prec)
     _state_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         u, G, W, XA, s0, h, dlt, s_out, TP, NT, H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec)
     _output_fwd_kernel[(NV, NT, B * H)](q, G, Qm, h, dlt, o, TP, NT, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec)
@@ -317,20 +332,23 @@ def chunk_forward(q, k, b, u, x, g, s0, scale: float, BT: int, precision: str = 
     return o[:, :T], s_out, (G, A, Qm, h, dlt, W)
 
 
-def chunk_backward(q, k, b, u, saved, s_out, do, ds_out, scale: float, BT: int, precision: str = "exact"):
-    """Gradients (dq, dk, db, du, dx, dg, dS_0) of ``chunk_forward``; s_out its S_T; do and
-    ds_out fp32. dk is the part through a = b ⊙ k only (the caller adds du where u is k); db
-    has b's shape. dg [B, T, H, dk] by the scaling identity, closed chunk by chunk
-    (``_decay_grad_kernel``)."""
+def chunk_backward(q, k, b, u, v, w, saved, s_out, do, ds_out, scale: float, BT: int, precision: str = "exact"):
+    """Gradients (dq, dk, db, du, dv, dw, dg, dS_0) of ``chunk_forward``; s_out its S_T; do
+    and ds_out fp32. dk is the part through a = b ⊙ k only (the caller adds du where u is k);
+    db and dw have b's and w's shapes (dw None when w is; dv is then x's gradient). dg
+    [B, T, H, dk] by the scaling identity, closed chunk by chunk (``_decay_grad_kernel``)."""
     G, A, Qm, h, dlt, W = saved
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, do, BT)
-    KB = gate_width(b, K)
-    q, k, b, u, do = (_pad_time(t, TP) for t in (q, k, b, u, do))
-    (prec, _), NC = dot_precisions(precision, q, k, u), BT // BC
+    KB, KW = gate_width(b, K), write_width(w, V)
+    q, k, b, u, v, do = (_pad_time(t, TP) for t in (q, k, b, u, v, do))
+    w = v if w is None else _pad_time(w, TP)
+    (prec, _), NC = dot_precisions(precision, q, u), BT // BC
     dh, dQm, dM, dq0, da0, du0 = _empty_f32(  # freed on return
         q.device, (B, NT, H, K, V), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3)
     # the returned gradients get their own allocations: one may become a leaf's .grad
-    dx = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
+    dv = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
+    dx = dv if KW == 0 else _empty_f32(q.device, (B, TP, H, V))[0]  # dΔ, then dR = x's gradient
+    dw = None if KW == 0 else torch.empty(B, TP, H, KW, device=q.device, dtype=torch.float32)
     ds0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     dq, dk, du = (torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32) for _ in range(3))
     db = torch.empty(B, TP, H, KB, device=q.device, dtype=torch.float32)
@@ -338,7 +356,8 @@ def chunk_backward(q, k, b, u, saved, s_out, do, ds_out, scale: float, BT: int, 
         q, u, G, Qm, W, do, ds_out, dh, dx, ds0, TP, NT, scale,
         H=H, K=K, V=V, BT=BT, BK=BK, PREC=prec,
     )
-    _pairs_bwd_kernel[(NT, B * H)](dlt, do, A, dx, dQm, dM, TP, scale, H=H, V=V, BT=BT, BV=BV, NV=NV, PREC=prec)
+    _pairs_bwd_kernel[(NT, B * H)](dlt, do, A, dx, dQm, dM, w, v, dx if dw is None else dw, dv, TP, scale,
+                                   H=H, V=V, KW=KW, BT=BT, BV=BV, NV=NV, PREC=prec)
     BKS = min(BK, 64)  # key slices keep three [BT, BKS] accumulators in registers
     _state_terms_bwd_kernel[(triton.cdiv(K, BKS), NT, B * H)](
         G, h, dh, dlt, do, dx, dq0, da0, du0, TP, NT, scale,
@@ -354,4 +373,4 @@ def chunk_backward(q, k, b, u, saved, s_out, do, ds_out, scale: float, BT: int, 
         q, dq, k, dk, u, du, h, dh, s_out, dg, TP, NT, H=H, K=K, V=V, BT=BT, BKS=BKS, BV=min(BV, 32),
     )
     LAUNCHES["chunk_bwd"] += 1
-    return dq[:, :T], dk[:, :T], db[:, :T], du[:, :T], dx[:, :T], dg[:, :T], ds0
+    return dq[:, :T], dk[:, :T], db[:, :T], du[:, :T], dv[:, :T], None if dw is None else dw[:, :T], dg[:, :T], ds0

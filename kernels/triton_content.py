@@ -131,7 +131,7 @@ def _content_fwd_kernel(
             _intra_block(q, bb, k, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_b, i_h, TP, H, K, K, BT, BC, BK, PREC)
         tl.debug_barrier()
         # 3. the WY inverse
-        _solve_chunk(bb, k, x, G, M, A, W, XA, i_c, i_b, i_h, TP, H, K, K, V, BT, BC, BK, BV, NV, SOLVE_PREC)
+        _solve_chunk(bb, k, x, x, G, M, A, W, XA, i_c, i_b, i_h, TP, H, K, K, V, 0, BT, BC, BK, BV, NV, SOLVE_PREC)
         tl.debug_barrier()
         # 4. state, outputs and their column means, value tile by value tile
         for i_v in range(NV):
@@ -198,7 +198,8 @@ def _content_bwd_kernel(
                 p_0, _ = matrix_tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
                 tl.store(p_0, dS, mask=m_d)
         tl.debug_barrier()
-        _pairs_bwd_chunk(dlt, dob, A, dx, dQm, dM, i_c, i_b, i_h, TP, scale, H, V, BT, BV, NV, PREC)
+        _pairs_bwd_chunk(dlt, dob, A, dx, dQm, dM, dx, dx, dx, dx, i_c, i_b, i_h, TP, scale, H, V, 0, BT, BV, NV,
+                         PREC)  # x = w ⊙ v comes formed (KW = 0): dx is its gradient
         tl.debug_barrier()
         for i_k in tl.static_range(NK):
             _state_terms_chunk(G, h, dh, dlt, dob, dx, dq0, da0, du0, i_k, i_c, i_b, i_h, TP, NT, scale,

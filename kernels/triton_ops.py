@@ -4,18 +4,18 @@ Four Functions, each a pure recurrence with hand-written backward kernels:
 
 - ``RecurrentFn``  (q, a, u, x, g, β, S_0) -> (o, S_T): the fused recurrent kernels of
   ``triton_recurrent`` (key axis with β = None, value axis with β = b).
-- ``KeyChunkFn``   (q, k, b, u, x, g, S_0) -> (o, S_T): the chunked WY kernels of
-  ``triton_chunk`` (key axis only), which form a = b⊙k as they load it.
+- ``KeyChunkFn``   (q, k, b, u, v, w, g, S_0) -> (o, S_T): the chunked WY kernels of
+  ``triton_chunk`` (key axis only), which form a = b⊙k and x = w⊙v as they load them.
 - ``ContentChunkFn`` (q, k, u, x, g, pre, b0, U, V, S_0) -> (o, S_T): the content gate on
   the erase gate, key axis, as one sequential-over-chunks kernel each way
   (``triton_content``).
 - ``CovarianceFn`` (k, g, r, P_0) -> (u, P_T): the propagate-mode P-pass of
   ``triton_covariance``.
 
-``triton_gated_delta`` activates nothing itself except the content gate: it forms
-``x = w⊙v`` in torch (and ``a = b⊙k`` for the recurrent kernels), so autograd carries the
-gradients of the gates, k and v through those products; the chunked kernels take b and k
-and return their gradients themselves.
+``triton_gated_delta`` activates nothing itself except the content gate. The chunked
+kernels take the gates b and w with k and v and return all four gradients; for the other
+kernels (recurrent, content gate) it forms ``a = b⊙k`` and ``x = w⊙v`` in torch, as they
+need, so autograd carries the gradients of the gates, k and v through those products.
 
 Content gate. The gate of chunk c depends on the outputs of chunk c−1, so chunk c cannot
 be set up before chunk c−1 has run. Two paths compute the same recurrence:
@@ -113,27 +113,27 @@ class RecurrentFn(torch.autograd.Function):
 
 
 class KeyChunkFn(torch.autograd.Function):
-    """(q, k, b, u, x, g, s0) -> (o fp32 [B,T,H,dv], S_T fp32); see ``triton_chunk``. b is
-    [B,T,H,dk] or [B,T,H,1] (``gate_arg``)."""
+    """(q, k, b, u, v, w, g, s0) -> (o fp32 [B,T,H,dv], S_T fp32); see ``triton_chunk``. b is
+    [B,T,H,dk] or [B,T,H,1], w [B,T,H,dv] or [B,T,H,1] (``gate_arg``) or None (v is x)."""
 
     @staticmethod
-    def forward(ctx, q, k, b, u, x, g, s0, scale, block_t, precision):
-        q, k, b, u, x, g = map(_c, (q, k, b, u, x, g))
-        o, s_out, saved = _chunk.chunk_forward(q, k, b, u, x, g, s0.float().contiguous(), scale, block_t,
+    def forward(ctx, q, k, b, u, v, w, g, s0, scale, block_t, precision):
+        q, k, b, u, v, w, g = map(_c, (q, k, b, u, v, w, g))
+        o, s_out, saved = _chunk.chunk_forward(q, k, b, u, v, w, g, s0.float().contiguous(), scale, block_t,
                                                precision)
-        ctx.save_for_backward(q, k, b, u, s_out, *saved)
-        ctx.scale, ctx.block_t, ctx.dv, ctx.precision = scale, block_t, x.shape[-1], precision
+        ctx.save_for_backward(q, k, b, u, v, w, s_out, *saved)
+        ctx.scale, ctx.block_t, ctx.dv, ctx.precision = scale, block_t, v.shape[-1], precision
         return o, s_out
 
     @staticmethod
     def backward(ctx, do, ds_out):
-        q, k, b, u, s_out, *saved = ctx.saved_tensors
+        q, k, b, u, v, w, s_out, *saved = ctx.saved_tensors
         B, T, H, _ = q.shape
         do = _zeros_if_none(do, q.new_empty(B, T, H, ctx.dv))
         ds_out = _zeros_if_none(ds_out, s_out)
-        dq, dk, db, du, dx, dg, ds0 = _chunk.chunk_backward(q, k, b, u, saved, s_out, do, ds_out, ctx.scale,
-                                                            ctx.block_t, ctx.precision)
-        return dq, dk, db, du, dx, dg, ds0, None, None, None
+        dq, dk, db, du, dv, dw, dg, ds0 = _chunk.chunk_backward(q, k, b, u, v, w, saved, s_out, do, ds_out,
+                                                                ctx.scale, ctx.block_t, ctx.precision)
+        return dq, dk, db, du, dv, dw, dg, ds0, None, None, None
 
 
 class ContentChunkFn(torch.autograd.Function):
@@ -190,18 +190,21 @@ def chunk_block(chunk_size: int) -> int:
     return chunk_size if chunk_size in TRITON_CHUNK_SIZES else max(TRITON_CHUNK_SIZES)
 
 
-def gate_arg(b: torch.Tensor) -> torch.Tensor:
-    """The erase gate as the chunked kernels take it: a gate broadcast over the keys (last
+def gate_arg(b):
+    """A gate (b or w) as the chunked kernels take it: one broadcast over its channels (last
     stride 0, as ``canonicalize`` expands a per-token gate) as its one column [.., 1], so the
-    kernels read one value per token instead of a materialised copy; any other b as it is."""
-    return b[..., :1] if b.shape[-1] > 1 and b.stride(-1) == 0 else b
+    kernels read one value per token instead of a materialised copy; any other as it is."""
+    return b[..., :1] if b is not None and b.shape[-1] > 1 and b.stride(-1) == 0 else b
 
 
-def _recurrence(c: Canonical, kernel, precision, q, k, u, x, g, b, s0):
-    """One recurrence call over [B, L, H, *] tensors (gates activated); returns (o, S_L)."""
+def _recurrence(c: Canonical, kernel, precision, q, k, u, v, w, g, b, s0):
+    """One recurrence call over [B, L, H, *] tensors (gates activated; w None: v is x
+    already); returns (o, S_L)."""
+    if c.erase_axis == "key" and kernel == "chunk":
+        return KeyChunkFn.apply(q, k, gate_arg(b), u, v, gate_arg(w), g, s0, c.scale, chunk_block(c.chunk_size),
+                                precision)
+    x = v if w is None else w * v
     if c.erase_axis == "key":
-        if kernel == "chunk":
-            return KeyChunkFn.apply(q, k, gate_arg(b), u, x, g, s0, c.scale, chunk_block(c.chunk_size), precision)
         return RecurrentFn.apply(q, b * k, u, x, g, None, s0, c.scale, c.chunk_size)
     return RecurrentFn.apply(q, k, u, x, g, b, s0, c.scale, c.chunk_size)
 
@@ -215,7 +218,7 @@ def _write_dirs(c: Canonical, k, g, r, p0):
 
 def _whole_sequence(c: Canonical, kernel, precision, q, k):
     u, p_out = _write_dirs(c, k, c.g, c.r, initial_cov_or_eye(c) if c.covariance == "propagate" else None)
-    o, s_out = _recurrence(c, kernel, precision, q, k, u, c.w * c.v, c.g, c.b, initial_state_or_zeros(c))
+    o, s_out = _recurrence(c, kernel, precision, q, k, u, c.v, c.w, c.g, c.b, initial_state_or_zeros(c))
     return o, s_out, p_out
 
 
@@ -313,7 +316,7 @@ def _content_chunks(c: Canonical, kernel, precision, q, k):
         if u is None:
             u, p_c = _write_dirs(c, ks[i], g, rs[i], p)
             p = p if p_c is None else p_c
-        o, s = _recurrence(c, kernel, precision, qs[i], ks[i], u, xs[i], g, b, s)
+        o, s = _recurrence(c, kernel, precision, qs[i], ks[i], u, xs[i], None, g, b, s)
         outs.append(o)
         m = o.mean(1).transpose(0, 1)
     return torch.cat(outs, 1), s, p

@@ -110,13 +110,15 @@ def test_a_chunk_longer_than_the_kernels_is_refused_not_run_on_smaller_chunks(ke
 def test_chunk_forward_refuses_bad_block():
     q = torch.zeros(1, 4, 1, 16)
     with pytest.raises(ValueError, match="BT=48"):
-        triton_chunk.chunk_forward(q, q, q, q, q, q, torch.zeros(1, 1, 16, 16), 1.0, 48)
+        triton_chunk.chunk_forward(q, q, q, q, q, q, q, torch.zeros(1, 1, 16, 16), 1.0, 48)
 
 
 def test_chunk_forward_refuses_a_gate_of_other_width():
-    q = torch.zeros(1, 4, 1, 16)
+    q, s0, odd = torch.zeros(1, 4, 1, 16), torch.zeros(1, 1, 16, 16), torch.zeros(1, 4, 1, 3)
     with pytest.raises(ValueError, match="erase gate b has 3 channels; expected 16 \\(dk\\) or 1"):
-        triton_chunk.chunk_forward(q, q, torch.zeros(1, 4, 1, 3), q, q, q, torch.zeros(1, 1, 16, 16), 1.0, 32)
+        triton_chunk.chunk_forward(q, q, odd, q, q, q, q, s0, 1.0, 32)
+    with pytest.raises(ValueError, match="write gate w has 3 channels; expected 16 \\(dv\\) or 1"):
+        triton_chunk.chunk_forward(q, q, q, q, q, odd, q, s0, 1.0, 32)
 
 
 @pytest.mark.usefixtures("nan_empty")
@@ -167,29 +169,32 @@ def test_tuned_kernels_launch_the_chosen_config_directly_once_chosen(monkeypatch
 
 
 
-def test_a_per_token_erase_gate_is_read_as_one_column():
-    """A per-token erase gate b [B, T, H] (KDA's and GDN's β) reaches the kernels as one
-    column (KB = 1), not a per-key copy; outputs and every gradient match the reference,
-    and match the same gate materialised per key (KB = dk), db summed over the keys."""
+def test_per_token_gates_are_read_as_one_column():
+    """Per-token gates b, w [B, T, H] (KDA's and GDN's β) reach the kernels as one column
+    (KB = KW = 1), not per-channel copies; outputs and every gradient match the reference,
+    and match the same gates materialised per channel (KB = dk, KW = dv), their gradients
+    summed over the channels."""
     case = Case(T=40, dk=16, dv=8, chunk=16)
     x = make_inputs(case)
-    x["b"] = torch.rand(case.B, case.T, case.H).requires_grad_()
-    per_key = dict(x, b=x["b"].detach()[..., None].expand(-1, -1, -1, case.dk).contiguous().requires_grad_())
-    widths, real_width = [], triton_chunk.gate_width
+    x["b"], x["w"] = (torch.rand(case.B, case.T, case.H).requires_grad_() for _ in range(2))
+    per_channel = dict(x, **{n: x[n].detach()[..., None].expand(-1, -1, -1, d).contiguous().requires_grad_()
+                             for n, d in (("b", case.dk), ("w", case.dv))})
+    widths = []
+    real = triton_chunk.gate_width, triton_chunk.write_width
 
-    def spy(b, K):
-        widths.append(real_width(b, K))
-        return widths[-1]
+    def spy(fn):
+        return lambda t, n: widths.append(fn(t, n)) or widths[-1]
 
-    triton_chunk.gate_width = spy
+    triton_chunk.gate_width, triton_chunk.write_width = map(spy, real)
     try:
         one_column = run_case(triton_gated_delta, case, x, kernel="chunk")
         assert widths and set(widths) == {1}, widths
         widths.clear()
-        materialised = run_case(triton_gated_delta, case, per_key, kernel="chunk")
-        assert set(widths) == {case.dk}, widths
+        materialised = run_case(triton_gated_delta, case, per_channel, kernel="chunk")
+        assert set(widths) == {case.dk, case.dv}, widths
     finally:
-        triton_chunk.gate_width = real_width
+        triton_chunk.gate_width, triton_chunk.write_width = real
     assert_match(one_column, run_case(gated_delta_reference, case, x))
-    materialised[1]["b"] = materialised[1]["b"].sum(-1)
+    for n in ("b", "w"):
+        materialised[1][n] = materialised[1][n].sum(-1)
     assert_match(one_column, materialised)
