@@ -209,48 +209,58 @@ def hbm_floor_bytes(x: dict, name: str, backward: bool) -> int:
     return inputs + out if not backward else 2 * inputs + 2 * out  # + read dO, write every input grad
 
 
-def bench_shape(shape: str, bandwidth: float) -> dict:
+def time_point(ours, theirs, x: dict, label: str = "") -> dict:
+    """Forward and forward+backward medians and peak extra memory of our call and fla's (if
+    any) on the same inputs, and how far their outputs and q/k/v gradients differ."""
+    row = {}
+    for who, fn in (("ours", ours), ("fla", theirs)):
+        if fn is None:
+            continue
+        try:
+            o = fn()
+            do = torch.randn(o.shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
+            grads = qkv_grads(fn(), x, do)
+            row[who] = {
+                "fwd_ms": cuda_time(lambda: fn()),
+                "fwd_bwd_ms": cuda_time(lambda: qkv_grads(fn(), x, do)),
+                "peak_extra_mb": peak_extra_mb(lambda: qkv_grads(fn(), x, do)),
+            }
+            row[who]["_o"] = [o.detach(), *grads]
+        except Exception as exc:  # one failing point must not hide the others' figures
+            logger.exception("%s %s failed", who, label)
+            row[who] = {"error": f"{type(exc).__name__}: {exc}"}
+    if "ours" in row and "fla" in row and "_o" in row["ours"] and "_o" in row["fla"]:
+        errs = [rel_err(a, b) for a, b in zip(row["ours"]["_o"], row["fla"]["_o"])]
+        row["rel_err_vs_fla"] = errs[0]
+        row["grad_rel_err_vs_fla"] = dict(zip(("dq", "dk", "dv"), errs[1:]))
+        # bf16 inputs, different summation orders; a large gradient gap flags a miscompile
+        row["matches_fla"] = errs[0] <= 2e-2
+        row["grads_match_fla"] = max(errs[1:]) <= 5e-2
+        if row["matches_fla"]:
+            row["fwd_bwd_ratio_vs_fla"] = row["ours"]["fwd_bwd_ms"] / row["fla"]["fwd_bwd_ms"]
+            row["fwd_ratio_vs_fla"] = row["ours"]["fwd_ms"] / row["fla"]["fwd_ms"]
+    for who in ("ours", "fla"):
+        if who in row:
+            row[who].pop("_o", None)
+    return row
+
+
+def bench_shape(shape: str, bandwidth: float, progress: Callable[[dict], None] = lambda out: None) -> dict:
+    """Every selected point at one shape; ``progress(out)`` after each point, so a run cut
+    short (a time limit, a hung compile) keeps the points it timed."""
     x = leaf_inputs(shape)
     out = {"shape": SHAPES[shape], "dtype": "bfloat16", "points": {}}
     pts = points(x)
     for name in selected(pts):
-        ours, theirs = pts[name]
-        row = {}
-        for who, fn in (("ours", ours), ("fla", theirs)):
-            if fn is None:
-                continue
-            try:
-                o = fn()
-                do = torch.randn(o.shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
-                grads = qkv_grads(fn(), x, do)
-                row[who] = {
-                    "fwd_ms": cuda_time(lambda: fn()),
-                    "fwd_bwd_ms": cuda_time(lambda: qkv_grads(fn(), x, do)),
-                    "peak_extra_mb": peak_extra_mb(lambda: qkv_grads(fn(), x, do)),
-                }
-                row[who]["_o"] = [o.detach(), *grads]
-            except Exception as exc:  # one failing point must not hide the others' figures
-                logger.exception("%s %s failed", who, name)
-                row[who] = {"error": f"{type(exc).__name__}: {exc}"}
-        if "ours" in row and "fla" in row and "_o" in row["ours"] and "_o" in row["fla"]:
-            errs = [rel_err(a, b) for a, b in zip(row["ours"]["_o"], row["fla"]["_o"])]
-            row["rel_err_vs_fla"] = errs[0]
-            row["grad_rel_err_vs_fla"] = dict(zip(("dq", "dk", "dv"), errs[1:]))
-            # bf16 inputs, different summation orders; a large gradient gap flags a miscompile
-            row["matches_fla"] = errs[0] <= 2e-2
-            row["grads_match_fla"] = max(errs[1:]) <= 5e-2
-            if row["matches_fla"]:
-                row["fwd_bwd_ratio_vs_fla"] = row["ours"]["fwd_bwd_ms"] / row["fla"]["fwd_bwd_ms"]
-                row["fwd_ratio_vs_fla"] = row["ours"]["fwd_ms"] / row["fla"]["fwd_ms"]
-        for who in ("ours", "fla"):
-            if who in row:
-                row[who].pop("_o", None)
+        print(f"[{shape}] timing {name} ...", flush=True)  # a run cut short shows where it was
+        row = time_point(*pts[name], x, name)
         if name in FLA_POINTS and "fwd_bwd_ms" in row.get("ours", {}):
             floor_ms = hbm_floor_bytes(x, name.removesuffix("[fast]"), True) / (bandwidth * 1e9) * 1e3
             row["hbm_floor_fwd_bwd_ms"] = floor_ms
             row["ours_x_floor"] = row["ours"]["fwd_bwd_ms"] / floor_ms
         out["points"][name] = row
         print(f"[{shape}] {name}: {json.dumps(row, default=str)}", flush=True)
+        progress(out)
     p = out["points"]
     for name in ("gdn2+content_gate", "gdn2+content_gate[fast]"):
         if "fwd_bwd_ms" in p.get(name, {}).get("ours", {}):
@@ -462,8 +472,12 @@ def run_gpu(shapes: list[str], warm_jobs: int = 0, save: Callable[[dict], None] 
     result["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
     result["shapes"] = {}
     for shape in shapes:
-        result["shapes"][shape] = bench_shape(shape, result["copy_bandwidth_gbs"])
-        save(result)
+
+        def progress(out: dict, shape: str = shape) -> None:
+            result["shapes"][shape] = out
+            save(result)
+
+        progress(bench_shape(shape, result["copy_bandwidth_gbs"], progress))
     for key, label, fn in (("profile_gdn2_" + shapes[0], "profile", lambda: kernel_profile(shapes[0])),
                            ("content_gate_" + shapes[0], "content_gate", lambda: content_gate_diagnostics(shapes[0])),
                            ("autotune_choices", "autotune", autotune_choices)):

@@ -1,5 +1,7 @@
 """The GPU benchmark's diagnostic helpers that need no GPU: the host profile of a call and
 the report of autotune choices."""
+import json
+
 import torch
 import triton
 
@@ -49,3 +51,28 @@ def test_the_content_gates_grid_counts_programs_chunks_and_time_per_chunk(monkey
     small = bench_gpu.content_grid(bench_gpu.SHAPES["small"], fwd_bwd_ms=2.0)
     assert small["programs"] == 64 and small["chunks_per_program"] == 8 and small["us_per_chunk"] == 250.0
     assert bench_gpu.content_grid({"B": 64, "T": 100, "H": 4}, 1.0)["busy_multiprocessors_pct"] == 100.0
+
+
+def test_each_timed_point_is_handed_on_before_the_next_starts(monkeypatch):
+    """A run cut short (a call's time limit, a compile that does not end) keeps every point
+    it timed: ``bench_shape`` reports its partial result after each point."""
+    inputs = {n: torch.zeros(2, 4) for n in ("q", "k", "v", "g", "b", "w", "beta", "g_head")}
+    monkeypatch.setattr(bench_gpu, "leaf_inputs", lambda shape: inputs)
+    monkeypatch.setattr(bench_gpu, "points", lambda x: {"gdn2": ("ours", None), "kda": ("ours", None)})
+    monkeypatch.setattr(bench_gpu, "SELECTED", ())
+
+    def time_point(ours, theirs, x, label):
+        if label == "kda":
+            raise KeyboardInterrupt  # the second point never finishes
+        return {"ours": {"fwd_ms": 1.0, "fwd_bwd_ms": 3.0, "peak_extra_mb": 10.0}}
+
+    monkeypatch.setattr(bench_gpu, "time_point", time_point)
+    saved = []
+    try:
+        bench_gpu.bench_shape("small", bandwidth=1000.0, progress=lambda out: saved.append(json.dumps(out)))
+    except KeyboardInterrupt:
+        pass
+    assert len(saved) == 1
+    points = json.loads(saved[0])["points"]
+    assert list(points) == ["gdn2"] and points["gdn2"]["ours"]["fwd_bwd_ms"] == 3.0
+    assert points["gdn2"]["hbm_floor_fwd_bwd_ms"] > 0  # the row is complete when handed on
