@@ -148,7 +148,8 @@ def bench_gpu(args: argparse.Namespace) -> int:
 
     only = tuple(p for p in args.points.split(",") if p)
     if args.warm_only:
-        warm_only(args.shapes.split(","), args.warm_jobs or 1, fla=not args.no_fla, only=only)
+        warm_only(args.shapes.split(","), args.warm_jobs or 1, fla=not args.no_fla, only=only,
+                  deadline_s=args.warm_deadline)
         return 0
     result = gpu_main(args.shapes.split(","), args.out, fla=not args.no_fla, warm_jobs=args.warm_jobs, only=only)
     return 0 if result["reference_check"]["passed"] else 1
@@ -184,6 +185,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--warm-jobs", type=int, default=0,
                    help="gpu: compile every point first in this many parallel processes (0: no warm-up)")
     p.add_argument("--warm-only", action="store_true", help="gpu: fill the Triton cache, time nothing")
+    p.add_argument("--warm-deadline", type=float, default=None, metavar="S",
+                   help="gpu, --warm-only: end the warm-up after S seconds (units still compiling are killed, "
+                        "the rest not started; every unit's outcome is printed)")
     return p.parse_args(argv)
 
 

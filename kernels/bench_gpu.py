@@ -3,6 +3,7 @@
     python -m carvelab.kernels.bench --gpu                      # full figures, JSON to --out
     python -m carvelab.kernels.bench --gpu --shapes small       # a quick look
     python -m carvelab.kernels.bench --gpu --warm-jobs 12       # compile in 12 processes first
+    python -m carvelab.kernels.bench --gpu --warm-only --warm-jobs 8 --warm-deadline 240   # compile only, 4 min at most
 
 flash-linear-attention (``fla-core``) is an optional, benchmark-only dependency. For each
 shape the same bf16 inputs go to both libraries; correctness (ours vs the fp32 reference
@@ -308,26 +309,35 @@ def warm_one(shape: str, name: str, who: str) -> None:
         torch.cuda.synchronize()
 
 
-def warm_cache(shapes: list[str], jobs: int, timeout_s: float = 480.0) -> dict:
+def warm_cache(shapes: list[str], jobs: int, timeout_s: float = 480.0, deadline_s: float | None = None) -> dict:
     """Compile (and provisionally autotune) every point in ``jobs`` parallel processes.
 
-    The autotune timings of those concurrent processes are unreliable, so their cached
-    choices (``*.autotune.json``) are deleted afterwards; compiled binaries stay."""
+    A unit running longer than ``timeout_s`` is killed; at ``deadline_s`` after the start
+    (None: none) the running units are killed and the pending ones not started, so a
+    time-limited run ends the warm-up itself and still reports what compiled: each unit's
+    line is printed as it ends (rc -9: killed; "not started"). The autotune timings of those
+    concurrent processes are unreliable, so their cached choices (``*.autotune.json``) are
+    deleted afterwards; compiled binaries stay."""
     units = [(s, n, who) for who in (("fla", "ours") if USE_FLA else ("ours",)) for s in shapes for n in selected(POINTS)
              if who == "ours" or n in FLA_POINTS]
     start, pending, running, report = time.monotonic(), list(units), {}, {}
     while pending or running:
-        while pending and len(running) < jobs:
+        late = deadline_s is not None and time.monotonic() - start > deadline_s
+        while pending and len(running) < jobs and not late:
             unit = pending.pop(0)
             cmd = [sys.executable, "-m", "carvelab.kernels.bench_gpu", "warm", *unit]
             running[unit] = (subprocess.Popen(cmd), time.monotonic())
         for unit, (proc, t0) in list(running.items()):
-            if proc.poll() is None and time.monotonic() - t0 > timeout_s:
+            if proc.poll() is None and (late or time.monotonic() - t0 > timeout_s):
                 proc.kill()
                 proc.wait()
             if proc.poll() is not None:
                 report["/".join(unit)] = {"rc": proc.returncode, "s": round(time.monotonic() - t0, 1)}
+                print(f"warm-up: {'/'.join(unit)} rc {proc.returncode} in {report['/'.join(unit)]['s']} s", flush=True)
                 del running[unit]
+        if late:
+            report.update({"/".join(unit): "not started" for unit in pending})
+            pending.clear()
         time.sleep(0.2)
     removed = 0
     for path in _cache_dir().rglob("*.autotune.json"):
@@ -520,9 +530,10 @@ def _select(fla: bool, only: tuple) -> None:
     USE_FLA, SELECTED = fla, tuple(only)
 
 
-def warm_only(shapes: list[str], jobs: int, fla: bool = True, only: tuple = ()) -> dict:
+def warm_only(shapes: list[str], jobs: int, fla: bool = True, only: tuple = (),
+              deadline_s: float | None = None) -> dict:
     _select(fla, only)
-    return warm_cache(shapes, jobs)
+    return warm_cache(shapes, jobs, deadline_s=deadline_s)
 
 
 def main(shapes: list[str], out: str | None, fla: bool = True, warm_jobs: int = 0, only: tuple = ()) -> dict:

@@ -1,6 +1,9 @@
 """The GPU benchmark's diagnostic helpers that need no GPU: the host profile of a call and
 the report of autotune choices."""
 import json
+import subprocess
+import sys
+import time
 
 import torch
 import triton
@@ -76,3 +79,25 @@ def test_each_timed_point_is_handed_on_before_the_next_starts(monkeypatch):
     points = json.loads(saved[0])["points"]
     assert list(points) == ["gdn2"] and points["gdn2"]["ours"]["fwd_bwd_ms"] == 3.0
     assert points["gdn2"]["hbm_floor_fwd_bwd_ms"] > 0  # the row is complete when handed on
+
+
+def test_the_warm_up_ends_at_its_deadline_and_reports_every_unit(monkeypatch, tmp_path):
+    """--warm-deadline: units still compiling are killed, the rest are not started, and the
+    report says which is which (a time-limited run keeps that record)."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(bench_gpu, "USE_FLA", False)
+    monkeypatch.setattr(bench_gpu, "SELECTED", ("gdn2", "kda", "gdn"))
+    popen = subprocess.Popen
+
+    def worker(cmd):  # cmd: python -m carvelab.kernels.bench_gpu warm SHAPE POINT WHO
+        seconds = 0 if cmd[-2] == "gdn2" else 60  # gdn2 compiles at once, the others never end
+        return popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+    monkeypatch.setattr(subprocess, "Popen", worker)
+    start = time.monotonic()
+    out = bench_gpu.warm_cache(["small"], jobs=1, deadline_s=3.0)
+    assert time.monotonic() - start < 30
+    units = out["units"]
+    assert units["small/gdn2/ours"]["rc"] == 0
+    assert units["small/kda/ours"]["rc"] == -9 and units["small/kda/ours"]["s"] >= 2.0  # killed at the deadline
+    assert units["small/gdn/ours"] == "not started"
