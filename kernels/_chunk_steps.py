@@ -59,8 +59,21 @@ def _gate_tile(b, k, i_b, t0, i_h, TP, H, K: tl.constexpr, KB: tl.constexpr, c0,
     """Rows t0..t0+R, columns c0..c0+BD of a = b ⊙ k (fp32); b is [B, TP, H, KB]."""
     kt = _tile(k, i_b, t0, i_h, TP, H, K, c0, R, BD)
     if KB == 1:
-        return kt * _tile(b, i_b, t0, i_h, TP, H, 1, 0, R, 1)
+        return kt * _col(b, i_b, t0, i_h, TP, H, R)[:, None]
     return kt * _tile(b, i_b, t0, i_h, TP, H, K, c0, R, BD)
+
+
+@triton.jit
+def _col(base, i_b, t0, i_h, TP, H, R: tl.constexpr):
+    """Rows t0..t0+R of a [B, TP, H, 1] tensor (a per-token gate) as an fp32 vector."""
+    rows = t0 + tl.arange(0, R)
+    return tl.load(base + (i_b * TP + rows) * H + i_h).to(tl.float32)
+
+
+@triton.jit
+def _put_col(base, val, i_b, t0, i_h, TP, H, R: tl.constexpr):
+    rows = t0 + tl.arange(0, R)
+    tl.store(base + (i_b * TP + rows) * H + i_h, val)
 
 
 @triton.jit
@@ -72,7 +85,7 @@ def _write_tile(w, v, i_b, t0, i_h, TP, H, V: tl.constexpr, KW: tl.constexpr, c0
     if KW == 0:
         return vt
     if KW == 1:
-        return vt * _tile(w, i_b, t0, i_h, TP, H, 1, 0, R, 1)
+        return vt * _col(w, i_b, t0, i_h, TP, H, R)[:, None]
     return vt * _tile(w, i_b, t0, i_h, TP, H, V, c0, R, BD)
 
 
@@ -236,7 +249,7 @@ def _pairs_bwd_chunk(
     At = tl.trans(_tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT))
     dQ = tl.zeros([BT, BT], dtype=tl.float32)
     dMt = tl.zeros([BT, BT], dtype=tl.float32)
-    dw_sum = tl.zeros([BT, 1], dtype=tl.float32)
+    dw_sum = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(NV):
         c0 = i_v * BV
         dR = _mm(At, _tile(dx, i_b, t0, i_h, TP, H, V, c0, BT, BV), PREC)
@@ -244,8 +257,8 @@ def _pairs_bwd_chunk(
         if KW > 0:
             vt = _tile(v, i_b, t0, i_h, TP, H, V, c0, BT, BV)
             if KW == 1:
-                _put(dv, dR * _tile(w, i_b, t0, i_h, TP, H, 1, 0, BT, 1), i_b, t0, i_h, TP, H, V, c0, BT, BV)
-                dw_sum += tl.sum(dR * vt, 1)[:, None]
+                _put(dv, dR * _col(w, i_b, t0, i_h, TP, H, BT)[:, None], i_b, t0, i_h, TP, H, V, c0, BT, BV)
+                dw_sum += tl.sum(dR * vt, 1)
             else:
                 _put(dv, dR * _tile(w, i_b, t0, i_h, TP, H, V, c0, BT, BV), i_b, t0, i_h, TP, H, V, c0, BT, BV)
                 _put(dw, dR * vt, i_b, t0, i_h, TP, H, V, c0, BT, BV)
@@ -253,7 +266,7 @@ def _pairs_bwd_chunk(
         dQ += _mm(_tile(do, i_b, t0, i_h, TP, H, V, c0, BT, BV), dlT, PREC)
         dMt -= _mm(dR, dlT, PREC)
     if KW == 1:
-        _put(dw, dw_sum, i_b, t0, i_h, TP, H, 1, 0, BT, 1)
+        _put_col(dw, dw_sum, i_b, t0, i_h, TP, H, BT)
     rr = tl.arange(0, BT)
     _put(dQm, tl.where(rr[:, None] >= rr[None, :], scale * dQ, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
     _put(dM, tl.where(rr[:, None] > rr[None, :], dMt, 0.0), i_b, t0, i_h, TP, H, BT, 0, BT, BT)
@@ -381,8 +394,8 @@ def _intra_bwd_sub(
     _put(du, dut, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
     kt = _tile(k, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
     if KB == 1:
-        _put(dk, dat * _tile(b, i_b, t_i, i_h, TP, H, 1, 0, BC, 1), i_b, t_i, i_h, TP, H, K, 0, BC, BK)
-        _put(db, tl.sum(dat * kt, 1)[:, None], i_b, t_i, i_h, TP, H, 1, 0, BC, 1)
+        _put(dk, dat * _col(b, i_b, t_i, i_h, TP, H, BC)[:, None], i_b, t_i, i_h, TP, H, K, 0, BC, BK)
+        _put_col(db, tl.sum(dat * kt, 1), i_b, t_i, i_h, TP, H, BC)
     else:
         _put(dk, dat * _tile(b, i_b, t_i, i_h, TP, H, K, 0, BC, BK), i_b, t_i, i_h, TP, H, K, 0, BC, BK)
         _put(db, dat * kt, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
