@@ -61,9 +61,9 @@ def _runs(tmp_path, name):
 def test_a_killed_worker_raylet_and_an_added_worker_lose_nothing(tmp_path):
     LEDGER.faults_injected += 2
     # 16 trials: enough left after the fault for the node added then to get some. Trials of 300
-    # steps keep the rest of the sweep running past Ray's detection of the dead node (its health
-    # checks, ~15 s): at 90 steps the 14 trials left ran one at a time on the surviving worker
-    # (the dead node's slot still held) and the sweep could end before the new node got one
+    # steps (about 2 s each) keep the rest of the sweep running well past the new node's start
+    # (about 5 s): at 90 steps (about 0.6 s) the surviving worker once finished all 14 trials
+    # left, one after another, before the new node took one
     report, a = run_scenario("nodes", tmp_path, steps=300, seeds=[0, 1, 2, 3])
     _loopback_only(report)
     assert report["driver_rc"] == 0
