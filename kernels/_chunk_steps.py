@@ -6,12 +6,12 @@ kernels of ``triton_content`` call them chunk after chunk in one program. Sharin
 keeps a chunk's arithmetic the same, bit for bit, on both paths.
 
 Layout helpers: ``_tile`` / ``_put`` / ``_row`` load and store [R, D] tiles of a
-[B, TP, H, D] tensor; ``_gate_tile`` forms the read direction a = b ⊙ k on load (b of width
-KB = dk, or KB = 1: one erase gate per head and token, broadcast over the keys), so ``a``
-is never written to memory and its gradient leaves as dk = da ⊙ b and db = da ⊙ k (summed
-over the keys when KB = 1). Likewise ``_write_tile`` forms x = w ⊙ v (w of width KW = dv or
-1; KW = 0: no gate, v is x itself), and ``_pairs_bwd_chunk`` hands dx on as dv = dx ⊙ w
-and dw = dx ⊙ v. Stages, forward: ``_intra_block`` (M and Q of two sub-chunks),
+[B, TP, H, D] tensor; ``_gated_tile`` forms the read direction a = b ⊙ k on load (b of
+width KB = dk, or KB = 1: one erase gate per head and token, broadcast over the keys), so
+``a`` is never written to memory and its gradient leaves as dk = da ⊙ b and db = da ⊙ k
+(summed over the keys when KB = 1). Likewise it forms x = w ⊙ v (w of width KW = dv or 1;
+KW = 0: no gate, v is x itself), and ``_pairs_bwd_chunk`` hands dx on as dv = dx ⊙ w and
+dw = dx ⊙ v. Stages, forward: ``_intra_block`` (M and Q of two sub-chunks),
 ``_solve_chunk`` (the WY inverse A, W = A Ã, A X), ``_state_step`` (Δ, S_C), ``_output_tile``
 (o); backward: ``_state_bwd_step`` (dΔ, dS_0), ``_pairs_bwd_chunk`` (dR, dQ, dM),
 ``_state_terms_chunk`` (the S_0 / dS_C terms of dq, da, du), ``_intra_bwd_sub`` (dq, da, du
@@ -54,13 +54,18 @@ def _row(base, i_b, t, i_h, TP, H, D: tl.constexpr, c0, BD: tl.constexpr):
 
 
 @triton.jit
-def _gate_tile(b, k, i_b, t0, i_h, TP, H, K: tl.constexpr, KB: tl.constexpr, c0, R: tl.constexpr,
-               BD: tl.constexpr):
-    """Rows t0..t0+R, columns c0..c0+BD of a = b ⊙ k (fp32); b is [B, TP, H, KB]."""
-    kt = _tile(k, i_b, t0, i_h, TP, H, K, c0, R, BD)
-    if KB == 1:
-        return kt * _col(b, i_b, t0, i_h, TP, H, R)[:, None]
-    return kt * _tile(b, i_b, t0, i_h, TP, H, K, c0, R, BD)
+def _gated_tile(gate, x, i_b, t0, i_h, TP, H, D: tl.constexpr, KG: tl.constexpr, c0, R: tl.constexpr,
+                BD: tl.constexpr):
+    """Rows t0..t0+R, columns c0..c0+BD of x ⊙ gate (fp32), x [B, TP, H, D] and the gate
+    [B, TP, H, KG]: KG = D (a gate per channel), 1 (one per token, broadcast) or 0 (no
+    gate: x itself). a = b ⊙ k is ``_gated_tile(b, k, .., K, KB, ..)``, x = w ⊙ v is
+    ``_gated_tile(w, v, .., V, KW, ..)``."""
+    xt = _tile(x, i_b, t0, i_h, TP, H, D, c0, R, BD)
+    if KG == 0:
+        return xt
+    if KG == 1:
+        return xt * _col(gate, i_b, t0, i_h, TP, H, R)[:, None]
+    return xt * _tile(gate, i_b, t0, i_h, TP, H, D, c0, R, BD)
 
 
 @triton.jit
@@ -74,19 +79,6 @@ def _col(base, i_b, t0, i_h, TP, H, R: tl.constexpr):
 def _put_col(base, val, i_b, t0, i_h, TP, H, R: tl.constexpr):
     rows = t0 + tl.arange(0, R)
     tl.store(base + (i_b * TP + rows) * H + i_h, val)
-
-
-@triton.jit
-def _write_tile(w, v, i_b, t0, i_h, TP, H, V: tl.constexpr, KW: tl.constexpr, c0, R: tl.constexpr,
-                BD: tl.constexpr):
-    """Rows t0..t0+R, columns c0..c0+BD of x = w ⊙ v (fp32); w is [B, TP, H, KW], KW = 0:
-    v is x (w unused)."""
-    vt = _tile(v, i_b, t0, i_h, TP, H, V, c0, R, BD)
-    if KW == 0:
-        return vt
-    if KW == 1:
-        return vt * _col(w, i_b, t0, i_h, TP, H, R)[:, None]
-    return vt * _tile(w, i_b, t0, i_h, TP, H, V, c0, R, BD)
 
 
 @triton.jit
@@ -105,10 +97,10 @@ def _intra_block(
         up = tl.exp(_tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK) - ref[None, :])
         down = _tile(u, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * tl.exp(ref[None, :] - _tile(G, i_b, t_j, i_h, TP, H, K, 0, BC, BK))
         down = tl.trans(down)
-        Mb = _mm(_gate_tile(b, k, i_b, t_i, i_h, TP, H, K, KB, 0, BC, BK) * up, down, PREC)
+        Mb = _mm(_gated_tile(b, k, i_b, t_i, i_h, TP, H, K, KB, 0, BC, BK) * up, down, PREC)
         Qb = _mm(_tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK) * up, down, PREC)
     elif i_i == i_j:
-        a_i = _gate_tile(b, k, i_b, t_i, i_h, TP, H, K, KB, 0, BC, BK)
+        a_i = _gated_tile(b, k, i_b, t_i, i_h, TP, H, K, KB, 0, BC, BK)
         q_i = _tile(q, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
         G_i = _tile(G, i_b, t_i, i_h, TP, H, K, 0, BC, BK)
         ok = tl.arange(0, BK)
@@ -176,10 +168,10 @@ def _solve_chunk(
             _put(A, -_mm(Aii, acc, PREC), i_b, t0 + i * BC, i_h, TP, H, BT, j * BC, BC, BC)
     tl.debug_barrier()
     Ai = _tile(A, i_b, t0, i_h, TP, H, BT, 0, BT, BT)
-    at = _gate_tile(b, k, i_b, t0, i_h, TP, H, K, KB, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
+    at = _gated_tile(b, k, i_b, t0, i_h, TP, H, K, KB, 0, BT, BK) * tl.exp(_tile(G, i_b, t0, i_h, TP, H, K, 0, BT, BK))
     _put(W, _mm(Ai, at, PREC), i_b, t0, i_h, TP, H, K, 0, BT, BK)
     for i_v in range(NV):
-        xt = _write_tile(w, v, i_b, t0, i_h, TP, H, V, KW, i_v * BV, BT, BV)
+        xt = _gated_tile(w, v, i_b, t0, i_h, TP, H, V, KW, i_v * BV, BT, BV)
         _put(XA, _mm(Ai, xt, PREC), i_b, t0, i_h, TP, H, V, i_v * BV, BT, BV)
 
 
@@ -349,7 +341,7 @@ def _pairs_as_cols(
         dQb = tl.trans(_tile(dQm, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
         dMb = tl.trans(_tile(dM, i_b, t_j, i_h, TP, H, BT, i_i * BC, BC, BC))
         acc += _mm(dQb, _tile(q, i_b, t_j, i_h, TP, H, K, 0, BC, BK) * f, PREC)
-        acc += _mm(dMb, _gate_tile(b, k, i_b, t_j, i_h, TP, H, K, KB, 0, BC, BK) * f, PREC)
+        acc += _mm(dMb, _gated_tile(b, k, i_b, t_j, i_h, TP, H, K, KB, 0, BC, BK) * f, PREC)
     du += tl.exp(ref[None, :] - G_i) * acc
     rr = tl.arange(0, BC)
     ok = tl.arange(0, BK)

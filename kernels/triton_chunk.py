@@ -281,22 +281,19 @@ def _dims(q, x, BT):
     return B, T, H, K, V, NT, NT * BT, key_block(K), BV, triton.cdiv(V, BV)
 
 
-def gate_width(b: torch.Tensor, K: int) -> int:
-    """KB of an erase gate b [B, T, H, KB]: K (a gate per key channel) or 1 (one per token
-    and head, broadcast over the keys)."""
-    if b.shape[-1] not in (1, K):
-        raise ValueError(f"the erase gate b has {b.shape[-1]} channels; expected {K} (dk) or 1")
-    return b.shape[-1]
+GATES = {"b": ("the erase gate b", "dk"), "w": ("the write gate w", "dv")}
 
 
-def write_width(w, V: int) -> int:
-    """KW of a write gate w [B, T, H, KW]: V (a gate per value channel), 1 (one per token and
-    head) or 0 (w is None: v is already x)."""
-    if w is None:
+def gate_width(gate, n: int, name: str) -> int:
+    """KB (name "b") or KW ("w") of a gate [B, T, H, width]: n (a gate per channel), 1 (one
+    per token and head, broadcast over the channels) or 0 (None: no gate, as for w when v
+    is already x)."""
+    if gate is None:
         return 0
-    if w.shape[-1] not in (1, V):
-        raise ValueError(f"the write gate w has {w.shape[-1]} channels; expected {V} (dv) or 1")
-    return w.shape[-1]
+    if gate.shape[-1] not in (1, n):
+        what, dim = GATES[name]
+        raise ValueError(f"{what} has {gate.shape[-1]} channels; expected {n} ({dim}) or 1")
+    return gate.shape[-1]
 
 
 def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str = "exact"):
@@ -310,7 +307,7 @@ def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, v, BT)
-    KB, KW = gate_width(b, K), write_width(w, V)
+    KB, KW = gate_width(b, K, "b"), gate_width(w, V, "w")
     q, k, b, u, v = (_pad_time(t, TP) for t in (q, k, b, u, v))
     w = v if w is None else _pad_time(w, TP)  # KW = 0: never read
     G = _chunk_cumsum(_pad_time(g, TP), BT)
@@ -339,7 +336,7 @@ def chunk_backward(q, k, b, u, v, w, saved, s_out, do, ds_out, scale: float, BT:
     [B, T, H, dk] by the scaling identity, closed chunk by chunk (``_decay_grad_kernel``)."""
     G, A, Qm, h, dlt, W = saved
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, do, BT)
-    KB, KW = gate_width(b, K), write_width(w, V)
+    KB, KW = gate_width(b, K, "b"), gate_width(w, V, "w")
     q, k, b, u, v, do = (_pad_time(t, TP) for t in (q, k, b, u, v, do))
     w = v if w is None else _pad_time(w, TP)
     (prec, _), NC = dot_precisions(precision, q, u), BT // BC

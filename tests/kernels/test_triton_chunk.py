@@ -179,21 +179,19 @@ def test_per_token_gates_are_read_as_one_column():
     x["b"], x["w"] = (torch.rand(case.B, case.T, case.H).requires_grad_() for _ in range(2))
     per_channel = dict(x, **{n: x[n].detach()[..., None].expand(-1, -1, -1, d).contiguous().requires_grad_()
                              for n, d in (("b", case.dk), ("w", case.dv))})
-    widths = []
-    real = triton_chunk.gate_width, triton_chunk.write_width
+    widths, real = [], triton_chunk.gate_width
 
-    def spy(fn):
-        return lambda t, n: widths.append(fn(t, n)) or widths[-1]
+    def spy(gate, n, name):
+        widths.append(real(gate, n, name))
+        return widths[-1]
 
-    triton_chunk.gate_width, triton_chunk.write_width = map(spy, real)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(triton_chunk, "gate_width", spy)
         one_column = run_case(triton_gated_delta, case, x, kernel="chunk")
         assert widths and set(widths) == {1}, widths
         widths.clear()
         materialised = run_case(triton_gated_delta, case, per_channel, kernel="chunk")
         assert set(widths) == {case.dk, case.dv}, widths
-    finally:
-        triton_chunk.gate_width, triton_chunk.write_width = real
     assert_match(one_column, run_case(gated_delta_reference, case, x))
     for n in ("b", "w"):
         materialised[1][n] = materialised[1][n].sum(-1)
