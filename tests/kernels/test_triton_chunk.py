@@ -176,7 +176,7 @@ def test_per_token_gates_are_read_as_one_column():
     summed over the channels."""
     case = Case(T=40, dk=16, dv=8, chunk=16)
     x = make_inputs(case)
-    x["b"], x["w"] = (torch.rand(case.B, case.T, case.H).requires_grad_() for _ in range(2))
+    x["b"], x["w"] = (torch.rand(case.B, case.T, case.H, device=x["q"].device).requires_grad_() for _ in range(2))
     per_channel = dict(x, **{n: x[n].detach()[..., None].expand(-1, -1, -1, d).contiguous().requires_grad_()
                              for n, d in (("b", case.dk), ("w", case.dv))})
     widths, real = [], triton_chunk.gate_width
