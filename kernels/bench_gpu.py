@@ -77,11 +77,11 @@ def copy_bandwidth_gbs() -> float:
     return 2 * x.numel() / (ms * 1e-3) / 1e9
 
 
-def make_inputs(B, T, H, D, dtype=torch.bfloat16, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+def make_inputs(B, T, H, D, dtype=torch.bfloat16, seed=0, device="cuda"):
+    gen = torch.Generator(device=device).manual_seed(seed)
 
     def r(*shape):
-        return torch.randn(*shape, generator=gen, device="cuda")
+        return torch.randn(*shape, generator=gen, device=device)
 
     q = F.normalize(r(B, T, H, D), dim=-1).to(dtype)
     k = F.normalize(r(B, T, H, D), dim=-1).to(dtype)
@@ -182,24 +182,37 @@ def _fla():
     return {"gdn2": chunk_gdn2, "kda": chunk_kda, "gdn": chunk_gated_delta_rule}
 
 
-def check_against_reference() -> dict:
-    """fp32, small shape: our Triton kernels vs the token-by-token reference (outputs and grads)."""
+# The gate forms of the timed points, as (decay, erase gate, write gate) names of
+# ``make_inputs``: per-channel b and w (gdn2), one per-token beta as both gates (kda: the
+# kernels read it as one column), a per-head decay with beta (gdn).
+REFERENCE_FORMS = {"gdn2": ("g", "b", "w"), "kda": ("g", "beta", "beta"), "gdn": ("g_head", "beta", "beta")}
+
+
+def check_against_reference(T: int = 100, device: str = "cuda") -> dict:
+    """fp32, small shape: our Triton kernels vs the token-by-token reference (outputs and
+    grads), for every gate form of ``REFERENCE_FORMS``. Errors are keyed "o", "dq", ... for
+    gdn2 and "kda:o", "kda:dq", ... for the others; a gate used twice (beta) gets one
+    gradient, the sum of both uses, on both sides."""
     from carvelab.kernels.options import RecurrenceOptions
     from carvelab.kernels.reference import gated_delta_reference
     from carvelab.kernels.triton_ops import triton_chunk_gated_delta
 
-    x = make_inputs(1, 100, 2, 32, dtype=torch.float32, seed=3)
-    names = ("q", "k", "v", "g", "b", "w")
-    ins = [x[n].detach().clone().requires_grad_() for n in names]
-    ref = [x[n].detach().clone().requires_grad_() for n in names]
-    o = triton_chunk_gated_delta(*ins, None, RecurrenceOptions(chunk_size=32)).o
-    o_ref = gated_delta_reference(*ref).o
-    do = torch.randn_like(o_ref)
-    (o * do).sum().backward()
-    (o_ref * do).sum().backward()
-    errs = {"o": rel_err(o, o_ref)}
-    errs.update({f"d{n}": rel_err(a.grad, r.grad) for n, a, r in zip(names, ins, ref)})
-    return {"errors": errs, "passed": errs["o"] <= 1e-4 and all(v <= 1e-3 for k, v in errs.items() if k != "o")}
+    x = make_inputs(1, T, 2, 32, dtype=torch.float32, seed=3, device=device)
+    gen = torch.Generator(device=device).manual_seed(4)
+    errs = {}
+    for form, gates in REFERENCE_FORMS.items():
+        names = ("q", "k", "v", *gates)
+        ours, ref = ({n: x[n].detach().clone().requires_grad_() for n in names} for _ in range(2))
+        o = triton_chunk_gated_delta(*(ours[n] for n in names), None, RecurrenceOptions(chunk_size=32)).o
+        o_ref = gated_delta_reference(*(ref[n] for n in names)).o
+        do = torch.randn(o_ref.shape, generator=gen, device=device)
+        (o * do).sum().backward()
+        (o_ref * do).sum().backward()
+        key = "" if form == "gdn2" else f"{form}:"
+        errs[f"{key}o"] = rel_err(o, o_ref)
+        errs.update({f"{key}d{n}": rel_err(ours[n].grad, ref[n].grad) for n in ours})
+    passed = all(v <= (1e-4 if k.split(":")[-1] == "o" else 1e-3) for k, v in errs.items())
+    return {"errors": errs, "passed": passed}
 
 
 def hbm_floor_bytes(x: dict, name: str, backward: bool) -> int:

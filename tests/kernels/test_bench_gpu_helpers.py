@@ -1,10 +1,11 @@
-"""The GPU benchmark's diagnostic helpers that need no GPU: the host profile of a call and
-the report of autotune choices."""
+"""The GPU benchmark's diagnostic helpers that need no GPU (the host profile of a call, the
+report of autotune choices, ...) and its reference check, on the kernel tests' device."""
 import json
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import triton
 
@@ -101,3 +102,28 @@ def test_the_warm_up_ends_at_its_deadline_and_reports_every_unit(monkeypatch, tm
     assert units["small/gdn2/ours"]["rc"] == 0
     assert units["small/kda/ours"]["rc"] == -9 and units["small/kda/ours"]["s"] >= 2.0  # killed at the deadline
     assert units["small/gdn/ours"] == "not started"
+
+
+def test_the_reference_check_covers_every_gate_form_the_bench_compares_with_fla():
+    """Every point timed against fla is first checked against the reference in its own gate
+    form: per-channel b and w (gdn2), a per-token beta read as one column (kda), a per-head
+    decay (gdn). A form whose kernels disagree fails the check, and its keys say which."""
+    from carvelab.kernels import reference
+    from tests.kernels.test_triton_recurrent import DEVICE
+
+    assert set(bench_gpu.REFERENCE_FORMS) == {p.split("[")[0] for p in bench_gpu.FLA_POINTS}
+    result = bench_gpu.check_against_reference(T=40, device=DEVICE)
+    assert result["passed"], result
+    assert {"o", "dq", "db", "dw", "kda:o", "kda:dbeta", "kda:dg", "gdn:dg_head", "gdn:dbeta"} <= set(result["errors"])
+
+    real = reference.gated_delta_reference
+
+    def off_for_one_column_gates(q, k, v, g, b, w, *args, **kwargs):
+        out = real(q, k, v, g, b, w, *args, **kwargs)
+        return out._replace(o=out.o * 1.01) if b.dim() == 3 else out  # beta [B, T, H]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reference, "gated_delta_reference", off_for_one_column_gates)
+        wrong = bench_gpu.check_against_reference(T=40, device=DEVICE)
+    assert not wrong["passed"]
+    assert wrong["errors"]["kda:o"] > 1e-3 and wrong["errors"]["gdn:o"] > 1e-3 and wrong["errors"]["o"] <= 1e-4
