@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 import triton
 
@@ -104,7 +103,7 @@ def test_the_warm_up_ends_at_its_deadline_and_reports_every_unit(monkeypatch, tm
     assert units["small/gdn/ours"] == "not started"
 
 
-def test_the_reference_check_covers_every_gate_form_the_bench_compares_with_fla():
+def test_the_reference_check_covers_every_gate_form_the_bench_compares_with_fla(monkeypatch):
     """Every point timed against fla is first checked against the reference in its own gate
     form: per-channel b and w (gdn2), a per-token beta read as one column (kda), a per-head
     decay (gdn). A form whose kernels disagree fails the check, and its keys say which."""
@@ -122,8 +121,7 @@ def test_the_reference_check_covers_every_gate_form_the_bench_compares_with_fla(
         out = real(q, k, v, g, b, w, *args, **kwargs)
         return out._replace(o=out.o * 1.01) if b.dim() == 3 else out  # beta [B, T, H]
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reference, "gated_delta_reference", off_for_one_column_gates)
-        wrong = bench_gpu.check_against_reference(T=40, device=DEVICE)
+    monkeypatch.setattr(reference, "gated_delta_reference", off_for_one_column_gates)
+    wrong = bench_gpu.check_against_reference(T=40, device=DEVICE)
     assert not wrong["passed"]
     assert wrong["errors"]["kda:o"] > 1e-3 and wrong["errors"]["gdn:o"] > 1e-3 and wrong["errors"]["o"] <= 1e-4
