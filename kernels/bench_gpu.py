@@ -182,15 +182,16 @@ def _fla():
     return {"gdn2": chunk_gdn2, "kda": chunk_kda, "gdn": chunk_gated_delta_rule}
 
 
-# The gate forms of the timed points, as (decay, erase gate, write gate) names of
-# ``make_inputs``: per-channel b and w (gdn2), one per-token beta as both gates (kda: the
-# kernels read it as one column), a per-head decay with beta (gdn).
-REFERENCE_FORMS = {"gdn2": ("g", "b", "w"), "kda": ("g", "beta", "beta"), "gdn": ("g_head", "beta", "beta")}
+# The gate forms of the points timed against fla, as (decay, erase gate, write gate) names
+# of ``make_inputs``: per-channel b and w (gdn2), one per-token beta as both gates (kda: the
+# kernels read it as one column), a per-head decay with beta (gdn). The reference check and
+# the HBM floor read them from here.
+GATE_FORMS = {"gdn2": ("g", "b", "w"), "kda": ("g", "beta", "beta"), "gdn": ("g_head", "beta", "beta")}
 
 
 def check_against_reference(T: int = 100, device: str = "cuda") -> dict:
     """fp32, small shape: our Triton kernels vs the token-by-token reference (outputs and
-    grads), for every gate form of ``REFERENCE_FORMS``. Errors are keyed "o", "dq", ... for
+    grads), for every gate form of ``GATE_FORMS``. Errors are keyed "o", "dq", ... for
     gdn2 and "kda:o", "kda:dq", ... for the others; a gate used twice (beta) gets one
     gradient, the sum of both uses, on both sides."""
     from carvelab.kernels.options import RecurrenceOptions
@@ -200,7 +201,7 @@ def check_against_reference(T: int = 100, device: str = "cuda") -> dict:
     x = make_inputs(1, T, 2, 32, dtype=torch.float32, seed=3, device=device)
     gen = torch.Generator(device=device).manual_seed(4)
     errs = {}
-    for form, gates in REFERENCE_FORMS.items():
+    for form, gates in GATE_FORMS.items():
         names = ("q", "k", "v", *gates)
         ours, ref = ({n: x[n].detach().clone().requires_grad_() for n in names} for _ in range(2))
         o = triton_chunk_gated_delta(*(ours[n] for n in names), None, RecurrenceOptions(chunk_size=32)).o
@@ -217,7 +218,7 @@ def check_against_reference(T: int = 100, device: str = "cuda") -> dict:
 
 def hbm_floor_bytes(x: dict, name: str, backward: bool) -> int:
     """Bytes that must cross HBM at least: inputs read + output written (+ grads for fwd+bwd)."""
-    used = ["q", "k", "v"] + (["g_head", "beta"] if name == "gdn" else ["g", "beta"] if name == "kda" else ["g", "b", "w"])
+    used = {"q", "k", "v", *GATE_FORMS[name]}  # beta, used twice, is read once
     inputs = sum(x[n].numel() * x[n].element_size() for n in used)
     out = x["v"].numel() * x["v"].element_size()
     return inputs + out if not backward else 2 * inputs + 2 * out  # + read dO, write every input grad

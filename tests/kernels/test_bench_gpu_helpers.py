@@ -110,7 +110,7 @@ def test_the_reference_check_covers_every_gate_form_the_bench_compares_with_fla(
     from carvelab.kernels import reference
     from tests.kernels.test_triton_recurrent import DEVICE
 
-    assert set(bench_gpu.REFERENCE_FORMS) == {p.split("[")[0] for p in bench_gpu.FLA_POINTS}
+    assert set(bench_gpu.GATE_FORMS) == {p.split("[")[0] for p in bench_gpu.FLA_POINTS}
     result = bench_gpu.check_against_reference(T=40, device=DEVICE)
     assert result["passed"], result
     assert {"o", "dq", "db", "dw", "kda:o", "kda:dbeta", "kda:dg", "gdn:dg_head", "gdn:dbeta"} <= set(result["errors"])
