@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from carvelab.kernels._triton_common import matrix_slice_ptr
+from carvelab.kernels._triton_common import matrix_slice_ptr, round_bf16
 from carvelab.kernels._triton_common import mm as _mm
 
 # Sub-chunk length: the span over which pairs are formed elementwise.
@@ -40,9 +40,14 @@ def _tile(base, i_b, t0, i_h, TP, H, D: tl.constexpr, c0, R: tl.constexpr, BD: t
 
 @triton.jit
 def _put(base, val, i_b, t0, i_h, TP, H, D: tl.constexpr, c0, R: tl.constexpr, BD: tl.constexpr):
+    """Store the [R, BD] tile val (fp32) at rows t0.., columns c0.. of a [B, TP, H, D]
+    tensor. Into bf16 it is rounded to nearest (``round_bf16``): what compiled code's
+    conversion does, and not the interpreter's, which truncates."""
     rows = t0 + tl.arange(0, R)
     cols = c0 + tl.arange(0, BD)
     ptr = base + ((i_b * TP + rows[:, None]) * H + i_h) * D + cols[None, :]
+    if base.dtype.element_ty == tl.bfloat16:
+        val = round_bf16(val)
     tl.store(ptr, val, mask=cols[None, :] < D)
 
 

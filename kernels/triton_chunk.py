@@ -30,7 +30,10 @@ row of sub-chunk j), e^{G_t−r} · e^{r−G_s}, both factors <= 1, so they run 
 and never overflow even at g ≈ −20 per token; pairs inside one sub-chunk are formed
 elementwise, one column at a time. A is found by forward substitution on each [16, 16]
 diagonal block, merged block by block with ``tl.dot``. State and accumulators are fp32;
-products take fp32, 3xTF32 or bf16 operands by ``precision`` (``options``).
+products take fp32, 3xTF32 or bf16 operands by ``precision`` (``options``). Under ``fast``
+W and Δ are stored in bf16, rounded to nearest: they are only ever product operands, which
+``fast`` rounds to the same bits, so this halves their memory and changes no result. The
+checkpoints h stay fp32 (the decay gradient reads them elementwise).
 
 Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (sequential
 over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
@@ -263,14 +266,21 @@ def _chunk_cumsum(g: torch.Tensor, BT: int) -> torch.Tensor:
     return G
 
 
-def _empty_f32(device, *shapes) -> list:
-    """Uninitialised fp32 tensors of the given shapes, views into one allocation: one
-    allocator call instead of one per tensor (the content gate calls the launchers once
+def _empty(device, *shapes, dtype=torch.float32) -> list:
+    """Uninitialised tensors of the given shapes and one dtype, views into one allocation:
+    one allocator call instead of one per tensor (the content gate calls the launchers once
     per chunk, and there host time sets the pace). Group only tensors that die together:
     any live view keeps the whole allocation."""
     sizes = [math.prod(sh) for sh in shapes]
-    flat = torch.empty(sum(sizes), device=device, dtype=torch.float32)
+    flat = torch.empty(sum(sizes), device=device, dtype=dtype)
     return [part.view(sh) for part, sh in zip(flat.split(sizes), shapes)]
+
+
+def operand_dtype(precision: str) -> torch.dtype:
+    """dtype of the saved W and Δ: bf16 under ``fast`` (they are only ever product operands,
+    which ``fast`` rounds to bf16 anyway, so storing them rounded changes no bit), fp32
+    otherwise."""
+    return torch.bfloat16 if precision == "fast" else torch.float32
 
 
 def _dims(q, x, BT):
@@ -296,14 +306,17 @@ def gate_width(gate, n: int, name: str) -> int:
     return gate.shape[-1]
 
 
-def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str = "exact"):
+def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str = "exact",
+                  out_dtype: torch.dtype = torch.float32):
     """q, k, u, g [B, T, H, dk]; b [B, T, H, dk or 1] (the erase gate: a = b ⊙ k is formed in
     the kernels); v [B, T, H, dv] and w [B, T, H, dv or 1] or None (x = w ⊙ v is formed in the
     kernels; None: x = v); s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}; precision one of
     options.PRECISIONS (``_triton_common.dot_precisions``).
 
-    Returns o [B, T, H, dv] fp32, S_T [B, H, dk, dv] fp32 and the tensors the backward
-    needs: (G, A, Q, h, Δ, W), padded to a multiple of BT tokens."""
+    Returns o [B, T, H, dv] in out_dtype (computed in fp32, rounded once on store),
+    S_T [B, H, dk, dv] fp32 and the tensors the backward needs: (G, A, Q, h, Δ, W), padded
+    to a multiple of BT tokens; Δ and W in ``operand_dtype(precision)`` (bf16 under fast),
+    the rest fp32."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
     B, T, H, K, V, NT, TP, BK, BV, NV = _dims(q, v, BT)
@@ -313,11 +326,11 @@ def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str
     G = _chunk_cumsum(_pad_time(g, TP), BT)
     # exact: fp32 products for fp32 q and u; a and x are products with fp32 gates
     (prec, solve_prec), NC = dot_precisions(precision, q, u), BT // BC
-    M, XA = _empty_f32(q.device, (B, TP, H, BT), (B, TP, H, V))  # freed on return
-    Qm, A, h, dlt, W = _empty_f32(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V), (B, TP, H, V),
-                                  (B, TP, H, K))  # saved
+    M, XA = _empty(q.device, (B, TP, H, BT), (B, TP, H, V))  # freed on return
+    Qm, A, h = _empty(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V))  # saved
+    dlt, W = _empty(q.device, (B, TP, H, V), (B, TP, H, K), dtype=operand_dtype(precision))  # saved
     s_out = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
-    o = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
+    o = torch.empty(B, TP, H, V, device=q.device, dtype=out_dtype)
     _intra_fwd_kernel[(NT, NC * NC, B * H)](q, b, k, u, G, M, Qm, TP, H=H, K=K, KB=KB, BT=BT, BC=BC, NC=NC, BK=BK,
                                             PREC=prec)
     _solve_fwd_kernel[(NT, B * H)](b, k, w, v, G, M, A, W, XA, TP, H=H, K=K, KB=KB, V=V, KW=KW, BT=BT, BC=BC,
@@ -340,11 +353,11 @@ def chunk_backward(q, k, b, u, v, w, saved, s_out, do, ds_out, scale: float, BT:
     q, k, b, u, v, do = (_pad_time(t, TP) for t in (q, k, b, u, v, do))
     w = v if w is None else _pad_time(w, TP)
     (prec, _), NC = dot_precisions(precision, q, u), BT // BC
-    dh, dQm, dM, dq0, da0, du0 = _empty_f32(  # freed on return
+    dh, dQm, dM, dq0, da0, du0 = _empty(  # freed on return
         q.device, (B, NT, H, K, V), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3)
     # the returned gradients get their own allocations: one may become a leaf's .grad
     dv = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
-    dx = dv if KW == 0 else _empty_f32(q.device, (B, TP, H, V))[0]  # dΔ, then dR = x's gradient
+    dx = dv if KW == 0 else _empty(q.device, (B, TP, H, V))[0]  # dΔ, then dR = x's gradient
     dw = None if KW == 0 else torch.empty(B, TP, H, KW, device=q.device, dtype=torch.float32)
     ds0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     dq, dk, du = (torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32) for _ in range(3))

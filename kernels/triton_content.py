@@ -65,7 +65,7 @@ from carvelab.kernels._chunk_steps import (
     _state_terms_chunk,
     _tile,
 )
-from carvelab.kernels.triton_chunk import _empty_f32, _pad_time
+from carvelab.kernels.triton_chunk import _empty, _pad_time, operand_dtype
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 LAUNCHES: Counter = Counter()
@@ -249,17 +249,18 @@ def content_forward(q, k, u, x, g, pre, b0, U, V, s0, scale: float, erase_scale:
     s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}, the WY chunk and the content chunk.
 
     Returns o [B, T, H, dv] fp32, S_T fp32 and what the backward needs (padded to a
-    multiple of BT tokens): (G, b, Q, A, W, h, Δ, m)."""
+    multiple of BT tokens): (G, b, Q, A, W, h, Δ, m); W and Δ in
+    ``triton_chunk.operand_dtype(precision)`` (bf16 under fast), the rest fp32."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
     B, T, H, K, Vd, R, NT, TP, BK, BV, NV, BR = _dims(q, x, U, BT)
     q, k, u, x, g, pre, b0 = (_pad_time(t, TP) for t in (q, k, u, x, g, pre, b0))
     prec, solve_prec = dot_precisions(precision, q, k, u, x)
     dev = q.device
-    M, XA = _empty_f32(dev, (B, TP, H, BT), (B, TP, H, Vd))  # freed on return
-    G, bb, Qm, A, W, h, dlt, mbuf = _empty_f32(  # saved
-        dev, *[(B, TP, H, K)] * 2, *[(B, TP, H, BT)] * 2, (B, TP, H, K), (B, NT, H, K, Vd), (B, TP, H, Vd),
-        (B, NT, H, Vd))
+    M, XA = _empty(dev, (B, TP, H, BT), (B, TP, H, Vd))  # freed on return
+    G, bb, Qm, A, h, mbuf = _empty(  # saved
+        dev, *[(B, TP, H, K)] * 2, *[(B, TP, H, BT)] * 2, (B, NT, H, K, Vd), (B, NT, H, Vd))
+    W, dlt = _empty(dev, (B, TP, H, K), (B, TP, H, Vd), dtype=operand_dtype(precision))  # saved
     s_out = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
     o = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
     _content_fwd_kernel[(B * H,)](
@@ -281,12 +282,12 @@ def content_backward(q, k, u, U, V, saved, s_out, do, ds_out, scale: float, eras
     q, k, u, do = (_pad_time(t, TP) for t in (q, k, u, do))
     prec, _ = dot_precisions(precision, q, k, u)
     dev = q.device
-    dob, dh, dQm, dM, dq0, da0, du0, dmb = _empty_f32(  # freed on return
+    dob, dh, dQm, dM, dq0, da0, du0, dmb = _empty(  # freed on return
         dev, (B, TP, H, Vd), (B, NT, H, K, Vd), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3, (B, H, Vd))
     dx = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
     ds0 = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
     dq, dk, du, dg, dpre = (torch.empty(B, TP, H, K, device=dev, dtype=torch.float32) for _ in range(5))
-    db = _empty_f32(dev, (B, TP, H, K))[0]  # freed on return (dpre carries the gate's gradient)
+    db = _empty(dev, (B, TP, H, K))[0]  # freed on return (dpre carries the gate's gradient)
     dU = torch.empty(B, H, K, R, device=dev, dtype=torch.float32)
     dV = torch.zeros(B, H, R, Vd, device=dev, dtype=torch.float32)
     _content_bwd_kernel[(B * H,)](

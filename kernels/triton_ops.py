@@ -113,14 +113,14 @@ class RecurrentFn(torch.autograd.Function):
 
 
 class KeyChunkFn(torch.autograd.Function):
-    """(q, k, b, u, v, w, g, s0) -> (o fp32 [B,T,H,dv], S_T fp32); see ``triton_chunk``. b is
-    [B,T,H,dk] or [B,T,H,1], w [B,T,H,dv] or [B,T,H,1] (``gate_arg``) or None (v is x)."""
+    """(q, k, b, u, v, w, g, s0) -> (o [B,T,H,dv] in out_dtype, S_T fp32); see ``triton_chunk``.
+    b is [B,T,H,dk] or [B,T,H,1], w [B,T,H,dv] or [B,T,H,1] (``gate_arg``) or None (v is x)."""
 
     @staticmethod
-    def forward(ctx, q, k, b, u, v, w, g, s0, scale, block_t, precision):
+    def forward(ctx, q, k, b, u, v, w, g, s0, scale, block_t, precision, out_dtype):
         q, k, b, u, v, w, g = map(_c, (q, k, b, u, v, w, g))
         o, s_out, saved = _chunk.chunk_forward(q, k, b, u, v, w, g, s0.float().contiguous(), scale, block_t,
-                                               precision)
+                                               precision, out_dtype)
         ctx.save_for_backward(q, k, b, u, v, w, s_out, *saved)
         ctx.scale, ctx.block_t, ctx.dv, ctx.precision = scale, block_t, v.shape[-1], precision
         return o, s_out
@@ -133,7 +133,7 @@ class KeyChunkFn(torch.autograd.Function):
         ds_out = _zeros_if_none(ds_out, s_out)
         dq, dk, db, du, dv, dw, dg, ds0 = _chunk.chunk_backward(q, k, b, u, v, w, saved, s_out, do, ds_out,
                                                                 ctx.scale, ctx.block_t, ctx.precision)
-        return dq, dk, db, du, dv, dw, dg, ds0, None, None, None
+        return dq, dk, db, du, dv, dw, dg, ds0, None, None, None, None
 
 
 class ContentChunkFn(torch.autograd.Function):
@@ -197,12 +197,13 @@ def gate_arg(b):
     return b[..., :1] if b is not None and b.shape[-1] > 1 and b.stride(-1) == 0 else b
 
 
-def _recurrence(c: Canonical, kernel, precision, q, k, u, v, w, g, b, s0):
+def _recurrence(c: Canonical, kernel, precision, q, k, u, v, w, g, b, s0, out_dtype=torch.float32):
     """One recurrence call over [B, L, H, *] tensors (gates activated; w None: v is x
-    already); returns (o, S_L)."""
+    already); returns (o, S_L). The chunked kernel writes o in out_dtype, the recurrent
+    kernel in fp32."""
     if c.erase_axis == "key" and kernel == "chunk":
         return KeyChunkFn.apply(q, k, gate_arg(b), u, v, gate_arg(w), g, s0, c.scale, chunk_block(c.chunk_size),
-                                precision)
+                                precision, out_dtype)
     x = v if w is None else w * v
     if c.erase_axis == "key":
         return RecurrentFn.apply(q, b * k, u, x, g, None, s0, c.scale, c.chunk_size)
@@ -218,7 +219,8 @@ def _write_dirs(c: Canonical, k, g, r, p0):
 
 def _whole_sequence(c: Canonical, kernel, precision, q, k):
     u, p_out = _write_dirs(c, k, c.g, c.r, initial_cov_or_eye(c) if c.covariance == "propagate" else None)
-    o, s_out = _recurrence(c, kernel, precision, q, k, u, c.v, c.w, c.g, c.b, initial_state_or_zeros(c))
+    o, s_out = _recurrence(c, kernel, precision, q, k, u, c.v, c.w, c.g, c.b, initial_state_or_zeros(c),
+                           out_dtype=c.v.dtype)  # the final output: no fp32 copy to convert
     return o, s_out, p_out
 
 

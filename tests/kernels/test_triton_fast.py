@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carvelab.kernels import dispatch
+from carvelab.kernels import dispatch, triton_chunk, triton_content
 from carvelab.kernels.reference import gated_delta_reference
 from carvelab.kernels.triton_ops import content_fuses, triton_gated_delta
 from tests.kernels.test_triton_recurrent import DEVICE, Case, _leaf, launched, make_inputs, run_case
@@ -129,6 +129,88 @@ def test_fast_reaches_the_kernels_and_exact_stays_exact():
     fast = run_case(triton_gated_delta, case, x, kernel="chunk", precision="fast")[0].state
     assert rel_rmse(exact, want) < 1e-5
     assert rel_rmse(fast, want) > 1e-4
+
+
+def _chunk_args(T=40, H=2, dk=16, dv=24):
+    """q, k, b, u, v, w, g, s0 of ``triton_chunk.chunk_forward`` (u = k), fp32."""
+    q, k = (F.normalize(torch.randn(1, T, H, dk, device=DEVICE), dim=-1) for _ in range(2))
+    b, w = torch.rand(1, T, H, dk, device=DEVICE), torch.rand(1, T, H, dv, device=DEVICE)
+    v, g = torch.randn(1, T, H, dv, device=DEVICE), -torch.rand(1, T, H, dk, device=DEVICE)
+    return q, k, b, k, v, w, g, 0.3 * torch.randn(1, H, dk, dv, device=DEVICE)
+
+
+def _content_args(rank=3):
+    """q, k, u, x, g, pre, b0, U, V, s0 of ``triton_content.content_forward``."""
+    q, k, _, u, v, w, g, s0 = _chunk_args()
+    H, dk, dv = q.shape[2], q.shape[3], v.shape[3]
+    pre = torch.randn_like(q)
+    U, V = 0.5 * torch.randn(H, dk, rank, device=DEVICE), torch.randn(H, rank, dv, device=DEVICE)
+    return q, k, u, w * v, g, pre, torch.sigmoid(pre), U, V, s0
+
+
+def _chunk_run(precision):
+    """chunk_forward then chunk_backward: (saved, (o, S_T, every gradient))."""
+    q, k, b, u, v, w, g, s0 = args = _chunk_args()
+    o, s_out, saved = triton_chunk.chunk_forward(*args, 0.25, 16, precision)
+    do, ds_out = torch.randn_like(o), torch.randn_like(s_out)
+    grads = triton_chunk.chunk_backward(q, k, b, u, v, w, saved, s_out, do, ds_out, 0.25, 16, precision)
+    return saved, (o, s_out, *grads)
+
+
+def _content_run(precision):
+    """content_forward then content_backward: (saved, (o, S_T, every gradient))."""
+    q, k, u, x, g, pre, b0, U, V, s0 = args = _content_args()
+    o, s_out, saved = triton_content.content_forward(*args, 0.25, 1.0, 16, precision)
+    do, ds_out = torch.randn_like(o), torch.randn_like(s_out)
+    grads = triton_content.content_backward(q, k, u, U, V, saved, s_out, do, ds_out, 0.25, 1.0, 16, precision)
+    return saved, (o, s_out, *grads)
+
+
+def _w_and_delta(fused: bool, saved: tuple) -> tuple:
+    return (saved[4], saved[6]) if fused else (saved[5], saved[4])
+
+
+@pytest.mark.parametrize("precision, dtype", [("fast", torch.bfloat16), ("exact", torch.float32)])
+def test_w_and_delta_are_saved_in_bf16_under_fast_only(precision, dtype):
+    """W and Δ, product operands only, are stored in bf16 under fast; the rest stays fp32."""
+    _, _, saved = triton_chunk.chunk_forward(*_chunk_args(), 0.25, 16, precision)
+    G, A, Qm, h, dlt, W = saved
+    assert W.dtype == dlt.dtype == dtype
+    assert {t.dtype for t in (G, A, Qm, h)} == {torch.float32}
+    _, _, saved = triton_content.content_forward(*_content_args(), 0.25, 1.0, 16, precision)
+    G, bb, Qm, A, W, h, dlt, m = saved
+    assert W.dtype == dlt.dtype == dtype
+    assert {t.dtype for t in (G, bb, Qm, A, h, m)} == {torch.float32}
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "content"])
+def test_w_and_delta_in_bf16_change_no_bit_under_fast(fused, monkeypatch):
+    """Under fast every use of W and Δ is a product that rounds its operands to bf16, so
+    storing them rounded to bf16 gives the outputs and gradients of storing them in fp32,
+    bit for bit (the interpreter's own bf16 conversion truncates: ``_put`` rounds)."""
+    run = _content_run if fused else _chunk_run
+    torch.manual_seed(1)
+    saved, got = run("fast")
+    assert {t.dtype for t in _w_and_delta(fused, saved)} == {torch.bfloat16}
+    for module in (triton_chunk, triton_content):
+        monkeypatch.setattr(module, "operand_dtype", lambda precision: torch.float32)
+    torch.manual_seed(1)
+    saved, want = run("fast")
+    for t in _w_and_delta(fused, saved):  # fp32 values that bf16 storage has to round
+        assert t.dtype == torch.float32 and not torch.equal(t, t.bfloat16().float())
+    for a, b in zip(got, want):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_o_in_the_output_dtype_is_the_fp32_o_rounded(precision):
+    """o written in bf16 is the fp32 o rounded to nearest, as torch rounds it."""
+    args = _chunk_args()
+    o32 = triton_chunk.chunk_forward(*args, 0.25, 16, precision)[0]
+    o16 = triton_chunk.chunk_forward(*args, 0.25, 16, precision, out_dtype=torch.bfloat16)[0]
+    truncated = (o32.view(torch.int32) & -65536).view(torch.float32)
+    assert not torch.equal(truncated, o32.bfloat16().float())  # rounding differs from truncating here
+    assert o16.dtype == torch.bfloat16 and torch.equal(o16, o32.to(torch.bfloat16))
 
 
 def test_fast_on_the_recurrent_kernel_computes_what_exact_does():
