@@ -31,9 +31,10 @@ and never overflow even at g ≈ −20 per token; pairs inside one sub-chunk are
 elementwise, one column at a time. A is found by forward substitution on each [16, 16]
 diagonal block, merged block by block with ``tl.dot``. State and accumulators are fp32;
 products take fp32, 3xTF32 or bf16 operands by ``precision`` (``options``). Under ``fast``
-W and Δ are stored in bf16, rounded to nearest: they are only ever product operands, which
-``fast`` rounds to the same bits, so this halves their memory and changes no result. The
-checkpoints h stay fp32 (the decay gradient reads them elementwise).
+Q, W and Δ are stored in bf16, rounded to nearest: they are only ever product operands, which
+``fast`` rounds to the same bits, so this halves their memory and changes no result. M, A
+(the solve's own round trip, in TF32) and the checkpoints h (the decay gradient reads them
+elementwise) stay fp32.
 
 Kernels: forward ``_intra`` (M, Q), ``_solve`` (A, W = A Ã, A X), ``_state`` (sequential
 over chunks: checkpoints h, Δ, S_T), ``_output`` (o); backward ``_state_bwd`` (reverse
@@ -277,7 +278,7 @@ def _empty(device, *shapes, dtype=torch.float32) -> list:
 
 
 def operand_dtype(precision: str) -> torch.dtype:
-    """dtype of the saved W and Δ: bf16 under ``fast`` (they are only ever product operands,
+    """dtype of the saved Q, W and Δ: bf16 under ``fast`` (they are only ever product operands,
     which ``fast`` rounds to bf16 anyway, so storing them rounded changes no bit), fp32
     otherwise."""
     return torch.bfloat16 if precision == "fast" else torch.float32
@@ -315,7 +316,7 @@ def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str
 
     Returns o [B, T, H, dv] in out_dtype (computed in fp32, rounded once on store),
     S_T [B, H, dk, dv] fp32 and the tensors the backward needs: (G, A, Q, h, Δ, W), padded
-    to a multiple of BT tokens; Δ and W in ``operand_dtype(precision)`` (bf16 under fast),
+    to a multiple of BT tokens; Q, Δ and W in ``operand_dtype(precision)`` (bf16 under fast),
     the rest fp32."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
@@ -327,8 +328,9 @@ def chunk_forward(q, k, b, u, v, w, g, s0, scale: float, BT: int, precision: str
     # exact: fp32 products for fp32 q and u; a and x are products with fp32 gates
     (prec, solve_prec), NC = dot_precisions(precision, q, u), BT // BC
     M, XA = _empty(q.device, (B, TP, H, BT), (B, TP, H, V))  # freed on return
-    Qm, A, h = _empty(q.device, *[(B, TP, H, BT)] * 2, (B, NT, H, K, V))  # saved
-    dlt, W = _empty(q.device, (B, TP, H, V), (B, TP, H, K), dtype=operand_dtype(precision))  # saved
+    A, h = _empty(q.device, (B, TP, H, BT), (B, NT, H, K, V))  # saved
+    Qm, dlt, W = _empty(q.device, (B, TP, H, BT), (B, TP, H, V), (B, TP, H, K),
+                        dtype=operand_dtype(precision))  # saved
     s_out = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     o = torch.empty(B, TP, H, V, device=q.device, dtype=out_dtype)
     _intra_fwd_kernel[(NT, NC * NC, B * H)](q, b, k, u, G, M, Qm, TP, H=H, K=K, KB=KB, BT=BT, BC=BC, NC=NC, BK=BK,

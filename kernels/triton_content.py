@@ -249,7 +249,7 @@ def content_forward(q, k, u, x, g, pre, b0, U, V, s0, scale: float, erase_scale:
     s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}, the WY chunk and the content chunk.
 
     Returns o [B, T, H, dv] fp32, S_T fp32 and what the backward needs (padded to a
-    multiple of BT tokens): (G, b, Q, A, W, h, Δ, m); W and Δ in
+    multiple of BT tokens): (G, b, Q, A, W, h, Δ, m); Q, W and Δ in
     ``triton_chunk.operand_dtype(precision)`` (bf16 under fast), the rest fp32."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
@@ -258,9 +258,10 @@ def content_forward(q, k, u, x, g, pre, b0, U, V, s0, scale: float, erase_scale:
     prec, solve_prec = dot_precisions(precision, q, k, u, x)
     dev = q.device
     M, XA = _empty(dev, (B, TP, H, BT), (B, TP, H, Vd))  # freed on return
-    G, bb, Qm, A, h, mbuf = _empty(  # saved
-        dev, *[(B, TP, H, K)] * 2, *[(B, TP, H, BT)] * 2, (B, NT, H, K, Vd), (B, NT, H, Vd))
-    W, dlt = _empty(dev, (B, TP, H, K), (B, TP, H, Vd), dtype=operand_dtype(precision))  # saved
+    G, bb, A, h, mbuf = _empty(  # saved
+        dev, *[(B, TP, H, K)] * 2, (B, TP, H, BT), (B, NT, H, K, Vd), (B, NT, H, Vd))
+    Qm, W, dlt = _empty(dev, (B, TP, H, BT), (B, TP, H, K), (B, TP, H, Vd),
+                        dtype=operand_dtype(precision))  # saved
     s_out = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
     o = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
     _content_fwd_kernel[(B * H,)](

@@ -166,37 +166,38 @@ def _content_run(precision):
     return saved, (o, s_out, *grads)
 
 
-def _w_and_delta(fused: bool, saved: tuple) -> tuple:
-    return (saved[4], saved[6]) if fused else (saved[5], saved[4])
+def _operands(fused: bool, saved: tuple) -> tuple:
+    """Q, W and Δ of a saved tuple (``content_forward``'s if fused, else ``chunk_forward``'s)."""
+    return (saved[2], saved[4], saved[6]) if fused else (saved[2], saved[5], saved[4])
 
 
 @pytest.mark.parametrize("precision, dtype", [("fast", torch.bfloat16), ("exact", torch.float32)])
-def test_w_and_delta_are_saved_in_bf16_under_fast_only(precision, dtype):
-    """W and Δ, product operands only, are stored in bf16 under fast; the rest stays fp32."""
+def test_q_w_and_delta_are_saved_in_bf16_under_fast_only(precision, dtype):
+    """Q, W and Δ, product operands only, are stored in bf16 under fast; the rest stays fp32."""
     _, _, saved = triton_chunk.chunk_forward(*_chunk_args(), 0.25, 16, precision)
     G, A, Qm, h, dlt, W = saved
-    assert W.dtype == dlt.dtype == dtype
-    assert {t.dtype for t in (G, A, Qm, h)} == {torch.float32}
+    assert Qm.dtype == W.dtype == dlt.dtype == dtype
+    assert {t.dtype for t in (G, A, h)} == {torch.float32}
     _, _, saved = triton_content.content_forward(*_content_args(), 0.25, 1.0, 16, precision)
     G, bb, Qm, A, W, h, dlt, m = saved
-    assert W.dtype == dlt.dtype == dtype
-    assert {t.dtype for t in (G, bb, Qm, A, h, m)} == {torch.float32}
+    assert Qm.dtype == W.dtype == dlt.dtype == dtype
+    assert {t.dtype for t in (G, bb, A, h, m)} == {torch.float32}
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["chunk", "content"])
-def test_w_and_delta_in_bf16_change_no_bit_under_fast(fused, monkeypatch):
-    """Under fast every use of W and Δ is a product that rounds its operands to bf16, so
+def test_q_w_and_delta_in_bf16_change_no_bit_under_fast(fused, monkeypatch):
+    """Under fast every use of Q, W and Δ is a product that rounds its operands to bf16, so
     storing them rounded to bf16 gives the outputs and gradients of storing them in fp32,
     bit for bit (the interpreter's own bf16 conversion truncates: ``_put`` rounds)."""
     run = _content_run if fused else _chunk_run
     torch.manual_seed(1)
     saved, got = run("fast")
-    assert {t.dtype for t in _w_and_delta(fused, saved)} == {torch.bfloat16}
+    assert {t.dtype for t in _operands(fused, saved)} == {torch.bfloat16}
     for module in (triton_chunk, triton_content):
         monkeypatch.setattr(module, "operand_dtype", lambda precision: torch.float32)
     torch.manual_seed(1)
     saved, want = run("fast")
-    for t in _w_and_delta(fused, saved):  # fp32 values that bf16 storage has to round
+    for t in _operands(fused, saved):  # fp32 values that bf16 storage has to round
         assert t.dtype == torch.float32 and not torch.equal(t, t.bfloat16().float())
     for a, b in zip(got, want):
         assert (a is None and b is None) or torch.equal(a, b)
