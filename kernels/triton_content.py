@@ -14,14 +14,15 @@ forward, chunk c (``_content_fwd_kernel``):
     1. δ_c = U (V m_c) (m_0 = 0); b = erase_scale · σ(pre + δ_c) (stored: the stages
        below form a = b ⊙ k from it, and the backward needs it), G = the chunk's cumulative
        log-decay;
-    2. the pair matrices M, Q of its sub-chunks; 3. the WY inverse A, W = A Ã, A X;
-    4. per value tile: Δ = A X − W S_0, S_C, o; the column means of o are m_{c+1}.
+    2. the pair matrices M, Q of its sub-chunks; 3. the WY inverse A, W = A Ã, A X
+       (X = w ⊙ v formed as it is loaded); 4. per value tile: Δ = A X − W S_0, S_C, o
+       (stored in the output dtype); the column means of the fp32 o are m_{c+1}.
 
 backward, chunk c from the last (``_content_bwd_kernel``):
     1. dO_c += dm_{c+1} / C (the mean's gradient; chunk c is full when c+1 exists);
-    2. the reverse state step (dΔ, dS_0 of the chunk), the pair gradients, the S_0 / dS_C
-       terms, the in-chunk pair sums (dq, du, and da as dk = da ⊙ b and db = da ⊙ k), dg by
-       the scaling identity;
+    2. the reverse state step (dΔ, dS_0 of the chunk), the pair gradients (with
+       dv = dX ⊙ w and dw = dX ⊙ v), the S_0 / dS_C terms, the in-chunk pair sums (dq,
+       du, and da as dk = da ⊙ b and db = da ⊙ k), dg by the scaling identity;
     3. dpre = db ⊙ b(1 − b/erase_scale); dδ_c = Σ_t dpre_t; dU += dδ_c (V m_c)ᵀ,
        dV += (Uᵀ dδ_c) m_cᵀ, dm_c = Vᵀ Uᵀ dδ_c, which step 1 of chunk c−1 adds.
 
@@ -65,7 +66,7 @@ from carvelab.kernels._chunk_steps import (
     _state_terms_chunk,
     _tile,
 )
-from carvelab.kernels.triton_chunk import _empty, _pad_time, operand_dtype
+from carvelab.kernels.triton_chunk import _empty, _pad_time, gate_width, operand_dtype
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 LAUNCHES: Counter = Counter()
@@ -97,10 +98,10 @@ def _u_tile(Um, i_h, K: tl.constexpr, R: tl.constexpr, BK: tl.constexpr, BR: tl.
 @autotune(configs=autotune_configs(warps=(4, 8), stages=(1, 2)), key=["BK", "BT", "V", "BR"])
 @triton.jit
 def _content_fwd_kernel(
-    q, k, u, x, g, pre, b0, Um, Vm, s0,
+    q, k, u, v, w, g, pre, b0, Um, Vm, s0,
     G, bb, M, Qm, A, W, XA, h, dlt, mbuf, o, s_out, TP, NT, scale, erase_scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, KW: tl.constexpr, R: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr,
     SOLVE_PREC: tl.constexpr,
 ):
     """One (batch, head), every chunk in order; see the module docstring."""
@@ -131,7 +132,7 @@ def _content_fwd_kernel(
             _intra_block(q, bb, k, u, G, M, Qm, i_c, i_ij // NC, i_ij % NC, i_b, i_h, TP, H, K, K, BT, BC, BK, PREC)
         tl.debug_barrier()
         # 3. the WY inverse
-        _solve_chunk(bb, k, x, x, G, M, A, W, XA, i_c, i_b, i_h, TP, H, K, K, V, 0, BT, BC, BK, BV, NV, SOLVE_PREC)
+        _solve_chunk(bb, k, w, v, G, M, A, W, XA, i_c, i_b, i_h, TP, H, K, K, V, KW, BT, BC, BK, BV, NV, SOLVE_PREC)
         tl.debug_barrier()
         # 4. state, outputs and their column means, value tile by value tile
         for i_v in range(NV):
@@ -154,11 +155,11 @@ def _content_fwd_kernel(
 @autotune(configs=autotune_configs(warps=(4, 8), stages=(1, 2)), key=["BK", "BT", "V", "BR"], restore_value=("dV",))
 @triton.jit
 def _content_bwd_kernel(
-    q, k, u, G, bb, Qm, A, W, h, dlt, mbuf, Um, Vm, s_out, do, ds_out,
-    dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dg, dpre, dmb, dU, dV, ds0,
+    q, k, u, v, w, G, bb, Qm, A, W, h, dlt, mbuf, Um, Vm, s_out, do, ds_out,
+    dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dv, dw, dg, dpre, dmb, dU, dV, ds0,
     TP, NT, scale, erase_scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, BR: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, KW: tl.constexpr, R: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, BR: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """One (batch, head), every chunk from the last; see the module docstring."""
@@ -198,8 +199,8 @@ def _content_bwd_kernel(
                 p_0, _ = matrix_tile_ptr(ds0, i_bh, K, V, c0, BK, BV)
                 tl.store(p_0, dS, mask=m_d)
         tl.debug_barrier()
-        _pairs_bwd_chunk(dlt, dob, A, dx, dQm, dM, dx, dx, dx, dx, i_c, i_b, i_h, TP, scale, H, V, 0, BT, BV, NV,
-                         PREC)  # x = w ⊙ v comes formed (KW = 0): dx is its gradient
+        _pairs_bwd_chunk(dlt, dob, A, dx, dQm, dM, w, v, dw, dv, i_c, i_b, i_h, TP, scale, H, V, KW, BT, BV, NV,
+                         PREC)
         tl.debug_barrier()
         for i_k in tl.static_range(NK):
             _state_terms_chunk(G, h, dh, dlt, dob, dx, dq0, da0, du0, i_k, i_c, i_b, i_h, TP, NT, scale,
@@ -234,28 +235,33 @@ def _content_bwd_kernel(
     tl.store(dU + (i_bh * K + ok[:, None]) * R + rr[None, :], dU_acc, mask=(ok[:, None] < K) & (rr[None, :] < R))
 
 
-def _dims(q, x, U, BT):
+def _dims(q, v, U, BT):
     B, T, H, K = q.shape
-    V, R = x.shape[-1], U.shape[-1]
+    V, R = v.shape[-1], U.shape[-1]
     NT = triton.cdiv(T, BT)
     BV = block_size(V, _chunk.MAX_BLOCK_V)
     return B, T, H, K, V, R, NT, NT * BT, key_block(K), BV, triton.cdiv(V, BV), max(2, triton.next_power_of_2(R))
 
 
-def content_forward(q, k, u, x, g, pre, b0, U, V, s0, scale: float, erase_scale: float, BT: int,
-                    precision: str = "exact"):
+def content_forward(q, k, u, v, w, g, pre, b0, U, V, s0, scale: float, erase_scale: float, BT: int,
+                    precision: str = "exact", out_dtype: torch.dtype = torch.float32):
     """q, k, u, g, pre, b0 [B, T, H, dk] (pre the erase gate's pre-activation, b0 =
-    erase_scale·σ(pre) from the caller); x [B, T, H, dv]; U [H, dk, R], V [H, R, dv];
-    s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}, the WY chunk and the content chunk.
+    erase_scale·σ(pre) from the caller); v [B, T, H, dv] and w [B, T, H, dv or 1] or None
+    (x = w ⊙ v is formed in the kernel, as in ``triton_chunk``; None: x = v); U [H, dk, R],
+    V [H, R, dv]; s0 [B, H, dk, dv] fp32; BT in {16, 32, 64}, the WY chunk and the content
+    chunk.
 
-    Returns o [B, T, H, dv] fp32, S_T fp32 and what the backward needs (padded to a
-    multiple of BT tokens): (G, b, Q, A, W, h, Δ, m); Q, W and Δ in
+    Returns o [B, T, H, dv] in out_dtype (the column means that feed the next chunk's gate
+    are taken from the fp32 tile before it is rounded), S_T fp32 and what the backward
+    needs (padded to a multiple of BT tokens): (G, b, Q, A, W, h, Δ, m); Q, W and Δ in
     ``triton_chunk.operand_dtype(precision)`` (bf16 under fast), the rest fp32."""
     if BT not in (16, 32, 64):
         raise ValueError(f"BT={BT!r} is not allowed; choose one of [16, 32, 64]")
-    B, T, H, K, Vd, R, NT, TP, BK, BV, NV, BR = _dims(q, x, U, BT)
-    q, k, u, x, g, pre, b0 = (_pad_time(t, TP) for t in (q, k, u, x, g, pre, b0))
-    prec, solve_prec = dot_precisions(precision, q, k, u, x)
+    B, T, H, K, Vd, R, NT, TP, BK, BV, NV, BR = _dims(q, v, U, BT)
+    KW = gate_width(w, Vd, "w")
+    q, k, u, v, g, pre, b0 = (_pad_time(t, TP) for t in (q, k, u, v, g, pre, b0))
+    w = v if w is None else _pad_time(w, TP)  # KW = 0: never read
+    prec, solve_prec = dot_precisions(precision, q, u)  # the rule of triton_chunk: a and x are formed in the kernel
     dev = q.device
     M, XA = _empty(dev, (B, TP, H, BT), (B, TP, H, Vd))  # freed on return
     G, bb, A, h, mbuf = _empty(  # saved
@@ -263,39 +269,45 @@ def content_forward(q, k, u, x, g, pre, b0, U, V, s0, scale: float, erase_scale:
     Qm, W, dlt = _empty(dev, (B, TP, H, BT), (B, TP, H, K), (B, TP, H, Vd),
                         dtype=operand_dtype(precision))  # saved
     s_out = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
-    o = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
+    o = torch.empty(B, TP, H, Vd, device=dev, dtype=out_dtype)
     _content_fwd_kernel[(B * H,)](
-        q, k, u, x, g, pre, b0, U, V, s0, G, bb, M, Qm, A, W, XA, h, dlt, mbuf, o, s_out, TP, NT, scale,
-        float(erase_scale), H=H, K=K, V=Vd, R=R, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV, BR=BR, PREC=prec,
+        q, k, u, v, w, g, pre, b0, U, V, s0, G, bb, M, Qm, A, W, XA, h, dlt, mbuf, o, s_out, TP, NT, scale,
+        float(erase_scale), H=H, K=K, V=Vd, KW=KW, R=R, BT=BT, BC=BC, BK=BK, BV=BV, NV=NV, BR=BR, PREC=prec,
         SOLVE_PREC=solve_prec,
     )
     LAUNCHES["content_fwd"] += 1
     return o[:, :T], s_out, (G, bb, Qm, A, W, h, dlt, mbuf)
 
 
-def content_backward(q, k, u, U, V, saved, s_out, do, ds_out, scale: float, erase_scale: float, BT: int,
+def content_backward(q, k, u, v, w, U, V, saved, s_out, do, ds_out, scale: float, erase_scale: float, BT: int,
                      precision: str = "exact"):
-    """Gradients (dq, dk, du, dx, dg, dpre, dU, dV, dS_0) of ``content_forward``; do and
+    """Gradients (dq, dk, du, dv, dw, dg, dpre, dU, dV, dS_0) of ``content_forward``; do and
     ds_out fp32. dk is the part through a = b ⊙ k only (u = k adds du where the caller
-    passed the same tensor)."""
+    passed the same tensor); dw has w's shape (None when w is; dv is then x's gradient)."""
     G, bb, Qm, A, W, h, dlt, mbuf = saved
     B, T, H, K, Vd, R, NT, TP, BK, BV, NV, BR = _dims(q, do, U, BT)
-    q, k, u, do = (_pad_time(t, TP) for t in (q, k, u, do))
-    prec, _ = dot_precisions(precision, q, k, u)
+    KW = gate_width(w, Vd, "w")
+    q, k, u, v, do = (_pad_time(t, TP) for t in (q, k, u, v, do))
+    w = v if w is None else _pad_time(w, TP)
+    prec, _ = dot_precisions(precision, q, u)
     dev = q.device
     dob, dh, dQm, dM, dq0, da0, du0, dmb = _empty(  # freed on return
         dev, (B, TP, H, Vd), (B, NT, H, K, Vd), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3, (B, H, Vd))
-    dx = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
+    # the returned gradients get their own allocations: one may become a leaf's .grad
+    dv = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
+    dx = dv if KW == 0 else _empty(dev, (B, TP, H, Vd))[0]  # dΔ, then dR = x's gradient
+    dw = dx if KW == 0 else torch.empty(B, TP, H, KW, device=dev, dtype=torch.float32)  # KW = 0: never written
     ds0 = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
     dq, dk, du, dg, dpre = (torch.empty(B, TP, H, K, device=dev, dtype=torch.float32) for _ in range(5))
     db = _empty(dev, (B, TP, H, K))[0]  # freed on return (dpre carries the gate's gradient)
     dU = torch.empty(B, H, K, R, device=dev, dtype=torch.float32)
     dV = torch.zeros(B, H, R, Vd, device=dev, dtype=torch.float32)
     _content_bwd_kernel[(B * H,)](
-        q, k, u, G, bb, Qm, A, W, h, dlt, mbuf, U, V, s_out, do, ds_out,
-        dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dg, dpre, dmb, dU, dV, ds0,
+        q, k, u, v, w, G, bb, Qm, A, W, h, dlt, mbuf, U, V, s_out, do, ds_out,
+        dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dv, dw, dg, dpre, dmb, dU, dV, ds0,
         TP, NT, scale, float(erase_scale),
-        H=H, K=K, V=Vd, R=R, BT=BT, BC=BC, BK=BK, BKS=min(BK, 64), BV=BV, NV=NV, BR=BR, PREC=prec,
+        H=H, K=K, V=Vd, KW=KW, R=R, BT=BT, BC=BC, BK=BK, BKS=min(BK, 64), BV=BV, NV=NV, BR=BR, PREC=prec,
     )
     LAUNCHES["content_bwd"] += 1
-    return dq[:, :T], dk[:, :T], du[:, :T], dx[:, :T], dg[:, :T], dpre[:, :T], dU.sum(0), dV.sum(0), ds0
+    return (dq[:, :T], dk[:, :T], du[:, :T], dv[:, :T], None if KW == 0 else dw[:, :T], dg[:, :T], dpre[:, :T],
+            dU.sum(0), dV.sum(0), ds0)

@@ -6,16 +6,17 @@ Four Functions, each a pure recurrence with hand-written backward kernels:
   ``triton_recurrent`` (key axis with β = None, value axis with β = b).
 - ``KeyChunkFn``   (q, k, b, u, v, w, g, S_0) -> (o, S_T): the chunked WY kernels of
   ``triton_chunk`` (key axis only), which form a = b⊙k and x = w⊙v as they load them.
-- ``ContentChunkFn`` (q, k, u, x, g, pre, b0, U, V, S_0) -> (o, S_T): the content gate on
-  the erase gate, key axis, as one sequential-over-chunks kernel each way
-  (``triton_content``).
+- ``ContentChunkFn`` (q, k, u, v, w, g, pre, b0, U, V, S_0) -> (o, S_T): the content gate
+  on the erase gate, key axis, as one sequential-over-chunks kernel each way
+  (``triton_content``), which also forms x = w⊙v as it loads it.
 - ``CovarianceFn`` (k, g, r, P_0) -> (u, P_T): the propagate-mode P-pass of
   ``triton_covariance``.
 
 ``triton_gated_delta`` activates nothing itself except the content gate. The chunked
-kernels take the gates b and w with k and v and return all four gradients; for the other
-kernels (recurrent, content gate) it forms ``a = b⊙k`` and ``x = w⊙v`` in torch, as they
-need, so autograd carries the gradients of the gates, k and v through those products.
+kernels take the gates b and w with k and v and return all four gradients (the fused
+content kernels likewise take w with v); for the recurrent kernels it forms ``a = b⊙k``
+and ``x = w⊙v`` in torch, so autograd carries the gradients of the gates, k and v through
+those products.
 
 Content gate. The gate of chunk c depends on the outputs of chunk c−1, so chunk c cannot
 be set up before chunk c−1 has run. Two paths compute the same recurrence:
@@ -137,29 +138,30 @@ class KeyChunkFn(torch.autograd.Function):
 
 
 class ContentChunkFn(torch.autograd.Function):
-    """(q, k, u, x, g, pre, b0, U, V, s0) -> (o fp32, S_T fp32): the fused content-gate
-    kernels of ``triton_content`` (erase target, key axis). ``b0`` is the caller's
-    whole-tensor activation of ``pre`` and gets no gradient (``pre`` gets all of it)."""
+    """(q, k, u, v, w, g, pre, b0, U, V, s0) -> (o in out_dtype, S_T fp32): the fused
+    content-gate kernels of ``triton_content`` (erase target, key axis); w as for
+    ``KeyChunkFn``. ``b0`` is the caller's whole-tensor activation of ``pre`` and gets no
+    gradient (``pre`` gets all of it)."""
 
     @staticmethod
-    def forward(ctx, q, k, u, x, g, pre, b0, U, V, s0, scale, erase_scale, block_t, precision):
-        q, k, u, x, g, pre, b0, U, V = map(_c, (q, k, u, x, g, pre, b0, U, V))
-        o, s_out, saved = _content.content_forward(q, k, u, x, g, pre, b0, U, V, s0.float().contiguous(), scale,
-                                                   erase_scale, block_t, precision)
-        ctx.save_for_backward(q, k, u, U, V, s_out, *saved)
+    def forward(ctx, q, k, u, v, w, g, pre, b0, U, V, s0, scale, erase_scale, block_t, precision, out_dtype):
+        q, k, u, v, w, g, pre, b0, U, V = map(_c, (q, k, u, v, w, g, pre, b0, U, V))
+        o, s_out, saved = _content.content_forward(q, k, u, v, w, g, pre, b0, U, V, s0.float().contiguous(), scale,
+                                                   erase_scale, block_t, precision, out_dtype)
+        ctx.save_for_backward(q, k, u, v, w, U, V, s_out, *saved)
         ctx.settings = (scale, erase_scale, block_t, precision)
-        ctx.dv = x.shape[-1]
+        ctx.dv = v.shape[-1]
         return o, s_out
 
     @staticmethod
     def backward(ctx, do, ds_out):
-        q, k, u, U, V, s_out, *saved = ctx.saved_tensors
+        q, k, u, v, w, U, V, s_out, *saved = ctx.saved_tensors
         B, T, H, _ = q.shape
         do = _zeros_if_none(do, q.new_empty(B, T, H, ctx.dv))
         ds_out = _zeros_if_none(ds_out, s_out)
-        dq, dk, du, dx, dg, dpre, dU, dV, ds0 = _content.content_backward(q, k, u, U, V, saved, s_out, do, ds_out,
-                                                                          *ctx.settings)
-        return dq, dk, du, dx, dg, dpre, None, dU, dV, ds0, None, None, None, None
+        dq, dk, du, dv, dw, dg, dpre, dU, dV, ds0 = _content.content_backward(
+            q, k, u, v, w, U, V, saved, s_out, do, ds_out, *ctx.settings)
+        return dq, dk, du, dv, dw, dg, dpre, None, dU, dV, ds0, None, None, None, None, None
 
 
 class CovarianceFn(torch.autograd.Function):
@@ -264,8 +266,9 @@ def _content_fused(c: Canonical, kernel, precision, q, k):
         b0 = b0 if content.erase_scale == 1.0 else content.erase_scale * b0
     U = content.U.float().expand(H, dk, content.U.shape[-1])  # one gate per head: the same row for every channel
     o, s_out = ContentChunkFn.apply(
-        q, k, u, c.w * c.v, c.g, c.b.expand(B, T, H, dk), b0.expand(B, T, H, dk), U, content.V.float(),
+        q, k, u, c.v, gate_arg(c.w), c.g, c.b.expand(B, T, H, dk), b0.expand(B, T, H, dk), U, content.V.float(),
         initial_state_or_zeros(c), c.scale, content.erase_scale, c.chunk_size, precision,
+        c.v.dtype,  # the final output: no fp32 copy to convert
     )
     return o, s_out, p_out
 

@@ -140,12 +140,12 @@ def _chunk_args(T=40, H=2, dk=16, dv=24):
 
 
 def _content_args(rank=3):
-    """q, k, u, x, g, pre, b0, U, V, s0 of ``triton_content.content_forward``."""
+    """q, k, u, v, w, g, pre, b0, U, V, s0 of ``triton_content.content_forward``."""
     q, k, _, u, v, w, g, s0 = _chunk_args()
     H, dk, dv = q.shape[2], q.shape[3], v.shape[3]
     pre = torch.randn_like(q)
     U, V = 0.5 * torch.randn(H, dk, rank, device=DEVICE), torch.randn(H, rank, dv, device=DEVICE)
-    return q, k, u, w * v, g, pre, torch.sigmoid(pre), U, V, s0
+    return q, k, u, v, w, g, pre, torch.sigmoid(pre), U, V, s0
 
 
 def _chunk_run(precision):
@@ -159,10 +159,11 @@ def _chunk_run(precision):
 
 def _content_run(precision):
     """content_forward then content_backward: (saved, (o, S_T, every gradient))."""
-    q, k, u, x, g, pre, b0, U, V, s0 = args = _content_args()
+    q, k, u, v, w, g, pre, b0, U, V, s0 = args = _content_args()
     o, s_out, saved = triton_content.content_forward(*args, 0.25, 1.0, 16, precision)
     do, ds_out = torch.randn_like(o), torch.randn_like(s_out)
-    grads = triton_content.content_backward(q, k, u, U, V, saved, s_out, do, ds_out, 0.25, 1.0, 16, precision)
+    grads = triton_content.content_backward(q, k, u, v, w, U, V, saved, s_out, do, ds_out, 0.25, 1.0, 16,
+                                            precision)
     return saved, (o, s_out, *grads)
 
 
@@ -204,14 +205,22 @@ def test_q_w_and_delta_in_bf16_change_no_bit_under_fast(fused, monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["exact", "fast"])
-def test_o_in_the_output_dtype_is_the_fp32_o_rounded(precision):
-    """o written in bf16 is the fp32 o rounded to nearest, as torch rounds it."""
-    args = _chunk_args()
-    o32 = triton_chunk.chunk_forward(*args, 0.25, 16, precision)[0]
-    o16 = triton_chunk.chunk_forward(*args, 0.25, 16, precision, out_dtype=torch.bfloat16)[0]
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "content"])
+def test_o_in_the_output_dtype_is_the_fp32_o_rounded(fused, precision):
+    """o written in bf16 is the fp32 o rounded to nearest, as torch rounds it; the content
+    kernels' S_T (fed by the column means of o) does not change."""
+    if fused:
+        args = _content_args()
+        run = lambda **kw: triton_content.content_forward(*args, 0.25, 1.0, 16, precision, **kw)  # noqa: E731
+    else:
+        args = _chunk_args()
+        run = lambda **kw: triton_chunk.chunk_forward(*args, 0.25, 16, precision, **kw)  # noqa: E731
+    o32, s32, _ = run()
+    o16, s16, _ = run(out_dtype=torch.bfloat16)
     truncated = (o32.view(torch.int32) & -65536).view(torch.float32)
     assert not torch.equal(truncated, o32.bfloat16().float())  # rounding differs from truncating here
     assert o16.dtype == torch.bfloat16 and torch.equal(o16, o32.to(torch.bfloat16))
+    assert torch.equal(s16, s32)
 
 
 def test_fast_on_the_recurrent_kernel_computes_what_exact_does():
