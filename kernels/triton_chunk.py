@@ -277,6 +277,17 @@ def _empty(device, *shapes, dtype=torch.float32) -> list:
     return [part.view(sh) for part, sh in zip(flat.split(sizes), shapes)]
 
 
+def value_grads(device, B: int, TP: int, H: int, V: int, KW: int) -> tuple:
+    """(dv, dx, dw) of a backward whose kernels form x = w ⊙ v (w of width KW, 0: none):
+    dx holds dΔ, then dR = x's gradient; dv = dR ⊙ w and dw = dR ⊙ v. Without a write gate
+    dv is dx itself and dw is None. dv and dw get allocations of their own: one may become
+    a leaf's .grad."""
+    dv = torch.empty(B, TP, H, V, device=device, dtype=torch.float32)
+    if KW == 0:
+        return dv, dv, None
+    return dv, _empty(device, (B, TP, H, V))[0], torch.empty(B, TP, H, KW, device=device, dtype=torch.float32)
+
+
 def operand_dtype(precision: str) -> torch.dtype:
     """dtype of the saved Q, W and Δ: bf16 under ``fast`` (they are only ever product operands,
     which ``fast`` rounds to bf16 anyway, so storing them rounded changes no bit), fp32
@@ -357,10 +368,7 @@ def chunk_backward(q, k, b, u, v, w, saved, s_out, do, ds_out, scale: float, BT:
     (prec, _), NC = dot_precisions(precision, q, u), BT // BC
     dh, dQm, dM, dq0, da0, du0 = _empty(  # freed on return
         q.device, (B, NT, H, K, V), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3)
-    # the returned gradients get their own allocations: one may become a leaf's .grad
-    dv = torch.empty(B, TP, H, V, device=q.device, dtype=torch.float32)
-    dx = dv if KW == 0 else _empty(q.device, (B, TP, H, V))[0]  # dΔ, then dR = x's gradient
-    dw = None if KW == 0 else torch.empty(B, TP, H, KW, device=q.device, dtype=torch.float32)
+    dv, dx, dw = value_grads(q.device, B, TP, H, V, KW)
     ds0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     dq, dk, du = (torch.empty(B, TP, H, K, device=q.device, dtype=torch.float32) for _ in range(3))
     db = torch.empty(B, TP, H, KB, device=q.device, dtype=torch.float32)

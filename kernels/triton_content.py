@@ -66,7 +66,7 @@ from carvelab.kernels._chunk_steps import (
     _state_terms_chunk,
     _tile,
 )
-from carvelab.kernels.triton_chunk import _empty, _pad_time, gate_width, operand_dtype
+from carvelab.kernels.triton_chunk import _empty, _pad_time, gate_width, operand_dtype, value_grads
 from carvelab.kernels.tuning import autotune, autotune_configs
 
 LAUNCHES: Counter = Counter()
@@ -293,10 +293,7 @@ def content_backward(q, k, u, v, w, U, V, saved, s_out, do, ds_out, scale: float
     dev = q.device
     dob, dh, dQm, dM, dq0, da0, du0, dmb = _empty(  # freed on return
         dev, (B, TP, H, Vd), (B, NT, H, K, Vd), *[(B, TP, H, BT)] * 2, *[(B, TP, H, K)] * 3, (B, H, Vd))
-    # the returned gradients get their own allocations: one may become a leaf's .grad
-    dv = torch.empty(B, TP, H, Vd, device=dev, dtype=torch.float32)
-    dx = dv if KW == 0 else _empty(dev, (B, TP, H, Vd))[0]  # dΔ, then dR = x's gradient
-    dw = dx if KW == 0 else torch.empty(B, TP, H, KW, device=dev, dtype=torch.float32)  # KW = 0: never written
+    dv, dx, dw = value_grads(dev, B, TP, H, Vd, KW)
     ds0 = torch.empty(B, H, K, Vd, device=dev, dtype=torch.float32)
     dq, dk, du, dg, dpre = (torch.empty(B, TP, H, K, device=dev, dtype=torch.float32) for _ in range(5))
     db = _empty(dev, (B, TP, H, K))[0]  # freed on return (dpre carries the gate's gradient)
@@ -304,10 +301,10 @@ def content_backward(q, k, u, v, w, U, V, saved, s_out, do, ds_out, scale: float
     dV = torch.zeros(B, H, R, Vd, device=dev, dtype=torch.float32)
     _content_bwd_kernel[(B * H,)](
         q, k, u, v, w, G, bb, Qm, A, W, h, dlt, mbuf, U, V, s_out, do, ds_out,
-        dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dv, dw, dg, dpre, dmb, dU, dV, ds0,
-        TP, NT, scale, float(erase_scale),
+        dob, dh, dx, dQm, dM, dq0, da0, du0, dq, dk, db, du, dv, dx if dw is None else dw, dg, dpre, dmb, dU, dV,
+        ds0, TP, NT, scale, float(erase_scale),
         H=H, K=K, V=Vd, KW=KW, R=R, BT=BT, BC=BC, BK=BK, BKS=min(BK, 64), BV=BV, NV=NV, BR=BR, PREC=prec,
     )
     LAUNCHES["content_bwd"] += 1
-    return (dq[:, :T], dk[:, :T], du[:, :T], dv[:, :T], None if KW == 0 else dw[:, :T], dg[:, :T], dpre[:, :T],
+    return (dq[:, :T], dk[:, :T], du[:, :T], dv[:, :T], None if dw is None else dw[:, :T], dg[:, :T], dpre[:, :T],
             dU.sum(0), dV.sum(0), ds0)
