@@ -20,6 +20,7 @@ from carvelab.kernels.triton_ops import (
     launch_counts,
     triton_gated_delta,
 )
+from tests.kernels.test_triton_fast import _content_args
 from tests.kernels.test_triton_recurrent import (
     DEVICE,
     Case,
@@ -72,20 +73,6 @@ def test_several_value_tiles(monkeypatch):
     assert_match(run_case(triton_gated_delta, case, x, kernel="chunk"), run_case(gated_delta_reference, case, x))
 
 
-def _launcher_inputs(write: str, seed: int = 0):
-    """q, k, u (= k), v, w, g, pre, b0, U, V, s0 of ``content_forward``: T = 40 over chunks
-    of 16 (one partial), so the gate acts on chunks 1 and 2; w per value or per token."""
-    gen = torch.Generator().manual_seed(seed)
-    B, T, H, dk, dv, R = 1, 40, 2, 16, 24, 3
-    q, k = (F.normalize(torch.randn(B, T, H, dk, generator=gen), dim=-1) for _ in range(2))
-    v, g = torch.randn(B, T, H, dv, generator=gen), -torch.rand(B, T, H, dk, generator=gen)
-    pre = torch.randn(B, T, H, dk, generator=gen)
-    w = torch.rand(B, T, H, dv if write == "per_value" else 1, generator=gen)
-    U, V = 0.5 * torch.randn(H, dk, R, generator=gen), torch.randn(H, R, dv, generator=gen)
-    s0 = 0.3 * torch.randn(B, H, dk, dv, generator=gen)
-    return [t.to(DEVICE) for t in (q, k, k, v, w, g, pre, torch.sigmoid(pre), U, V, s0)]
-
-
 @pytest.mark.usefixtures("nan_empty")
 @pytest.mark.parametrize("precision", ["exact", "fast"])
 @pytest.mark.parametrize("write", ["per_value", "per_token"])
@@ -94,10 +81,10 @@ def test_x_formed_in_the_kernel_is_x_formed_by_torch(write, precision):
     bit for bit, those of x = w ⊙ v formed by torch and passed with no write gate, and the
     kernels' dv and dw are x's gradient times w and v (summed over the values for a
     per-token w, in another order than torch's: to rounding)."""
-    q, k, u, v, w, g, pre, b0, U, V, s0 = _launcher_inputs(write)
+    torch.manual_seed(0)
+    q, k, u, v, w, g, pre, b0, U, V, s0 = _content_args(write=write)
     x = w * v
-    do = torch.randn(q.shape[:3] + (v.shape[-1],), generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    ds_out = torch.randn_like(s0)
+    do, ds_out = torch.randn_like(x), torch.randn_like(s0)
     runs = []
     for vv, ww in ((v, w), (x, None)):
         o, s_out, saved = triton_content.content_forward(q, k, u, vv, ww, g, pre, b0, U, V, s0, 0.25, 1.0, 16,

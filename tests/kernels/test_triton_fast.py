@@ -131,17 +131,20 @@ def test_fast_reaches_the_kernels_and_exact_stays_exact():
     assert rel_rmse(fast, want) > 1e-4
 
 
-def _chunk_args(T=40, H=2, dk=16, dv=24):
-    """q, k, b, u, v, w, g, s0 of ``triton_chunk.chunk_forward`` (u = k), fp32."""
+def _chunk_args(T=40, H=2, dk=16, dv=24, write="per_value"):
+    """q, k, b, u, v, w, g, s0 of ``triton_chunk.chunk_forward`` (u = k), fp32; w per value
+    or per token (one column)."""
     q, k = (F.normalize(torch.randn(1, T, H, dk, device=DEVICE), dim=-1) for _ in range(2))
-    b, w = torch.rand(1, T, H, dk, device=DEVICE), torch.rand(1, T, H, dv, device=DEVICE)
+    b = torch.rand(1, T, H, dk, device=DEVICE)
+    w = torch.rand(1, T, H, dv if write == "per_value" else 1, device=DEVICE)
     v, g = torch.randn(1, T, H, dv, device=DEVICE), -torch.rand(1, T, H, dk, device=DEVICE)
     return q, k, b, k, v, w, g, 0.3 * torch.randn(1, H, dk, dv, device=DEVICE)
 
 
-def _content_args(rank=3):
-    """q, k, u, v, w, g, pre, b0, U, V, s0 of ``triton_content.content_forward``."""
-    q, k, _, u, v, w, g, s0 = _chunk_args()
+def _content_args(rank=3, write="per_value"):
+    """q, k, u, v, w, g, pre, b0, U, V, s0 of ``triton_content.content_forward``: T = 40
+    over chunks of 16 (one partial), so the gate acts on chunks 1 and 2."""
+    q, k, _, u, v, w, g, s0 = _chunk_args(write=write)
     H, dk, dv = q.shape[2], q.shape[3], v.shape[3]
     pre = torch.randn_like(q)
     U, V = 0.5 * torch.randn(H, dk, rank, device=DEVICE), torch.randn(H, rank, dv, device=DEVICE)
